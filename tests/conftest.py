@@ -1,0 +1,86 @@
+"""Shared fixtures: tiny random Qwen2 models for format tests, the real SmolLM2 for quality tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# Set by .ci/run: a missing real-model asset is then a failure, not a skip.
+REQUIRE_ASSETS = os.environ.get("HF_PRUNE_REQUIRE_ASSETS") == "1"
+
+
+def tiny_qwen2_config(**overrides) -> Qwen2Config:
+    """A Qwen2 config small enough for format tests (8 heads in 2 KV groups, 4 layers)."""
+    values = dict(
+        vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=4, num_attention_heads=8,
+        num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=False, use_sliding_window=False,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, pad_token_id=0, eos_token_id=1,
+        bos_token_id=2,
+    )
+    values.update(overrides)
+    return Qwen2Config(**values)
+
+
+def tiny_qwen2(seed: int = 0, **overrides) -> Qwen2ForCausalLM:
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(tiny_qwen2_config(**overrides)).eval()
+    # Random init leaves q/k/v biases at 0; make them non-zero so slicing them is actually tested.
+    with torch.no_grad():
+        for layer in model.model.layers:
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                proj.bias.normal_(0, 0.1)
+    return model
+
+
+@pytest.fixture
+def tiny_model() -> Qwen2ForCausalLM:
+    return tiny_qwen2()
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """SmolLM2-135M-Instruct as a stock Qwen2ForCausalLM (fp32) and its tokenizer."""
+    from hf_prune.assets import load_smollm2
+    from hf_prune.errors import AssetNotFoundError
+
+    try:
+        return load_smollm2()
+    except AssetNotFoundError as err:
+        if REQUIRE_ASSETS:
+            raise
+        pytest.skip(str(err))
+
+
+BLOCK_HF_PRUNE = textwrap.dedent(
+    """
+    import sys
+    class _Block:
+        # Makes `import hf_prune` fail, as on a machine where hf-prune is not installed.
+        def find_spec(self, name, path=None, target=None):
+            if name == "hf_prune" or name.startswith("hf_prune."):
+                raise ModuleNotFoundError(f"No module named {name!r}")
+            return None
+    sys.meta_path.insert(0, _Block())
+    """
+)
+
+
+def run_without_hf_prune(code: str, cwd: Path, timeout: int = 300) -> str:
+    """Run ``code`` in a fresh interpreter where ``import hf_prune`` fails; return its stdout."""
+    script = BLOCK_HF_PRUNE + textwrap.dedent(code) + "\nassert 'hf_prune' not in sys.modules\n"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["HF_HUB_OFFLINE"] = "1"
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    assert proc.returncode == 0, f"subprocess failed:\n{proc.stdout}\n{proc.stderr[-4000:]}"
+    return proc.stdout

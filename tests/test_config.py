@@ -1,0 +1,63 @@
+"""PrunedQwen2Config: per-layer sizes through transformers' per_layer_config, validation, JSON round trip."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from transformers import AutoConfig
+from transformers.integrations.heterogeneity.configuration_utils import AmbiguousGlobalPerLayerAttributeError
+
+import hf_prune  # noqa: F401  (registers pruned_qwen2)
+from hf_prune import PrunedQwen2Config
+
+BASE = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
+            num_key_value_heads=2)
+
+
+def test_per_layer_sizes_resolve_and_round_trip(tmp_path):
+    cfg = PrunedQwen2Config(
+        **BASE,
+        per_layer_config={0: {"skip": ["attention"]}, 1: {"num_attention_heads": 2, "num_key_value_heads": 1,
+                                                          "intermediate_size": 20}, 2: {"skip": ["mlp"]}},
+    )
+    assert cfg.head_dim == 8  # explicit, from the base sizes
+    assert cfg.per_layer_config[1].num_attention_heads == 2
+    assert cfg.per_layer_config[1].intermediate_size == 20
+    assert cfg.per_layer_config[2].intermediate_size == 48
+    assert cfg.layer_sizes() == [
+        {"num_attention_heads": None, "num_key_value_heads": None, "intermediate_size": 48},
+        {"num_attention_heads": 2, "num_key_value_heads": 1, "intermediate_size": 20},
+        {"num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": None},
+    ]
+    with pytest.raises(AmbiguousGlobalPerLayerAttributeError):
+        cfg.intermediate_size  # varies across layers: transformers refuses the global read
+
+    cfg.save_pretrained(tmp_path)
+    stored = json.loads((tmp_path / "config.json").read_text())
+    assert stored["model_type"] == "pruned_qwen2"
+    assert stored["pruned_format_version"] == 1
+    assert stored["per_layer_config"]["1"] == {"intermediate_size": 20, "num_attention_heads": 2, "num_key_value_heads": 1}
+    loaded = AutoConfig.from_pretrained(tmp_path)
+    assert isinstance(loaded, PrunedQwen2Config)
+    assert loaded.layer_sizes() == cfg.layer_sizes()
+
+
+@pytest.mark.parametrize(
+    "per_layer, message",
+    [
+        ({1: {"num_attention_heads": 3}}, "Layer 1: 3 attention heads are not divisible by 2"),
+        ({0: {"num_attention_heads": 0}}, "never as 0 heads"),
+        ({2: {"intermediate_size": 0}}, "Layer 2: intermediate_size 0"),
+        ({0: {"skip": ["moe"]}}, "Layer 0: unknown `skip`"),
+        ({3: {"intermediate_size": 8}}, "range"),
+    ],
+)
+def test_invalid_layer_sizes_are_refused(per_layer, message):
+    with pytest.raises(ValueError, match=message):
+        PrunedQwen2Config(**BASE, per_layer_config=per_layer)
+
+
+def test_newer_format_version_is_refused():
+    with pytest.raises(ValueError, match="format version 99"):
+        PrunedQwen2Config(**BASE, pruned_format_version=99)

@@ -1,0 +1,135 @@
+"""Both loading routes: the plugin (import hf_prune) and bundled remote code (hf_prune not installed)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import torch
+from conftest import run_without_hf_prune, tiny_qwen2
+from safetensors.torch import load_file, save_file
+from transformers import AutoModel, AutoModelForCausalLM
+
+from hf_prune import PrunedQwen2ForCausalLM, PrunedQwen2Model, PruningPlan, apply_plan, to_qwen2
+
+PLAN = {"layers": [
+    {"query_heads": [], "mlp_channels": list(range(0, 96, 3))},
+    {"query_heads": [0, 1, 2, 3]},
+    {"mlp_channels": []},
+    {"query_heads": [2, 7], "mlp_channels": list(range(50))},
+]}
+INPUT = [[5, 9, 17, 33, 65, 100, 3, 4]]
+
+
+@pytest.fixture
+def saved(tmp_path):
+    model = apply_plan(tiny_qwen2(seed=7), PruningPlan.from_dict(PLAN))
+    model.save_pretrained(tmp_path / "pruned")
+    with torch.no_grad():
+        logits = model(torch.tensor(INPUT)).logits
+    return tmp_path / "pruned", logits
+
+
+def test_checkpoint_files_are_self_contained(saved):
+    path, _ = saved
+    names = {p.name for p in path.iterdir()}
+    assert {"config.json", "model.safetensors", "configuration_pruned_qwen2.py", "modeling_pruned_qwen2.py"} <= names
+    assert not any(n.endswith((".bin", ".pt", ".pth")) for n in names)  # safetensors only
+    config = json.loads((path / "config.json").read_text())
+    assert config["auto_map"] == {
+        "AutoConfig": "configuration_pruned_qwen2.PrunedQwen2Config",
+        "AutoModel": "modeling_pruned_qwen2.PrunedQwen2Model",
+        "AutoModelForCausalLM": "modeling_pruned_qwen2.PrunedQwen2ForCausalLM",
+    }
+    # The shipped files are the package's own modeling files, byte for byte (one source of truth).
+    import hf_prune.modeling.modeling_pruned_qwen2 as source
+
+    assert (path / "modeling_pruned_qwen2.py").read_text() == open(source.__file__).read()
+    # The remote-code files import nothing but the standard library, torch, transformers (with its
+    # huggingface_hub) and their sibling.
+    allowed = set(sys.stdlib_module_names) | {"torch", "transformers", "huggingface_hub", ""}
+    for name in ("configuration_pruned_qwen2.py", "modeling_pruned_qwen2.py"):
+        for line in (path / name).read_text().splitlines():
+            if line.startswith(("import ", "from ")):
+                assert line.split()[1].split(".")[0] in allowed, line
+
+
+def test_plugin_load_gives_identical_logits(saved):
+    path, logits = saved
+    model = AutoModelForCausalLM.from_pretrained(path)
+    assert isinstance(model, PrunedQwen2ForCausalLM)
+    with torch.no_grad():
+        assert torch.equal(model(torch.tensor(INPUT)).logits, logits)
+    assert isinstance(AutoModel.from_pretrained(path), PrunedQwen2Model)
+
+
+def test_remote_code_load_without_hf_prune(saved):
+    path, logits = saved
+    torch.save(logits, path.parent / "expected.pt")
+    out = run_without_hf_prune(
+        f"""
+        import torch
+        from transformers import AutoModelForCausalLM
+        model = AutoModelForCausalLM.from_pretrained({str(path)!r}, trust_remote_code=True)
+        assert type(model).__name__ == "PrunedQwen2ForCausalLM", type(model)
+        assert "hf_prune" not in type(model).__module__
+        with torch.no_grad():
+            logits = model(torch.tensor({INPUT})).logits
+        expected = torch.load({str(path.parent / "expected.pt")!r})
+        assert torch.equal(logits, expected), (logits - expected).abs().max()
+        print("REMOTE-OK", type(model).__module__)
+        """,
+        cwd=path.parent,
+    )
+    assert "REMOTE-OK" in out
+
+
+def test_uniform_export_loads_in_stock_transformers(tmp_path):
+    model = apply_plan(tiny_qwen2(seed=2), PruningPlan.from_dict({"layers": [{"query_heads": [0, 4], "mlp_channels": list(range(24))}] * 4}))
+    stock = to_qwen2(model)
+    stock.save_pretrained(tmp_path / "stock")
+    config = json.loads((tmp_path / "stock" / "config.json").read_text())
+    assert config["model_type"] == "qwen2" and "auto_map" not in config and config["head_dim"] == 8
+    assert not any(p.suffix == ".py" for p in (tmp_path / "stock").iterdir())
+    with torch.no_grad():
+        torch.save(model(torch.tensor(INPUT)).logits, tmp_path / "expected.pt")
+    out = run_without_hf_prune(
+        f"""
+        import torch
+        from transformers import AutoModelForCausalLM
+        model = AutoModelForCausalLM.from_pretrained({str(tmp_path / 'stock')!r})
+        assert type(model).__name__ == "Qwen2ForCausalLM"
+        with torch.no_grad():
+            torch.testing.assert_close(model(torch.tensor({INPUT})).logits, torch.load({str(tmp_path / 'expected.pt')!r}), rtol=0, atol=1e-6)
+        print("STOCK-OK")
+        """,
+        cwd=tmp_path,
+    )
+    assert "STOCK-OK" in out
+
+
+def test_weights_that_disagree_with_the_config_are_refused(saved):
+    path, _ = saved
+    weights = load_file(path / "model.safetensors")
+    weights["model.layers.3.mlp.gate_proj.weight"] = weights["model.layers.3.mlp.gate_proj.weight"][:10]
+    save_file(weights, path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"layer 3: model.layers.3.mlp.gate_proj.weight is \[10, 64\] in the weights but \[50, 64\]"):
+        AutoModelForCausalLM.from_pretrained(path)
+
+
+def test_device_map_auto_and_dtype(saved):
+    path, logits = saved
+    model = AutoModelForCausalLM.from_pretrained(path, device_map="auto", dtype=torch.bfloat16)
+    assert model.dtype == torch.bfloat16
+    with torch.no_grad():
+        out = model(torch.tensor(INPUT)).logits.float()
+    assert (out - logits).abs().max().item() < 0.05 * logits.abs().max().item()
+    # When memory forces a split, accelerate never cuts through a decoder layer (_no_split_modules).
+    from accelerate import infer_auto_device_map
+
+    layer_bytes = sum(p.numel() * 2 for p in model.model.layers[1].parameters())
+    device_map = infer_auto_device_map(model, max_memory={"cpu": int(2.5 * layer_bytes), "disk": 10**12},
+                                       no_split_module_classes=model._no_split_modules)
+    assert "disk" in device_map.values()
+    assert not [k for k in device_map if k.startswith("model.layers.") and k.count(".") > 2]
