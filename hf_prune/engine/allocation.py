@@ -1,0 +1,285 @@
+"""Allocation: turn per-structure scores into a plan that removes a given number of parameters.
+
+``global`` ranks removal units of every layer together (block-wise normalised, GISP); ``uniform`` removes the
+same fraction from every layer (LLM-Pruner, Wanda-sp). Both respect GQA (every kept KV head keeps the same
+number of query heads), keep-dense layers, per-layer minimums, MLP widths in multiples of ``channel_multiple``
+and KV-head counts divisible by ``tp_degree``.
+
+Attention removal units, per layer: a *slot* (the weakest remaining query head of every kept KV group, so the
+groups stay uniform; the last slot takes the KV heads and the pre-norm with it) or a *KV group* (a KV head with
+all its query heads). MLP units: blocks of ``channel_multiple`` weakest channels.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+
+import torch
+
+from ..errors import PruningError
+from ..plan import LayerPlan, PruningPlan
+from .structures import LayerScores, ModelGeometry
+
+__all__ = ["Constraints", "allocate", "NORMALIZATIONS"]
+
+NORMALIZATIONS = ("param", "gisp", "standardize", "none")
+
+
+@dataclass(frozen=True)
+class Constraints:
+    """What allocation must respect.
+
+    Attributes:
+        keep_dense: layer indices never pruned.
+        min_heads: query heads every pruned layer keeps (0 allows removing its attention).
+        min_channels: MLP channels every pruned layer keeps (0 allows removing its MLP).
+        channel_multiple: kept MLP widths are multiples of this (e.g. 64 for fast kernels).
+        tp_degree: kept KV heads (and so query heads) per layer divisible by this.
+    """
+
+    keep_dense: frozenset[int] = frozenset()
+    min_heads: int = 0
+    min_channels: int = 0
+    channel_multiple: int = 1
+    tp_degree: int = 1
+
+
+@dataclass
+class _Layer:
+    """Mutable keep-state of one layer during allocation (indices into the current model)."""
+
+    groups: dict[int, list[int]]  # kv head -> kept query heads, weakest first
+    channels: list[int]  # kept channels, weakest first
+    head_score: torch.Tensor | None
+    kv_score: torch.Tensor | None
+    channel_score: torch.Tensor | None
+    version: int = 0
+    removed_blocks: int = 0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def heads_per_group(self) -> int:
+        return len(next(iter(self.groups.values()))) if self.groups else 0
+
+    @property
+    def num_heads(self) -> int:
+        return sum(len(h) for h in self.groups.values())
+
+
+def _normalised(scores: list[LayerScores], geometry: ModelGeometry, mode: str) -> list[LayerScores]:
+    """Block-wise normalisation: makes head and channel scores comparable across layers and block types."""
+    if mode in ("param", "none"):
+        return scores  # "param" divides by each unit's parameter cost at ranking time
+    out = []
+    for s, shape in zip(scores, geometry.shapes):
+        if mode == "gisp":
+            # GISP's code: head / (4 d_head d_model), channel / (3 d_ff) (d_ff of the original model).
+            h = None if s.query_heads is None else s.query_heads / (4 * geometry.head_dim * geometry.hidden_size)
+            kv = None if s.kv_heads is None else s.kv_heads / (4 * geometry.head_dim * geometry.hidden_size)
+            c = None if s.mlp_channels is None else s.mlp_channels / (3 * max(shape.intermediate_size, 1))
+        else:  # standardize (FLAP): z-scores within each module
+            z = lambda t: None if t is None or t.numel() < 2 else (t - t.mean()) / (t.std() + 1e-12)  # noqa: E731
+            h, kv, c = z(s.query_heads), None, z(s.mlp_channels)
+        out.append(LayerScores(h, kv, c))
+    return out
+
+
+def _initial_state(scores: LayerScores, geometry: ModelGeometry, idx: int) -> _Layer:
+    shape = geometry.shapes[idx]
+    groups: dict[int, list[int]] = {}
+    if shape.num_attention_heads:
+        r = shape.group_size
+        for g in range(shape.num_key_value_heads):
+            heads = list(range(g * r, (g + 1) * r))
+            groups[g] = sorted(heads, key=lambda h: (float(scores.query_heads[h]), h))
+    channels = []
+    if shape.intermediate_size:
+        channels = sorted(range(shape.intermediate_size), key=lambda c: (float(scores.mlp_channels[c]), c))
+    return _Layer(groups, channels, scores.query_heads, scores.kv_heads, scores.mlp_channels)
+
+
+def _attention_units(state: _Layer, geometry: ModelGeometry, c: Constraints):
+    """Candidate attention removals of a layer: (score, cost, structures, action)."""
+    if not state.groups:
+        return []
+    units = []
+    num_groups, r = len(state.groups), state.heads_per_group
+    q, kv, norm = geometry.query_head_params, geometry.kv_head_params, geometry.norm_params
+    kv_score = lambda g: 0.0 if state.kv_score is None else float(state.kv_score[g])  # noqa: E731
+    # Slot: one query head from every group.
+    if (r > 1 and num_groups * (r - 1) >= c.min_heads) or (r == 1 and c.min_heads == 0):
+        heads = [hs[0] for hs in state.groups.values()]
+        cost = num_groups * q
+        score = sum(float(state.head_score[h]) for h in heads)
+        if r == 1:
+            cost += num_groups * kv + norm
+            score += sum(kv_score(g) for g in state.groups)
+        units.append((score, cost, len(heads), ("slot", None)))
+    # Whole KV groups, tp_degree at a time (the weakest), keeping at least min_heads query heads.
+    remaining = num_groups - c.tp_degree
+    if (remaining > 0 and remaining * r >= c.min_heads) or (remaining == 0 and c.min_heads == 0):
+        group_scores = sorted(
+            (sum(float(state.head_score[h]) for h in hs) + kv_score(g), g) for g, hs in state.groups.items()
+        )[: c.tp_degree]
+        cost = c.tp_degree * (r * q + kv) + (norm if remaining == 0 else 0)
+        units.append((sum(s for s, _ in group_scores), cost, c.tp_degree * (r + 1), ("groups", [g for _, g in group_scores])))
+    return units
+
+
+def _mlp_unit(state: _Layer, geometry: ModelGeometry, c: Constraints, original_width: int):
+    width = len(state.channels)
+    if width == 0:
+        return None
+    block = width % c.channel_multiple or c.channel_multiple
+    if width - block < c.min_channels:
+        return None
+    members = state.channels[:block]
+    cost = block * geometry.channel_params + (geometry.norm_params if block == width else 0)
+    return (sum(float(state.channel_score[ch]) for ch in members), cost, block, ("channels", block))
+
+
+def _apply(state: _Layer, action) -> None:
+    kind, arg = action
+    if kind == "slot":
+        for g in list(state.groups):
+            state.groups[g] = state.groups[g][1:]
+            if not state.groups[g]:
+                del state.groups[g]
+    elif kind == "groups":
+        for g in arg:
+            del state.groups[g]
+    else:
+        state.channels = state.channels[arg:]
+    state.version += 1
+
+
+def _to_plan(states: list[_Layer]) -> PruningPlan:
+    layers = []
+    for s in states:
+        heads = sorted(h for hs in s.groups.values() for h in hs)
+        layers.append(LayerPlan(query_heads=heads, kv_heads=sorted(s.groups), mlp_channels=sorted(s.channels)))
+    return PruningPlan(layers=layers)
+
+
+def _key(score: float, cost: int, count: int, mode: str) -> float:
+    # "param": expected loss per parameter removed (a knapsack greedy); otherwise the mean normalised score of
+    # the unit's structures, as GISP/FLAP rank single structures.
+    return score / cost if mode == "param" else score / count
+
+
+def allocate(
+    scores: list[LayerScores],
+    geometry: ModelGeometry,
+    params_to_remove: int,
+    *,
+    allocation: str = "global",
+    normalization: str = "param",
+    constraints: Constraints = Constraints(),
+    tolerance: int = 0,
+) -> PruningPlan:
+    """Choose structures to remove (about ``params_to_remove`` decoder parameters) from the current model.
+
+    Global allocation passes over a unit that would overshoot the budget by more than ``tolerance`` parameters
+    (a whole KV group, say) for the next-best one that fits, so targets are met closely.
+
+    Returns a plan whose indices refer to the current model. Raises :class:`PruningError` when the constraints
+    cannot remove that many parameters.
+    """
+    if normalization not in NORMALIZATIONS:
+        raise PruningError(f"Unknown normalization {normalization!r}; choose one of {NORMALIZATIONS}.")
+    states = [_initial_state(s, geometry, i) for i, s in enumerate(scores)]
+    if params_to_remove <= 0:
+        return _to_plan(states)
+    prunable = [i for i in range(len(states)) if i not in constraints.keep_dense]
+    if allocation == "global":
+        _allocate_global(states, prunable, _normalised(scores, geometry, normalization), geometry, params_to_remove,
+                         normalization, constraints, tolerance)
+    elif allocation == "uniform":
+        _allocate_uniform(states, prunable, geometry, params_to_remove, constraints)
+    else:
+        raise PruningError(f"Unknown allocation {allocation!r}; choose 'global' or 'uniform'.")
+    return _to_plan(states)
+
+
+def _allocate_global(states, prunable, norm_scores, geometry, budget, mode, constraints, tolerance) -> None:
+    for i in prunable:  # rank on normalised scores; the raw ones were only needed to order structures
+        states[i].head_score = norm_scores[i].query_heads
+        states[i].kv_score = norm_scores[i].kv_heads
+        states[i].channel_score = norm_scores[i].mlp_channels
+    heap: list = []
+
+    def push(i: int) -> None:
+        s = states[i]
+        candidates = _attention_units(s, geometry, constraints)
+        mlp = _mlp_unit(s, geometry, constraints, geometry.shapes[i].intermediate_size)
+        if mlp is not None:
+            candidates.append(mlp)
+        for score, cost, count, action in candidates:
+            heapq.heappush(heap, (_key(score, cost, count, mode), i, s.version, cost, action))
+
+    for i in prunable:
+        push(i)
+    removed = 0
+    skipped: list = []
+    while removed < budget:
+        if not heap:
+            if removed >= budget - tolerance:
+                return
+            # Nothing fits within the tolerance: take the smallest overshoot among the units passed over.
+            valid = [u for u in skipped if u[2] == states[u[1]].version]
+            if not valid:
+                raise PruningError(
+                    f"The constraints allow removing only {removed:,} more decoder parameters, {budget:,} were asked: "
+                    "lower the sparsity or relax keep_dense / min_heads / min_channels."
+                )
+            heap.append(min(valid, key=lambda u: u[3]))
+            skipped.clear()
+            tolerance = float("inf")
+        unit = heapq.heappop(heap)
+        _, i, version, cost, action = unit
+        if version != states[i].version:
+            continue  # stale: this layer changed since the unit was priced
+        if removed + cost > budget + tolerance:
+            skipped.append(unit)  # would overshoot: a smaller unit (or a smaller part of this layer) fits better
+            continue
+        _apply(states[i], action)
+        removed += cost
+        push(i)
+
+
+def _allocate_uniform(states, prunable, geometry, budget, constraints) -> None:
+    """Same fraction everywhere: attention slots by rounding, then MLP channels to hit the budget exactly."""
+    total = geometry.total_params([geometry.shapes[i] for i in prunable])
+    if total == 0:
+        raise PruningError("Every layer is kept dense: nothing can be pruned.")
+    ratio = budget / total
+    removed = 0
+    for i in prunable:
+        s = states[i]
+        if s.groups:
+            r = s.heads_per_group
+            slots = min(round(ratio * r), r if constraints.min_heads == 0 else r - 1)
+            while slots and len(s.groups) * (r - slots) < constraints.min_heads:
+                slots -= 1
+            for _ in range(slots):
+                units = _attention_units(s, geometry, constraints)
+                unit = next(u for u in units if u[3][0] == "slot")
+                _apply(s, unit[3])
+                removed += unit[1]
+    mlp_layers = [i for i in prunable if states[i].channels]
+    channel_budget = budget - removed
+    widths = {i: len(states[i].channels) for i in mlp_layers}
+    mlp_total = sum(widths.values()) * geometry.channel_params
+    if channel_budget > mlp_total:
+        raise PruningError(f"Uniform allocation cannot remove {budget:,} parameters from the prunable layers.")
+    frac = max(channel_budget, 0) / max(mlp_total, 1)
+    for i in mlp_layers:
+        s = states[i]
+        m = constraints.channel_multiple
+        drop = int(round(frac * widths[i] / m)) * m
+        drop = min(drop, widths[i] - constraints.min_channels)
+        if widths[i] - drop and (widths[i] - drop) % m:
+            drop += (widths[i] - drop) % m
+        s.channels = s.channels[max(drop, 0):]
+        s.version += 1

@@ -1,0 +1,296 @@
+"""Importance criteria: each scores every query head, KV head and MLP channel of a model.
+
+Swappable pieces in the torch-pruning style: a criterion is any callable
+``criterion(model, batches, objective) -> list[LayerScores]``; the classes here are the built-in ones, looked up by
+name with :func:`get_importance`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import PruningError
+from .objectives import Objective
+from .structures import LayerScores
+
+__all__ = [
+    "Importance",
+    "TaylorImportance",
+    "WandaSPImportance",
+    "FlapImportance",
+    "MagnitudeImportance",
+    "RandomImportance",
+    "get_importance",
+]
+
+Batch = Mapping[str, torch.Tensor]
+_PROJ = ("q_proj", "k_proj", "v_proj", "o_proj")
+_MLP = ("gate_proj", "up_proj", "down_proj")
+
+
+def _head_dim(model) -> int:
+    cfg = model.config
+    return cfg._getattr_without_heterogeneous_validation("head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+
+
+def _structure_sums(model, elementwise: Callable[[torch.nn.Module, str, torch.Tensor], torch.Tensor]) -> list[LayerScores]:
+    """Sum ``elementwise(module, "weight"|"bias", tensor)`` over the weights of every structure."""
+    d = _head_dim(model)
+    scores = []
+    for layer in model.model.layers:
+        heads = kv = channels = None
+        attn, mlp = layer.self_attn, layer.mlp
+        if attn is not None:
+            def rows(proj):
+                s = elementwise(proj, "weight", proj.weight).float()
+                s = s.view(-1, d, s.shape[1]).sum((1, 2))
+                if proj.bias is not None:
+                    s = s + elementwise(proj, "bias", proj.bias).float().view(-1, d).sum(1)
+                return s
+
+            o = elementwise(attn.o_proj, "weight", attn.o_proj.weight).float()
+            heads = rows(attn.q_proj) + o.view(o.shape[0], -1, d).sum((0, 2))
+            kv = rows(attn.k_proj) + rows(attn.v_proj)
+        if mlp is not None:
+            channels = (
+                elementwise(mlp.gate_proj, "weight", mlp.gate_proj.weight).float().sum(1)
+                + elementwise(mlp.up_proj, "weight", mlp.up_proj.weight).float().sum(1)
+                + elementwise(mlp.down_proj, "weight", mlp.down_proj.weight).float().sum(0)
+            )
+        scores.append(LayerScores(heads, kv, channels).to(torch.float32))
+    return scores
+
+
+def _progress(batches: Iterable[Batch], desc: str, disable: bool) -> Iterator[Batch]:
+    total = len(batches) if hasattr(batches, "__len__") else None
+    return iter(tqdm(batches, desc=desc, total=total, disable=disable, leave=False, unit="batch"))
+
+
+class Importance:
+    """Base class: ``needs_data`` says whether calibration batches are read, ``needs_grad`` whether backward runs."""
+
+    name = "base"
+    needs_data = True
+    needs_grad = False
+    default_allocation = "global"
+
+    def __call__(self, model, batches: Iterable[Batch], objective: Objective | None = None, *,
+                 show_progress: bool = True) -> list[LayerScores]:
+        raise NotImplementedError
+
+
+@contextlib.contextmanager
+def _only_structured_grads(model) -> Iterator[list[torch.nn.Parameter]]:
+    """Gradients only for the prunable projections; flags, grads and train/eval mode restored afterwards."""
+    flags = {p: p.requires_grad for p in model.parameters()}
+    grads = {p: p.grad for p in model.parameters()}
+    was_training = model.training
+    params = []
+    for layer in model.model.layers:
+        for block, names in ((layer.self_attn, _PROJ), (layer.mlp, _MLP)):
+            if block is not None:
+                for name in names:
+                    params.extend(getattr(block, name).parameters())
+    chosen = set(params)
+    try:
+        for p in model.parameters():
+            p.requires_grad_(p in chosen)
+            p.grad = None
+        model.eval()  # Qwen2 has no dropout; eval keeps scoring deterministic
+        yield params
+    finally:
+        for p, flag in flags.items():
+            p.requires_grad_(flag)
+            p.grad = grads[p]
+        model.train(was_training)
+
+
+class TaylorImportance(Importance):
+    """First-order Taylor importance of the objective: ``sum over the structure of |W * g|``.
+
+    ``g`` is the gradient of the objective averaged over the whole calibration set *before* the absolute value
+    (GISP), accumulated batch by batch into fp32 buffers: no per-sample gradients are kept.
+    """
+
+    name = "taylor"
+    needs_grad = True
+
+    def __call__(self, model, batches, objective=None, *, show_progress=True):
+        if objective is None:
+            raise PruningError("taylor importance needs an objective")
+        with _only_structured_grads(model) as params:
+            # fp32 models accumulate in .grad directly; others get fp32 buffers (bf16 sums lose the small terms).
+            buffers = {p: torch.zeros_like(p, dtype=torch.float32) for p in params if p.dtype != torch.float32}
+            count = 0
+            for batch in _progress(batches, "taylor scores", not show_progress):
+                size = batch["input_ids"].shape[0]
+                loss = objective(model, batch)
+                (loss * size).backward()  # loss x batch size: the gradient of the summed per-sample losses
+                count += size
+                for p, buf in buffers.items():
+                    buf.add_(p.grad)
+                    p.grad = None
+            if count == 0:
+                raise PruningError("The calibration set produced no batches.")
+            mean_grad = {p: (buffers[p] if p in buffers else p.grad.float()) / count for p in params}
+
+            def elementwise(module, kind, tensor):
+                return (tensor.detach().float() * mean_grad[getattr(module, kind)]).abs()
+
+            return _structure_sums(model, elementwise)
+
+
+class _ActivationStats:
+    """Per-input-column statistics of o_proj and down_proj inputs (sum, sum of squares, token count)."""
+
+    def __init__(self, model):
+        self.stats: dict[torch.nn.Module, list] = {}
+        self.handles = []
+        for layer in model.model.layers:
+            for module in (getattr(layer.self_attn, "o_proj", None), getattr(layer.mlp, "down_proj", None)):
+                if module is not None:
+                    self.stats[module] = [0.0, 0.0, 0]
+                    self.handles.append(module.register_forward_pre_hook(self._hook))
+
+    def _hook(self, module, args):
+        x = args[0].detach().float().reshape(-1, args[0].shape[-1])
+        entry = self.stats[module]
+        entry[0] = entry[0] + x.sum(0)
+        entry[1] = entry[1] + x.pow(2).sum(0)
+        entry[2] += x.shape[0]
+
+    def remove(self):
+        for handle in self.handles:
+            handle.remove()
+
+    def norm(self, module) -> torch.Tensor:
+        return self.stats[module][1].sqrt()
+
+    def variance(self, module) -> torch.Tensor:
+        total, squares, n = self.stats[module]
+        mean = total / n
+        return (squares / n - mean.pow(2)).clamp(min=0) * n / max(n - 1, 1)
+
+
+class _ActivationImportance(Importance):
+    """Scores from input-activation statistics of each structure's output projection (forward passes only)."""
+
+    def column_score(self, module: torch.nn.Module, stats: _ActivationStats) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __call__(self, model, batches, objective=None, *, show_progress=True):
+        stats = _ActivationStats(model)
+        count = 0
+        try:
+            with torch.no_grad():
+                for batch in _progress(batches, f"{self.name} statistics", not show_progress):
+                    model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"), use_cache=False)
+                    count += 1
+        finally:
+            stats.remove()
+        if count == 0:
+            raise PruningError("The calibration set produced no batches.")
+        d = _head_dim(model)
+        scores = []
+        for layer in model.model.layers:
+            heads = channels = None
+            if layer.self_attn is not None:
+                heads = self.column_score(layer.self_attn.o_proj, stats).view(-1, d).sum(1)
+            if layer.mlp is not None:
+                channels = self.column_score(layer.mlp.down_proj, stats)
+            scores.append(LayerScores(heads, None, channels).to(torch.float32))
+        return scores
+
+
+class WandaSPImportance(_ActivationImportance):
+    """Wanda-sp: ``|W| * ||X||`` over the structure's output-projection columns (An et al. 2024; Sun et al. 2023)."""
+
+    name = "wanda-sp"
+    default_allocation = "uniform"
+
+    def column_score(self, module, stats):
+        return module.weight.detach().float().abs().sum(0) * stats.norm(module)
+
+
+class FlapImportance(_ActivationImportance):
+    """FLAP fluctuation: variance of each input column across calibration tokens x squared weight-column norm."""
+
+    name = "flap"
+    default_allocation = "global"
+    normalization = "standardize"
+
+    def column_score(self, module, stats):
+        return stats.variance(module) * module.weight.detach().float().pow(2).sum(0)
+
+
+class MagnitudeImportance(Importance):
+    """Data-free L2 norm of each structure's weights. Collapses on real models (see the README); a baseline."""
+
+    name = "magnitude"
+    needs_data = False
+    default_allocation = "uniform"
+
+    def __call__(self, model, batches=None, objective=None, *, show_progress=True):
+        with torch.no_grad():
+            sums = _structure_sums(model, lambda module, kind, t: t.detach().float().pow(2))
+        return [LayerScores(*(None if t is None else t.sqrt() for t in (s.query_heads, s.kv_heads, s.mlp_channels)))
+                for s in sums]
+
+
+class RandomImportance(Importance):
+    """Seeded random scores: the floor every criterion must clear."""
+
+    name = "random"
+    needs_data = False
+    default_allocation = "uniform"
+
+    def __init__(self, seed: int = 0):
+        self.seed = seed
+
+    def __call__(self, model, batches=None, objective=None, *, show_progress=True):
+        gen = torch.Generator().manual_seed(self.seed)
+        out = []
+        for layer in model.model.layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            heads = torch.rand(attn.q_proj.out_features // _head_dim(model), generator=gen) if attn else None
+            kv = torch.rand(attn.k_proj.out_features // _head_dim(model), generator=gen) if attn else None
+            channels = torch.rand(mlp.gate_proj.out_features, generator=gen) if mlp else None
+            out.append(LayerScores(heads, kv, channels))
+        return out
+
+
+class CallableImportance(Importance):
+    """Wraps a user function ``fn(model, batches, objective) -> list[LayerScores]``."""
+
+    name = "callable"
+    needs_grad = True  # unknown: let it run backward if it wants
+
+    def __init__(self, fn: Callable[..., list[LayerScores]]):
+        self.fn = fn
+
+    def __call__(self, model, batches, objective=None, *, show_progress=True):
+        return self.fn(model, batches, objective)
+
+
+_CRITERIA: dict[str, type[Importance]] = {
+    c.name: c for c in (TaylorImportance, WandaSPImportance, FlapImportance, MagnitudeImportance, RandomImportance)
+}
+
+
+def get_importance(criterion: str | Importance | Callable[..., Any], seed: int = 0) -> Importance:
+    """Resolve a criterion name, instance or callable."""
+    if isinstance(criterion, Importance):
+        return criterion
+    if isinstance(criterion, str):
+        if criterion not in _CRITERIA:
+            raise PruningError(f"Unknown importance criterion {criterion!r}; choose one of {sorted(_CRITERIA)} or pass a callable.")
+        cls = _CRITERIA[criterion]
+        return cls(seed) if cls is RandomImportance else cls()
+    if callable(criterion):
+        return CallableImportance(criterion)
+    raise PruningError(f"importance must be a name, an Importance or a callable, got {type(criterion).__name__}")

@@ -1,0 +1,47 @@
+"""Named pruning methods: a criterion, an allocation, a normalisation and a schedule."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from ..errors import PruningError
+
+__all__ = ["Method", "METHODS", "get_method"]
+
+
+@dataclass(frozen=True)
+class Method:
+    """A pruning recipe.
+
+    Attributes:
+        importance: criterion name (see :func:`hf_prune.engine.importance.get_importance`).
+        allocation: ``"global"`` (all layers and block types ranked together) or ``"uniform"``.
+        normalization: how head and channel scores are made comparable for global ranking: ``"param"`` (score per
+            parameter removed), ``"gisp"`` (GISP's divisors), ``"standardize"`` (FLAP's per-module z-scores).
+        steps: scoring rounds; 1 is one-shot (scores computed once on the dense model).
+    """
+
+    importance: str
+    allocation: str
+    normalization: str = "param"
+    steps: int = 1
+
+
+METHODS: dict[str, Method] = {
+    # Taylor scores of the model loss, ranked globally, recomputed as the model shrinks.
+    "gisp": Method("taylor", "global", "param", steps=8),
+    # The same scores, computed once, same ratio in every layer.
+    "llm-pruner": Method("taylor", "uniform", "param", steps=1),
+    "wanda-sp": Method("wanda-sp", "uniform", "param", steps=1),
+    "flap": Method("flap", "global", "standardize", steps=1),
+    "magnitude": Method("magnitude", "uniform", "param", steps=1),
+    "random": Method("random", "uniform", "param", steps=1),
+}
+
+
+def get_method(name: str, **overrides) -> Method:
+    """A preset by name, with any of its fields overridden (``None`` keeps the preset's value)."""
+    if name not in METHODS:
+        raise PruningError(f"Unknown method {name!r}; choose one of {sorted(METHODS)}.")
+    changes = {k: v for k, v in overrides.items() if v is not None}
+    return replace(METHODS[name], **changes)

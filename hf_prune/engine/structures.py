@@ -1,0 +1,89 @@
+"""The prunable structures of a Qwen2 model, their parameter costs, and per-structure scores.
+
+Units: a *query head* (its q rows and bias, its o_proj columns), a *KV head* (k and v rows and biases; removed
+only with all its query heads), an *MLP channel* (gate row, up row, down column). A removed sublayer also
+removes its pre-norm.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..plan import LayerShape
+from ..slicing import layer_shapes
+
+__all__ = ["ModelGeometry", "LayerScores", "decoder_params", "kv_cache_per_token"]
+
+
+@dataclass(frozen=True)
+class ModelGeometry:
+    """Sizes that price the structures: what removing one of each saves, in parameters."""
+
+    hidden_size: int
+    head_dim: int
+    attn_bias: bool
+    shapes: tuple[LayerShape, ...]
+
+    @classmethod
+    def of(cls, model) -> ModelGeometry:
+        shapes = tuple(layer_shapes(model))
+        first = next((l.self_attn for l in model.model.layers if l.self_attn is not None), None)
+        head_dim = model.config._getattr_without_heterogeneous_validation("head_dim", None) or (
+            model.config.hidden_size // model.config._getattr_without_heterogeneous_validation("num_attention_heads")
+        )
+        return cls(
+            hidden_size=model.config.hidden_size,
+            head_dim=head_dim,
+            attn_bias=first is not None and first.q_proj.bias is not None,
+            shapes=shapes,
+        )
+
+    @property
+    def query_head_params(self) -> int:
+        return 2 * self.head_dim * self.hidden_size + (self.head_dim if self.attn_bias else 0)
+
+    @property
+    def kv_head_params(self) -> int:
+        return 2 * (self.head_dim * self.hidden_size + (self.head_dim if self.attn_bias else 0))
+
+    @property
+    def channel_params(self) -> int:
+        return 3 * self.hidden_size
+
+    @property
+    def norm_params(self) -> int:
+        return self.hidden_size
+
+    def layer_params(self, heads: int, kv_heads: int, channels: int) -> int:
+        attn = heads * self.query_head_params + kv_heads * self.kv_head_params + (self.norm_params if heads else 0)
+        mlp = channels * self.channel_params + (self.norm_params if channels else 0)
+        return attn + mlp
+
+    def total_params(self, shapes=None) -> int:
+        shapes = self.shapes if shapes is None else shapes
+        return sum(self.layer_params(s.num_attention_heads, s.num_key_value_heads, s.intermediate_size) for s in shapes)
+
+
+def decoder_params(model) -> int:
+    """Parameters in the decoder layers (embeddings, final norm and lm_head excluded), counted from the weights."""
+    return sum(p.numel() for layer in model.model.layers for p in layer.parameters())
+
+
+def kv_cache_per_token(shapes) -> int:
+    """KV-cache entries per token (sum over layers of 2 x KV heads; multiply by head_dim x bytes for memory)."""
+    return sum(2 * s.num_key_value_heads for s in shapes)
+
+
+@dataclass
+class LayerScores:
+    """Importance of every structure of one layer (higher = more important); ``None`` for a removed sublayer."""
+
+    query_heads: torch.Tensor | None
+    kv_heads: torch.Tensor | None
+    mlp_channels: torch.Tensor | None
+
+    def to(self, dtype: torch.dtype) -> LayerScores:
+        conv = lambda t: None if t is None else t.detach().to(device="cpu", dtype=dtype)  # noqa: E731
+        return LayerScores(conv(self.query_heads), conv(self.kv_heads), conv(self.mlp_channels))

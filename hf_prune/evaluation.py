@@ -1,0 +1,321 @@
+"""Per-domain perplexity of a causal LM, to compare a model before and after pruning.
+
+Method (stated in every report): the documents of a domain are tokenised without special tokens, each
+followed by EOS, and concatenated into one token stream (the same packing as calibration). Windows of
+``seq_len`` tokens start every ``stride`` tokens (``stride = seq_len``: non-overlapping, the default).
+The first window scores all of its ``seq_len - 1`` next-token predictions; a later window scores only its
+last ``stride`` tokens (all ``seq_len - 1`` when windows do not overlap), so with overlap each token is
+scored once, with at least ``seq_len - stride`` tokens of context. **The trailing tokens that do not fill
+a whole window are dropped**: every window is full length, no padding or attention mask is involved,
+and the result is identical whatever the batch size. Perplexity = ``exp`` of the token-weighted mean
+NLL over all scored tokens of the domain.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .data.mix import CalibrationMix, _domain_from_spec
+from .data.sources import DomainSource, document_hashes, load_documents
+from .data.windows import CalibrationWindows, domain_token_stream, tokenize_documents
+from .errors import CalibrationError
+
+__all__ = ["PerplexityReport", "DataOverlapWarning", "evaluate_perplexity"]
+
+
+class DataOverlapWarning(UserWarning):
+    """Evaluation documents also appear in the calibration data (the evaluation is optimistic)."""
+
+
+@dataclass
+class PerplexityReport:
+    """Per-domain perplexity, with the settings it was measured under.
+
+    Attributes:
+        per_domain: perplexity of each domain.
+        nll: mean next-token negative log-likelihood (nats) of each domain.
+        tokens: scored tokens of each domain.
+        windows: evaluated windows of each domain.
+        seq_len, stride: window length and step, in tokens.
+        label: free text naming the model (e.g. "dense", "pruned 30%").
+    """
+
+    per_domain: dict[str, float]
+    nll: dict[str, float]
+    tokens: dict[str, int]
+    windows: dict[str, int]
+    seq_len: int
+    stride: int
+    label: str | None = None
+    method: str = field(
+        default="packed EOS-joined documents; full windows only (tail dropped); token-weighted mean NLL -> exp",
+        repr=False,
+    )
+
+    @property
+    def mean(self) -> float:
+        """Unweighted mean of the per-domain perplexities (each domain counts once)."""
+        return sum(self.per_domain.values()) / len(self.per_domain)
+
+    @property
+    def token_weighted(self) -> float:
+        """Perplexity over all domains' tokens pooled (large domains weigh more)."""
+        total = sum(self.tokens.values())
+        return math.exp(sum(self.nll[d] * self.tokens[d] for d in self.nll) / total)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["mean"] = self.mean
+        out["token_weighted"] = self.token_weighted
+        return out
+
+    def to_json(self, path: str | os.PathLike[str] | None = None) -> str:
+        """The report as JSON text; also written to ``path`` when given."""
+        text = json.dumps(self.to_dict(), indent=2)
+        if path is not None:
+            Path(path).write_text(text + "\n", encoding="utf-8")
+        return text
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PerplexityReport:
+        keys = {"per_domain", "nll", "tokens", "windows", "seq_len", "stride", "label", "method"}
+        return cls(**{k: v for k, v in data.items() if k in keys})
+
+    def to_markdown(self) -> str:
+        """A markdown table: domain, perplexity, windows, tokens; then the mean."""
+        title = f" ({self.label})" if self.label else ""
+        lines = [
+            f"Perplexity{title}, seq_len {self.seq_len}, stride {self.stride}",
+            "",
+            "| domain | perplexity | windows | tokens |",
+            "|---|---:|---:|---:|",
+        ]
+        for d, ppl in self.per_domain.items():
+            lines.append(f"| {d} | {ppl:.3f} | {self.windows[d]} | {self.tokens[d]} |")
+        lines.append(f"| **mean** | **{self.mean:.3f}** | {sum(self.windows.values())} | {sum(self.tokens.values())} |")
+        return "\n".join(lines)
+
+    def compare(self, other: PerplexityReport, labels: tuple[str, str] | None = None) -> str:
+        """Markdown table of ``self`` (before) against ``other`` (after) with the ratio after/before."""
+        if (self.seq_len, self.stride) != (other.seq_len, other.stride):
+            warnings.warn(
+                f"comparing reports measured with different windows ({self.seq_len}/{self.stride} vs "
+                f"{other.seq_len}/{other.stride})",
+                stacklevel=2,
+            )
+        a, b = labels or (self.label or "before", other.label or "after")
+        lines = [f"| domain | {a} | {b} | ratio |", "|---|---:|---:|---:|"]
+        for d, ppl in self.per_domain.items():
+            if d in other.per_domain:
+                o = other.per_domain[d]
+                lines.append(f"| {d} | {ppl:.3f} | {o:.3f} | {o / ppl:.3f} |")
+            else:
+                lines.append(f"| {d} | {ppl:.3f} | - | - |")
+        common = [d for d in self.per_domain if d in other.per_domain]
+        if common:
+            m1 = sum(self.per_domain[d] for d in common) / len(common)
+            m2 = sum(other.per_domain[d] for d in common) / len(common)
+            lines.append(f"| **mean** | **{m1:.3f}** | **{m2:.3f}** | **{m2 / m1:.3f}** |")
+        return "\n".join(lines)
+
+
+# ---- inputs ------------------------------------------------------------------------------------------
+def _as_domains(spec: Any) -> dict[str, DomainSource | list[str]]:
+    """Normalise an evaluation/calibration spec to ``{domain: DomainSource | documents}``."""
+    if isinstance(spec, CalibrationMix):
+        return {s.name: s for s in spec.sources}
+    if not isinstance(spec, Mapping):
+        raise CalibrationError(
+            f"evaluation texts must be a CalibrationMix or a mapping domain -> source/texts, got {type(spec).__name__}"
+        )
+    if set(spec) == {"domains"} and isinstance(spec["domains"], Mapping):
+        spec = spec["domains"]
+    out: dict[str, DomainSource | list[str]] = {}
+    for name, value in spec.items():
+        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+            docs = [v for v in value if v.strip()]
+            if not docs:
+                raise CalibrationError(f"domain {name!r}: no non-empty evaluation texts")
+            out[name] = docs
+        else:
+            out[name] = _domain_from_spec(name, value)
+    if not out:
+        raise CalibrationError("no evaluation domains given")
+    return out
+
+
+def _local_files(src: DomainSource) -> set[Path]:
+    return {p.resolve() for p in src.files()} if src.is_local else set()
+
+
+def _check_against_calibration(
+    evals: dict[str, DomainSource | list[str]], calibration: Any, tokenizer: Any
+) -> None:
+    """Refuse shared source files; warn about shared documents."""
+    # CalibrationWindows carry the spec of the mix they were drawn from.
+    spec = getattr(calibration, "spec", None)
+    calib = _as_domains(spec if spec is not None else calibration)
+    for ename, esrc in evals.items():
+        if not isinstance(esrc, DomainSource):
+            continue
+        for cname, csrc in calib.items():
+            if not isinstance(csrc, DomainSource):
+                continue
+            shared = _local_files(esrc) & _local_files(csrc)
+            same_hub = (not esrc.is_local and not csrc.is_local) and (
+                (esrc.source, esrc.config, esrc.split) == (csrc.source, csrc.config, csrc.split)
+            )
+            if shared or same_hub:
+                what = ", ".join(sorted(map(str, shared))) if shared else f"{esrc.source} split {esrc.split}"
+                raise CalibrationError(
+                    f"domain {ename!r}: evaluation source is the same as calibration domain {cname!r} ({what}); "
+                    f"evaluate on held-out text (e.g. a dev split)"
+                )
+    # Document-level overlap (streamed Hub sources are skipped: reading them twice is costly).
+    calib_hashes: dict[str, set[str]] = {}
+    for cname, csrc in calib.items():
+        if isinstance(csrc, DomainSource) and csrc.is_streaming:
+            continue
+        docs = csrc if isinstance(csrc, list) else load_documents(csrc, tokenizer)
+        calib_hashes[cname] = document_hashes(docs)
+    for ename, esrc in evals.items():
+        if isinstance(esrc, DomainSource) and esrc.is_streaming:
+            continue
+        docs = esrc if isinstance(esrc, list) else load_documents(esrc, tokenizer)
+        ehash = document_hashes(docs)
+        for cname, chash in calib_hashes.items():
+            n = len(ehash & chash)
+            if n:
+                warnings.warn(
+                    f"domain {ename!r}: {n} of {len(ehash)} evaluation documents also appear in calibration "
+                    f"domain {cname!r}; perplexity on them is optimistic",
+                    DataOverlapWarning,
+                    stacklevel=3,
+                )
+
+
+def _window_plan(n_tokens: int, seq_len: int, stride: int, cap: int | None) -> list[tuple[int, int]]:
+    """``(start, first scored target position)`` of each evaluated window."""
+    n = 0 if n_tokens < seq_len else (n_tokens - seq_len) // stride + 1
+    idx = list(range(n))
+    if cap is not None and n > cap:
+        # Evenly spaced, so a capped run still covers the whole domain rather than its first documents.
+        idx = sorted({round(i * (n - 1) / max(cap - 1, 1)) for i in range(cap)})
+    return [(i * stride, 1 if i == 0 else max(1, seq_len - stride)) for i in idx]
+
+
+# ---- main entry --------------------------------------------------------------------------------------
+@torch.no_grad()
+def evaluate_perplexity(
+    model: Any,
+    tokenizer: Any,
+    eval_texts: CalibrationMix | Mapping[str, Any],
+    *,
+    seq_len: int = 256,
+    stride: int | None = None,
+    batch_size: int = 8,
+    max_windows_per_domain: int | None = None,
+    calibration: CalibrationMix | CalibrationWindows | Mapping[str, Any] | None = None,
+    label: str | None = None,
+    progress: bool = True,
+    cache: bool | str | os.PathLike[str] = True,
+) -> PerplexityReport:
+    """Perplexity of ``model`` on each evaluation domain (see the module docstring for the method).
+
+    Args:
+        eval_texts: a :class:`CalibrationMix` (weights ignored) or a mapping ``{domain: source}`` (path,
+            Hub id or field mapping, as in a mix) or ``{domain: [documents]}``.
+        seq_len: window length in tokens.
+        stride: step between window starts; ``None`` = ``seq_len`` (non-overlapping).
+        batch_size: windows per forward pass (does not change the result).
+        max_windows_per_domain: evaluate at most this many windows per domain, evenly spaced.
+        calibration: the calibration mix used for pruning (or the windows drawn from it); an evaluation
+            source that is the same file (or Hub split) is refused, and shared documents draw a :class:`DataOverlapWarning`.
+        label: name of the model in the report.
+        progress: show a tqdm progress bar.
+        cache: token cache for file/Hub sources (see :func:`hf_prune.data.windows.domain_token_stream`).
+
+    Raises:
+        CalibrationError: bad sources, a calibration/evaluation clash, or a domain shorter than one window;
+            all checked before the model runs.
+    """
+    from tqdm.auto import tqdm
+
+    stride = seq_len if stride is None else stride
+    if seq_len < 2:
+        raise ValueError(f"seq_len must be >= 2, got {seq_len}")
+    if not 1 <= stride <= seq_len:
+        raise ValueError(f"stride must be in [1, seq_len={seq_len}], got {stride}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if max_windows_per_domain is not None and max_windows_per_domain < 1:
+        raise ValueError(f"max_windows_per_domain must be >= 1, got {max_windows_per_domain}")
+
+    evals = _as_domains(eval_texts)
+    if calibration is not None:
+        _check_against_calibration(evals, calibration, tokenizer)
+
+    # Tokenise and plan every domain first, so data errors surface before any forward pass.
+    streams: dict[str, torch.Tensor] = {}
+    plans: dict[str, list[tuple[int, int]]] = {}
+    for name, src in evals.items():
+        if isinstance(src, DomainSource):
+            stream = domain_token_stream(src, tokenizer, cache=cache)
+        else:
+            stream = tokenize_documents(src, tokenizer)
+        plan = _window_plan(stream.numel(), seq_len, stride, max_windows_per_domain)
+        if not plan:
+            raise CalibrationError(
+                f"domain {name!r} is too small to evaluate: {stream.numel()} tokens, fewer than one window "
+                f"of seq_len={seq_len}"
+            )
+        streams[name], plans[name] = stream, plan
+
+    jobs = [(name, start, first) for name, plan in plans.items() for start, first in plan]
+    nll_sum = dict.fromkeys(evals, 0.0)
+    n_tok = dict.fromkeys(evals, 0)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        bar = tqdm(total=len(jobs), desc="perplexity", unit="win", disable=not progress)
+        positions = torch.arange(seq_len - 1, device=device)
+        for i in range(0, len(jobs), batch_size):
+            chunk = jobs[i : i + batch_size]
+            ids = torch.stack([streams[n][s : s + seq_len] for n, s, _ in chunk]).long().to(device)
+            logits = model(input_ids=ids, use_cache=False).logits[:, :-1].float()
+            nll = torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none"
+            ).view(len(chunk), seq_len - 1)
+            # Logit position p predicts token p + 1: a window scores targets from `first` on.
+            firsts = torch.tensor([f for _, _, f in chunk], device=device)
+            keep = positions.unsqueeze(0) >= (firsts - 1).unsqueeze(1)
+            per_window = (nll * keep).double().sum(dim=1).tolist()
+            counts = keep.sum(dim=1).tolist()
+            for (name, _, _), s, c in zip(chunk, per_window, counts):
+                nll_sum[name] += s
+                n_tok[name] += int(c)
+            bar.update(len(chunk))
+        bar.close()
+    finally:
+        model.train(was_training)
+
+    mean_nll = {d: nll_sum[d] / n_tok[d] for d in evals}
+    return PerplexityReport(
+        per_domain={d: math.exp(v) for d, v in mean_nll.items()},
+        nll=mean_nll,
+        tokens=n_tok,
+        windows={d: len(plans[d]) for d in evals},
+        seq_len=seq_len,
+        stride=stride,
+        label=label,
+    )

@@ -1,0 +1,199 @@
+"""Model card rendering (hf_prune.card) and the dependency-free PNG chart (hf_prune.plotting)."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import struct
+import zlib
+from pathlib import Path
+
+import pytest
+import yaml
+from huggingface_hub import ModelCard, ModelCardData
+
+try:
+    from tests.hub_server import validate_card_yaml
+except ImportError:  # pragma: no cover
+    from hub_server import validate_card_yaml
+
+from hf_prune.card import CARD_TAGS, CHART_FILENAME, CardInfo, check_card_metadata, render_model_card, write_model_card
+from hf_prune.errors import ModelCardError
+from hf_prune.plotting import PNG_SIGNATURE, bar_chart_png, encode_png
+
+SECTIONS = (
+    "## How to load it",
+    "## Method",
+    "### Calibration data",
+    "## Sparsity and size",
+    "## Per-layer sizes",
+    "## Evaluation",
+    "## Inference speed",
+    "## Other sparsity levels",
+    "## Limitations",
+)
+
+
+def make_info(**overrides) -> CardInfo:
+    values = dict(
+        base_model="Qwen/Qwen2.5-0.5B",
+        base_model_revision="060db6499f32faf8b98477b0a26969ef7d8b9987",
+        license="apache-2.0",
+        repo_id="someone/Qwen2.5-0.5B-pruned",
+        method="Attention heads and MLP channels ranked by calibration activations; no fine-tuning.",
+        calibration={"domains": {"code": 64, "web": 64, "math": 32}, "seq_len": 512, "datasets": ["org/mix"]},
+        target_sparsity=0.3,
+        achieved_sparsity=0.298,
+        params_before=494_032_768,
+        params_after=346_800_000,
+        kv_cache_reduction=0.25,
+        layers=[
+            {"num_attention_heads": 14, "num_key_value_heads": 2, "intermediate_size": 4864},
+            {"num_attention_heads": 10, "num_key_value_heads": 2, "intermediate_size": 3200},
+            {"skip_attention": True, "intermediate_size": 2048},
+            {"num_attention_heads": 7, "num_key_value_heads": 1, "intermediate_size": 0},
+        ],
+        eval_before={"code": 4.21, "web": 13.5, "math": 6.0},
+        eval_after={"code": 5.02, "web": 15.9, "math": 7.7},
+        eval_seq_len=512,
+        speed={"device": "cpu", "batch_size": 1, "dense_tokens_per_s": 20.0, "pruned_tokens_per_s": 27.0},
+        other_levels=[(0.3, "sparsity-30"), (0.5, "sparsity-50"), (0.7, "sparsity-70")],
+        branch="sparsity-30",
+    )
+    values.update(overrides)
+    return CardInfo(**values)
+
+
+def front_matter(text: str) -> dict:
+    match = re.match(r"\A---\n(.*?)\n---\n", text, re.S)
+    assert match, "card must start with a YAML front matter block"
+    return yaml.safe_load(match.group(1))
+
+
+def test_card_has_every_section_and_the_numbers():
+    text = render_model_card(make_info())
+    positions = [text.index(section) for section in SECTIONS]
+    assert positions == sorted(positions)
+    # Loading with and without the plugin.
+    assert "import hf_prune" in text
+    assert 'from_pretrained("someone/Qwen2.5-0.5B-pruned", revision="sparsity-30")' in text
+    assert "trust_remote_code=True" in text and "revision=" in text
+    # Method, calibration, sizes.
+    assert "060db6499f32faf8b98477b0a26969ef7d8b9987" in text
+    assert "| code | 64 |" in text and "seq len: 512" in text
+    assert "| achieved sparsity | 29.8% |" in text and "494,032,768" in text and "| KV-cache reduction | 25.0% |" in text
+    # Per-layer table and chart, skipped blocks.
+    assert f"]({CHART_FILENAME})" in text
+    assert "| 2 | skipped | skipped | 2048 |" in text and "| 3 | 7 | 1 | skipped |" in text
+    # Evaluation before/after per domain.
+    assert "| code | 4.21 | 5.02 | +19.2% |" in text and "| math | 6.00 | 7.70 | +28.3% |" in text
+    # Speed and the other levels.
+    assert "1.35x" in text
+    assert '`sparsity-30` (this card)' in text and '`revision="sparsity-70"`' in text
+    assert "$" not in text.replace("$ ", "")  # no placeholder left
+
+
+def test_card_metadata_is_valid_hub_metadata():
+    text = render_model_card(make_info())
+    data = front_matter(text)
+    assert data["base_model"] == "Qwen/Qwen2.5-0.5B"
+    assert data["library_name"] == "transformers"
+    assert data["pipeline_tag"] == "text-generation"
+    assert data["license"] == "apache-2.0"
+    assert set(CARD_TAGS) <= set(data["tags"]) and {"pruned", "structured-pruning", "hf-prune"} <= set(data["tags"])
+    assert data["datasets"] == ["org/mix"]
+    assert "base_model_relation" not in data
+    # huggingface_hub accepts it (constructor validation and the parser of a full card).
+    card_data = ModelCardData(**data)
+    assert card_data.to_dict() == data
+    assert ModelCard(text).data.base_model == "Qwen/Qwen2.5-0.5B"
+    assert check_card_metadata(text) == data
+    # And the local Hub's validate-yaml rules (what the upload test server enforces).
+    assert validate_card_yaml(text) == []
+
+
+def test_optional_fields_and_unknown_license():
+    text = render_model_card(make_info(speed=None, repo_id=None, other_levels=[], base_model_revision=None,
+                                       license="Qwen Research License"))
+    data = front_matter(text)
+    assert data["license"] == "other" and data["license_name"] == "qwen-research-license"
+    assert data["license_link"].startswith("https://huggingface.co/Qwen/Qwen2.5-0.5B")
+    assert "Not measured" in text
+    assert "<namespace>/<repo-name>" in text
+    assert "`sparsity-30` (this card)" in text
+    check_card_metadata(text)
+
+
+def test_check_card_metadata_rejects_what_the_hub_rejects():
+    good = render_model_card(make_info())
+    with pytest.raises(ModelCardError, match="base_model_relation"):
+        check_card_metadata(good.replace("library_name:", "base_model_relation: pruned\nlibrary_name:", 1))
+    with pytest.raises(ModelCardError, match="front matter"):
+        check_card_metadata("# no metadata\n")
+    with pytest.raises(ModelCardError, match="does not parse"):
+        check_card_metadata("---\ntags: [unclosed\n---\n")
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "match"),
+    [
+        ("achieved_sparsity", 1.2, "achieved_sparsity"),
+        ("params_after", 10**12, "params_after"),
+        ("eval_after", {"code": float("nan")}, "eval_after"),
+        ("layers", [], "layers"),
+        ("base_model", "not a model id!", "base_model"),
+        ("other_levels", [(0.5,)], "other_levels"),
+    ],
+)
+def test_invalid_info_is_refused_with_the_field_named(field, value, match):
+    with pytest.raises(ModelCardError, match=match):
+        render_model_card(make_info(**{field: value}))
+
+
+def _png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
+    assert data[:8] == PNG_SIGNATURE
+    chunks, pos = [], 8
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos:pos + 4])
+        kind, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + length]
+        (crc,) = struct.unpack(">I", data[pos + 8 + length:pos + 12 + length])
+        assert crc == zlib.crc32(kind + body) & 0xFFFFFFFF
+        chunks.append((kind, body))
+        pos += 12 + length
+    return chunks
+
+
+def test_write_model_card_writes_readme_and_a_valid_png(tmp_path: Path):
+    info = make_info()
+    readme = write_model_card(tmp_path, info)
+    assert readme == tmp_path / "README.md"
+    assert readme.read_text(encoding="utf-8") == render_model_card(info)
+    png = (tmp_path / CHART_FILENAME).read_bytes()
+    chunks = _png_chunks(png)
+    assert [kind for kind, _ in chunks] == [b"IHDR", b"IDAT", b"IEND"]
+    width, height, depth, color_type = struct.unpack(">IIBB", chunks[0][1][:10])
+    assert (depth, color_type) == (8, 2)
+    assert width > 4 * 2 * 6 and height > 0  # 4 layers x 2 bars
+    raw = zlib.decompress(chunks[1][1])
+    assert len(raw) == height * (1 + 3 * width)
+    assert any(b != 255 for b in raw)  # bars were drawn
+
+
+def test_encode_png_round_trip():
+    rows = [bytes([x * 10, y * 10, 0] * 1) * 1 for y in range(3) for x in range(1)]
+    png = encode_png(1, 3, rows)
+    chunks = _png_chunks(png)
+    assert struct.unpack(">II", chunks[0][1][:8]) == (1, 3)
+    with pytest.raises(ValueError):
+        encode_png(2, 1, [b"\0\0\0"])
+    with pytest.raises(ValueError):
+        bar_chart_png([[1.0], [1.0, 2.0]])
+
+
+def test_card_info_is_a_typed_dataclass():
+    fields = {f.name for f in dataclasses.fields(CardInfo)}
+    assert fields >= {
+        "base_model", "base_model_revision", "license", "repo_id", "method", "calibration", "target_sparsity",
+        "achieved_sparsity", "params_before", "params_after", "kv_cache_reduction", "layers", "eval_before",
+        "eval_after", "eval_seq_len", "speed", "other_levels", "branch",
+    }

@@ -1,0 +1,155 @@
+"""The pruning engine on tiny random models: accounting, nesting, constraints, determinism, resume, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import tiny_qwen2
+
+import hf_prune.engine.pruner as pruner_module
+from hf_prune import PruningError, UnsupportedModelError, apply_plan, prune
+from hf_prune.engine import METHODS, decoder_params
+
+CALIB = torch.randint(3, 128, (12, 24), generator=torch.Generator().manual_seed(0))
+LEVELS = [0.2, 0.35, 0.5]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_qwen2(seed=11, num_hidden_layers=4, intermediate_size=96)
+
+
+def kept_sets(plan):
+    return [(set(l.query_heads), set(l.mlp_channels)) for l in plan.layers]
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_sparsity_accounting_and_nesting(model, method):
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = prune(model, None, CALIB, LEVELS, method=method, steps=3 if method == "gisp" else None,
+                   show_progress=False)
+    assert sorted(result.plans) == LEVELS
+    dense = decoder_params(model)
+    for level, plan in result.plans.items():
+        pruned = apply_plan(model, plan)  # also validates GQA uniformity per layer
+        measured = 1 - decoder_params(pruned) / dense
+        assert result.sparsity[level] == pytest.approx(measured, abs=1e-9)
+        assert abs(measured - level) <= 0.005, (method, level, measured)
+        for layer in pruned.model.layers:
+            if layer.self_attn is not None:
+                assert layer.self_attn.q_proj.out_features % layer.self_attn.k_proj.out_features == 0
+    # Nested: each level keeps a subset of the previous level's structures.
+    for low, high in zip(LEVELS, LEVELS[1:]):
+        for (h_low, c_low), (h_high, c_high) in zip(kept_sets(result.plans[low]), kept_sets(result.plans[high])):
+            assert h_high <= h_low and c_high <= c_low
+    # The input model is untouched (scored in place, then restored).
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(p.grad is None and p.requires_grad for p in model.parameters())
+
+
+def test_kv_heads_go_when_their_group_empties(model):
+    result = prune(model, None, CALIB, [0.6], method="gisp", steps=2, show_progress=False)
+    plan = result.plans[0.6]
+    shapes = [(len(l.query_heads), len(l.kv_heads)) for l in plan.layers]
+    assert result.kv_cache_reduction[0.6] == pytest.approx(
+        1 - sum(kv for _, kv in shapes) / (2 * 4), abs=1e-9)
+    for heads, kv in shapes:
+        assert heads == 0 and kv == 0 or heads % kv == 0
+
+
+def test_constraints_are_honoured(model):
+    result = prune(model, None, CALIB, [0.2, 0.3], method="gisp", steps=2, keep_dense=[0, 3], channel_multiple=8,
+                   min_heads=2, tp_degree=2, show_progress=False)
+    for plan in result.plans.values():
+        for idx, layer in enumerate(plan.layers):
+            if idx in (0, 3):
+                assert layer.query_heads == list(range(8)) and layer.mlp_channels == list(range(96))
+            assert len(layer.mlp_channels) % 8 == 0
+            assert len(layer.query_heads) >= 2
+            assert len(layer.kv_heads) % 2 == 0
+    uniform = prune(model, None, CALIB, [0.3], method="llm-pruner", channel_multiple=16, show_progress=False)
+    widths = {len(l.mlp_channels) for l in uniform.plans[0.3].layers}
+    assert len(widths) == 1 and widths.pop() % 16 == 0  # same ratio everywhere, rounded
+
+
+def test_keep_dense_gisp_rule():
+    model = tiny_qwen2(seed=1, num_hidden_layers=10)
+    result = prune(model, None, CALIB, [0.3], method="llm-pruner", keep_dense="gisp", show_progress=False)
+    layers = result.plans[0.3].layers
+    for idx in (0, 9):  # int(0.1 * 10) = 1 first layer, and the last
+        assert layers[idx].query_heads == list(range(8)) and len(layers[idx].mlp_channels) == 96
+    assert len(layers[5].mlp_channels) < 96
+
+
+def test_deterministic_under_a_seed(model):
+    run = lambda method, seed: prune(model, None, CALIB, [0.3], method=method, seed=seed, steps=2 if method == "gisp" else None,  # noqa: E731
+                                     show_progress=False).plans[0.3].to_dict()["layers"]
+    assert run("gisp", 0) == run("gisp", 0)
+    assert run("random", 0) == run("random", 0)
+    assert run("random", 0) != run("random", 1)
+
+
+def test_resume_after_interruption_gives_the_same_plans(model, tmp_path, monkeypatch):
+    kwargs = dict(method="gisp", steps=4, state_dir=tmp_path / "state", show_progress=False)
+    reference = prune(model, None, CALIB, LEVELS, method="gisp", steps=4, show_progress=False)
+
+    real_apply, calls = pruner_module.apply_plan, {"n": 0}
+
+    def interrupt_on_third_step(*args, **kw):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_apply(*args, **kw)
+
+    monkeypatch.setattr(pruner_module, "apply_plan", interrupt_on_third_step)
+    with pytest.raises(KeyboardInterrupt):
+        prune(model, None, CALIB, LEVELS, **kwargs)
+    monkeypatch.setattr(pruner_module, "apply_plan", real_apply)
+    assert (tmp_path / "state" / "prune_state.json").is_file()
+
+    resumed = prune(model, None, CALIB, LEVELS, **kwargs)
+    assert [entry.step for entry in resumed.log] == list(range(len(reference.log)))
+    for level in LEVELS:
+        assert resumed.plans[level].to_dict()["layers"] == reference.plans[level].to_dict()["layers"]
+    with pytest.raises(PruningError, match="other settings"):
+        prune(model, None, CALIB, [0.25], **kwargs)
+
+
+class _Spy:
+    """A criterion that records whether scoring ever started."""
+
+    name = "spy"
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, model, batches, objective=None, **kw):
+        self.calls += 1
+        raise AssertionError("scoring must not start on bad input")
+
+
+@pytest.mark.parametrize(
+    "target, kwargs, message",
+    [
+        (0.0, {}, r"target_sparsity must be in \(0, 1\)"),
+        (1.0, {}, r"target_sparsity must be in \(0, 1\)"),
+        ([0.2, -0.1], {}, r"target_sparsity must be in \(0, 1\)"),
+        (0.5, {"keep_dense": [0, 1, 2]}, "impossible under these constraints"),
+        (0.3, {"keep_dense": [7]}, "out of range"),
+        (0.3, {"method": "nope"}, "Unknown method"),
+        (0.3, {"allocation": "diagonal"}, "Unknown allocation"),
+        (0.3, {"tp_degree": 4}, "not divisible by tp_degree=4"),
+        (0.3, {"calibration": CALIB[:0]}, "no tokens"),
+    ],
+)
+def test_bad_input_fails_before_scoring(model, target, kwargs, message):
+    spy = _Spy()
+    calibration = kwargs.pop("calibration", CALIB)
+    with pytest.raises(PruningError, match=message):
+        prune(model, None, calibration, target, importance=spy, show_progress=False, **kwargs)
+    assert spy.calls == 0
+
+
+def test_not_qwen2_is_refused():
+    with pytest.raises(UnsupportedModelError):
+        prune(torch.nn.Linear(3, 3), None, CALIB, 0.3)
