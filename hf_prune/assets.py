@@ -90,3 +90,72 @@ def load_smollm2(dtype: torch.dtype = torch.float32) -> tuple[Qwen2ForCausalLM, 
     # (different ids, worse perplexity); the fast tokenizer class keeps SmolLM2's own.
     tokenizer = PreTrainedTokenizerFast.from_pretrained(target)
     return model, tokenizer
+
+
+# ---- Qwen2.5-Coder-0.5B-Instruct: the real Qwen2 benchmark model (benchmarks only, never needed by tests) ----
+QWEN_CODER_FETCH = "bash scripts/fetch_qwen.sh"
+_QWEN_CODER_FILE = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
+_QWEN_CODER_SIZE = 491_400_064
+_QWEN_CODER_CACHE_NAME = "qwen2.5-coder-0.5b-instruct-fp32-v1"
+
+
+def qwen_coder_05b_gguf_path() -> Path:
+    """Path of the joined Qwen2.5-Coder-0.5B-Instruct GGUF (Q4_K_M) written by ``scripts/fetch_qwen.sh``.
+
+    The sha256 is checked by the fetch script; here only the size is checked (hashing 491 MB takes seconds).
+
+    Raises:
+        AssetNotFoundError: the file was not fetched (or is truncated); the message gives the fetch command.
+    """
+    path = cache_dir() / _QWEN_CODER_FILE
+    if not path.is_file():
+        raise AssetNotFoundError(
+            f"Qwen2.5-Coder-0.5B-Instruct is not fetched ({path} is missing). "
+            f"Run from the repository root: {QWEN_CODER_FETCH}"
+        )
+    if path.stat().st_size != _QWEN_CODER_SIZE:
+        raise AssetNotFoundError(
+            f"{path} has {path.stat().st_size} bytes, expected {_QWEN_CODER_SIZE}; delete it and run: {QWEN_CODER_FETCH}"
+        )
+    return path
+
+
+def _convert_qwen_coder_05b(target: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    gguf = qwen_coder_05b_gguf_path()
+    # dequantize=True: otherwise a GGUF quantizer stays attached and save_pretrained refuses the model.
+    model = AutoModelForCausalLM.from_pretrained(
+        str(gguf.parent), gguf_file=gguf.name, quantization_config=GgufConfig(dequantize=True), dtype=torch.float32
+    )
+    if not isinstance(model, Qwen2ForCausalLM):  # the GGUF says qwen2; guard against a changed mapping
+        raise AssetNotFoundError(f"{gguf} loaded as {type(model).__name__}, expected Qwen2ForCausalLM.")
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
+    try:
+        # fp32 on disk (2.5 GB): the dequantised Q4_K values are exact in fp32, bf16 would round them again.
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, target)  # atomic: a half-converted folder is never seen as the cache
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def load_qwen_coder_05b(dtype: torch.dtype = torch.float32) -> tuple[Qwen2ForCausalLM, PreTrainedTokenizerFast]:
+    """Load Qwen2.5-Coder-0.5B-Instruct (dequantised Q4_K_M GGUF) as a stock ``Qwen2ForCausalLM`` with its tokenizer.
+
+    A real Qwen2: 24 layers, hidden 896, 14 query / 2 KV heads (head_dim 64), MLP 4864, vocab 151,936, q/k/v
+    biases, untied lm_head; 630 M parameters (~2.5 GB in fp32). For benchmarks only. The first call converts
+    the GGUF (about a minute, ~4 GB peak RSS) and caches fp32 safetensors under :func:`cache_dir`.
+
+    Raises:
+        AssetNotFoundError: the GGUF was not fetched; run ``bash scripts/fetch_qwen.sh``.
+    """
+    target = cache_dir() / _QWEN_CODER_CACHE_NAME
+    if not (target / "config.json").is_file():
+        _convert_qwen_coder_05b(target)
+    model = Qwen2ForCausalLM.from_pretrained(target, dtype=dtype).eval()
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(target)
+    return model, tokenizer

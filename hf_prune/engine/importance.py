@@ -38,6 +38,11 @@ def _head_dim(model) -> int:
     return cfg._getattr_without_heterogeneous_validation("head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
 
 
+def _acc(t: torch.Tensor) -> torch.Tensor:
+    """At least fp32 for sums (bf16/fp16 would lose the small terms); float64 stays float64."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
 def _structure_sums(model, elementwise: Callable[[torch.nn.Module, str, torch.Tensor], torch.Tensor]) -> list[LayerScores]:
     """Sum ``elementwise(module, "weight"|"bias", tensor)`` over the weights of every structure."""
     d = _head_dim(model)
@@ -47,20 +52,20 @@ def _structure_sums(model, elementwise: Callable[[torch.nn.Module, str, torch.Te
         attn, mlp = layer.self_attn, layer.mlp
         if attn is not None:
             def rows(proj):
-                s = elementwise(proj, "weight", proj.weight).float()
+                s = _acc(elementwise(proj, "weight", proj.weight))
                 s = s.view(-1, d, s.shape[1]).sum((1, 2))
                 if proj.bias is not None:
-                    s = s + elementwise(proj, "bias", proj.bias).float().view(-1, d).sum(1)
+                    s = s + _acc(elementwise(proj, "bias", proj.bias)).view(-1, d).sum(1)
                 return s
 
-            o = elementwise(attn.o_proj, "weight", attn.o_proj.weight).float()
+            o = _acc(elementwise(attn.o_proj, "weight", attn.o_proj.weight))
             heads = rows(attn.q_proj) + o.view(o.shape[0], -1, d).sum((0, 2))
             kv = rows(attn.k_proj) + rows(attn.v_proj)
         if mlp is not None:
             channels = (
-                elementwise(mlp.gate_proj, "weight", mlp.gate_proj.weight).float().sum(1)
-                + elementwise(mlp.up_proj, "weight", mlp.up_proj.weight).float().sum(1)
-                + elementwise(mlp.down_proj, "weight", mlp.down_proj.weight).float().sum(0)
+                _acc(elementwise(mlp.gate_proj, "weight", mlp.gate_proj.weight)).sum(1)
+                + _acc(elementwise(mlp.up_proj, "weight", mlp.up_proj.weight)).sum(1)
+                + _acc(elementwise(mlp.down_proj, "weight", mlp.down_proj.weight)).sum(0)
             )
         scores.append(LayerScores(heads, kv, channels).to(torch.float32))
     return scores
@@ -124,8 +129,9 @@ class TaylorImportance(Importance):
         if objective is None:
             raise PruningError("taylor importance needs an objective")
         with _only_structured_grads(model) as params:
-            # fp32 models accumulate in .grad directly; others get fp32 buffers (bf16 sums lose the small terms).
-            buffers = {p: torch.zeros_like(p, dtype=torch.float32) for p in params if p.dtype != torch.float32}
+            # fp32/fp64 models accumulate in .grad directly; half precision gets fp32 buffers (bf16 sums lose the
+            # small terms).
+            buffers = {p: torch.zeros_like(p, dtype=torch.float32) for p in params if p.dtype in (torch.bfloat16, torch.float16)}
             count = 0
             for batch in _progress(batches, "taylor scores", not show_progress):
                 size = batch["input_ids"].shape[0]
@@ -137,10 +143,10 @@ class TaylorImportance(Importance):
                     p.grad = None
             if count == 0:
                 raise PruningError("The calibration set produced no batches.")
-            mean_grad = {p: (buffers[p] if p in buffers else p.grad.float()) / count for p in params}
+            mean_grad = {p: (buffers[p] if p in buffers else p.grad) / count for p in params}
 
             def elementwise(module, kind, tensor):
-                return (tensor.detach().float() * mean_grad[getattr(module, kind)]).abs()
+                return (_acc(tensor.detach()) * mean_grad[getattr(module, kind)]).abs()
 
             return _structure_sums(model, elementwise)
 

@@ -84,6 +84,6 @@ class LayerScores:
     kv_heads: torch.Tensor | None
     mlp_channels: torch.Tensor | None
 
-    def to(self, dtype: torch.dtype) -> LayerScores:
+    def to(self, dtype: torch.dtype | None = None) -> LayerScores:
         conv = lambda t: None if t is None else t.detach().to(device="cpu", dtype=dtype)  # noqa: E731
         return LayerScores(conv(self.query_heads), conv(self.kv_heads), conv(self.mlp_channels))

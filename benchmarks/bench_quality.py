@@ -1,0 +1,166 @@
+"""Pruning quality: per-domain dev perplexity of every method at several sparsities, in one run.
+
+    python benchmarks/bench_quality.py --model smollm2 --sparsities 0.2,0.3,0.4,0.5
+    python benchmarks/bench_quality.py --model qwen --methods gisp,wanda-sp --single-domain 0.3,0.5
+
+Calibrates on ``../shared/corpus/calib`` (or ``$HF_PRUNE_CORPUS/calib``) and evaluates on the disjoint ``dev``
+split, with the same calibration windows (same seed) for every method. Writes
+``benchmarks/results/quality_<model>.json``, prints markdown tables, and draws a PNG of mean perplexity vs
+sparsity (matplotlib, a benchmark-only extra) next to the JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from hf_prune import CalibrationMix, apply_plan, evaluate_perplexity, prune
+
+ROOT = Path(__file__).resolve().parents[1]
+DOMAINS = ["web", "prose", "code", "math", "docs", "dialogue", "zh"]
+
+
+def corpus_dir() -> Path:
+    path = Path(os.environ.get("HF_PRUNE_CORPUS", ROOT.parent / "shared" / "corpus"))
+    if not (path / "calib").is_dir() or not (path / "dev").is_dir():
+        sys.exit(f"bench_quality: the corpus is missing: expected {path}/calib and {path}/dev "
+                 "(set HF_PRUNE_CORPUS to a folder holding calib/<domain>.jsonl and dev/<domain>.jsonl).")
+    return path
+
+
+def load_model(name: str):
+    from hf_prune import assets
+
+    if name == "smollm2":
+        return assets.load_smollm2()
+    if name == "qwen":
+        return assets.load_qwen_coder_05b()
+    sys.exit(f"unknown model {name!r}: smollm2 or qwen")
+
+
+def evaluate(model, tokenizer, evals, args, calibration):
+    report = evaluate_perplexity(model, tokenizer, evals, seq_len=args.eval_seq_len,
+                                 max_windows_per_domain=args.eval_windows, batch_size=8, progress=False,
+                                 calibration=calibration)
+    return {"per_domain": report.per_domain, "mean": report.mean, "worst": max(report.per_domain.values())}
+
+
+def run_method(model, tokenizer, calibration, evals, method, sparsities, args, label=None):
+    t0 = time.perf_counter()
+    kwargs = {"steps": args.steps} if method == "gisp" and args.steps else {}
+    result = prune(model, tokenizer, calibration, sparsities, method=method, num_samples=args.num_samples,
+                   seq_len=args.seq_len, seed=args.seed, batch_size=args.batch_size, show_progress=False, **kwargs)
+    prune_seconds = time.perf_counter() - t0
+    rows = {}
+    for s in sparsities:
+        pruned = apply_plan(model, result.plans[s])
+        rows[str(s)] = {**evaluate(pruned, tokenizer, evals, args, calibration), "sparsity": result.sparsity[s],
+                        "kv_cache_reduction": result.kv_cache_reduction[s]}
+        del pruned
+    print(f"  {label or method}: {prune_seconds:.0f}s " + ", ".join(
+        f"{s}: {rows[str(s)]['mean']:.2f}" for s in sparsities), flush=True)
+    return {"prune_seconds": prune_seconds, "levels": rows}
+
+
+def table(results: dict, sparsities: list[float], dense: dict) -> str:
+    lines = ["| method | " + " | ".join(f"{s:.0%}" for s in sparsities) + " |",
+             "|---|" + "---|" * len(sparsities)]
+    lines.append(f"| dense | {dense['mean']:.2f} |" + " |" * (len(sparsities) - 1))
+    for method, res in results.items():
+        lines.append(f"| {method} | " + " | ".join(f"{res['levels'][str(s)]['mean']:.2f}" for s in sparsities) + " |")
+    return "\n".join(lines)
+
+
+def plot(path: Path, results: dict, sparsities: list[float], dense: dict, title: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed (pip install -e '.[bench]'): no plot", file=sys.stderr)
+        return
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method, res in results.items():
+        ax.plot([s * 100 for s in sparsities], [res["levels"][str(s)]["mean"] for s in sparsities], marker="o",
+                label=method)
+    ax.axhline(dense["mean"], color="grey", linestyle="--", label="dense")
+    ax.set_yscale("log")
+    ax.set_xlabel("decoder parameters removed (%)")
+    ax.set_ylabel("mean dev perplexity (log)")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2", choices=["smollm2", "qwen"])
+    parser.add_argument("--methods", default="gisp,llm-pruner,wanda-sp,flap,magnitude,random")
+    parser.add_argument("--sparsities", default="0.2,0.3,0.4,0.5")
+    parser.add_argument("--single-domain", default="", help="sparsities for the mix-vs-single-domain study (gisp)")
+    parser.add_argument("--num-samples", type=int, default=32)
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=None, help="gisp scoring rounds (default: the preset's)")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--eval-seq-len", type=int, default=128)
+    parser.add_argument("--eval-windows", type=int, default=12, help="evaluation windows per domain")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    corpus = corpus_dir()
+    sparsities = [float(s) for s in args.sparsities.split(",") if s]
+    methods = [m for m in args.methods.split(",") if m]
+    calibration = CalibrationMix({d: {"source": str(corpus / "calib" / f"{d}.jsonl"), "weight": 1.0} for d in DOMAINS})
+    evals = {d: str(corpus / "dev" / f"{d}.jsonl") for d in DOMAINS}
+
+    model, tokenizer = load_model(args.model)
+    print(f"model {args.model}; calibration {args.num_samples} x {args.seq_len} tokens, equal-weight mix of "
+          f"{len(DOMAINS)} domains; eval {args.eval_windows} x {args.eval_seq_len} tokens per dev domain", flush=True)
+    t0 = time.perf_counter()
+    dense = evaluate(model, tokenizer, evals, args, calibration)
+    print(f"  dense: mean {dense['mean']:.2f} ({time.perf_counter() - t0:.0f}s)", flush=True)
+
+    results = {m: run_method(model, tokenizer, calibration, evals, m, sparsities, args) for m in methods}
+
+    single = {}
+    single_levels = [float(s) for s in args.single_domain.split(",") if s]
+    if single_levels:
+        single["mix"] = results["gisp"] if "gisp" in results and all(s in sparsities for s in single_levels) else \
+            run_method(model, tokenizer, calibration, evals, "gisp", single_levels, args, "gisp (mix)")
+        for d in DOMAINS:
+            only = CalibrationMix({d: {"source": str(corpus / "calib" / f"{d}.jsonl"), "weight": 1.0}})
+            single[d] = run_method(model, tokenizer, only, evals, "gisp", single_levels, args, f"gisp ({d} only)")
+
+    out = Path(args.out or ROOT / "benchmarks" / "results" / f"quality_{args.model}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "settings": {**vars(args), "domains": DOMAINS, "torch": torch.__version__, "machine": platform.processor()
+                     or platform.machine(), "note": "CPU, shared 2-core machine; perplexities do not depend on load"},
+        "dense": dense, "methods": results, "single_domain": single,
+    }
+    out.write_text(json.dumps(payload, indent=1))
+    print("\nMean dev perplexity (equal-weight mean over domains):\n" + table(results, sparsities, dense))
+    if single:
+        print("\nCalibration data, gisp: mean / worst-domain perplexity\n| calibration | " +
+              " | ".join(f"{s:.0%} mean | {s:.0%} worst" for s in single_levels) + " |\n|---|" +
+              "---|---|" * len(single_levels))
+        for name, res in single.items():
+            print(f"| {name} | " + " | ".join(f"{res['levels'][str(s)]['mean']:.2f} | {res['levels'][str(s)]['worst']:.2f}"
+                                              for s in single_levels) + " |")
+    plot(out.with_suffix(".png"), results, sparsities, dense, f"{args.model}: mean dev perplexity")
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()
