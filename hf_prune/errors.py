@@ -74,3 +74,7 @@ class PushIncompleteError(HubError):
 
 class ModelCardError(HfPruneError, ValueError):
     """A model card cannot be rendered from the given :class:`~hf_prune.card.CardInfo` or its metadata is invalid."""
+
+
+class DataFetchError(HfPruneError, RuntimeError):
+    """Demo text could not be fetched from a package registry (names the package)."""

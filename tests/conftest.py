@@ -86,26 +86,14 @@ def run_without_hf_prune(code: str, cwd: Path, timeout: int = 300) -> str:
     return proc.stdout
 
 
+
 def stdlib_corpus(root: Path) -> dict[str, dict[str, Path]]:
     """Real two-domain text every Python install carries, split into disjoint calibration/evaluation files.
 
     ``docs``: the documentation topics of ``pydoc_data`` (English technical prose); ``code``: standard-library
     modules. Returns ``{"calib": {domain: path}, "eval": {domain: path}}``.
     """
-    import json
-    import sysconfig
+    from hf_prune.offline_text import local_domains, write_domains
 
-    import pydoc_data.topics
-
-    topics = [pydoc_data.topics.topics[k] for k in sorted(pydoc_data.topics.topics)]
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    modules = [(stdlib / f).read_text(encoding="utf-8", errors="replace") for f in sorted(os.listdir(stdlib))
-               if f.endswith(".py")][:60]
-    out: dict[str, dict[str, Path]] = {"calib": {}, "eval": {}}
-    for domain, docs in (("docs", topics), ("code", modules)):
-        for split, part in (("calib", docs[0::2]), ("eval", docs[1::2])):
-            path = root / split / f"{domain}.jsonl"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text("".join(json.dumps({"text": d}) + "\n" for d in part))
-            out[split][domain] = path
-    return out
+    text = write_domains(root, local_domains())
+    return {"calib": text.calibration, "eval": text.evaluation}

@@ -79,7 +79,11 @@ def _normalised(scores: list[LayerScores], geometry: ModelGeometry, mode: str) -
             kv = None if s.kv_heads is None else s.kv_heads / (4 * geometry.head_dim * geometry.hidden_size)
             c = None if s.mlp_channels is None else s.mlp_channels / (3 * max(shape.intermediate_size, 1))
         else:  # standardize (FLAP): z-scores within each module
-            z = lambda t: None if t is None or t.numel() < 2 else (t - t.mean()) / (t.std() + 1e-12)  # noqa: E731
+            def z(t):
+                if t is None or t.numel() < 2:  # a single structure left: nothing to standardise against
+                    return None if t is None else torch.zeros_like(t)
+                return (t - t.mean()) / (t.std() + 1e-12)
+
             h, kv, c = z(s.query_heads), None, z(s.mlp_channels)
         out.append(LayerScores(h, kv, c))
     return out

@@ -1,0 +1,233 @@
+"""prune_and_push end to end on a tiny random Qwen2 saved to a folder, pushed to the local Hub server."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+try:  # rootdir on sys.path (tests/ as a package) or tests/ itself (pytest "prepend" import mode)
+    from tests.conftest import tiny_qwen2
+    from tests.hub_server import LocalHub
+except ImportError:  # pragma: no cover
+    from conftest import tiny_qwen2
+    from hub_server import LocalHub
+
+from hf_prune.checkpoint import OutputExistsError
+from hf_prune.errors import CalibrationError, HubAuthError, PruningError, PushArgumentError
+from hf_prune.push import EVAL_FILE, level_name, prune_and_push
+
+TOKEN = "hf_TESTSECRETdoNotLeak0123456789"
+USER = "test-user"
+REPO = f"{USER}/tiny-prune-and-push"
+WORDS = "the cat sat on a mat and dog ran to big red house with green door while sun shone over hills".split()
+FAST = dict(num_samples=8, seq_len=32, steps=2, eval_seq_len=32, show_progress=False)
+
+
+def _texts(seed: int, n: int) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(30, 80))) for _ in range(n)]
+
+
+def make_tiny_base(root: Path) -> dict[str, Path]:
+    """A tiny random Qwen2 with a small byte-level BPE tokenizer in ``root/base``, and four jsonl files."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    root.mkdir(parents=True, exist_ok=True)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(_texts(0, 50), trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<pad>", "<eos>", "<bos>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>")
+    tiny_qwen2(vocab_size=320).save_pretrained(root / "base")
+    tokenizer.save_pretrained(root / "base")
+    paths = {"base": root / "base"}
+    for name, seed in (("cal_a", 1), ("cal_b", 2), ("ev_a", 3), ("ev_b", 4)):
+        paths[name] = root / f"{name}.jsonl"
+        paths[name].write_text("".join(json.dumps({"text": t}) + "\n" for t in _texts(seed, 40)))
+    paths["calibration"] = f"a={paths['cal_a']}@0.5,b={paths['cal_b']}@0.5"
+    paths["evaluation"] = f"a={paths['ev_a']},b={paths['ev_b']}"
+    return paths
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> dict[str, Path]:
+    return make_tiny_base(tmp_path_factory.mktemp("tiny_base"))
+
+
+@pytest.fixture
+def hub(monkeypatch, tmp_path):
+    import huggingface_hub.constants as hf_constants
+
+    monkeypatch.setattr(hf_constants, "HF_HUB_DISABLE_XET", True)  # the local server speaks basic LFS only
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr(hf_constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+    with LocalHub(tokens={TOKEN: USER}) as server:
+        yield server
+
+
+def test_level_name():
+    assert [level_name(s) for s in (0.2, 0.35, 0.5, 0.125)] == ["sparsity-20", "sparsity-35", "sparsity-50", "sparsity-12.5"]
+
+
+def test_prune_and_push_saves_levels_and_pushes_one_branch_each(hub, base, tmp_path, caplog, capsys):
+    caplog.set_level(logging.DEBUG)
+    out = tmp_path / "out"
+    res = prune_and_push(
+        base["base"], REPO, target_sparsity=(0.4, 0.2), calibration=base["calibration"],
+        evaluation=base["evaluation"], output_dir=out, token=TOKEN, endpoint=hub.endpoint, **FAST,
+    )
+    # ---- folders ----
+    assert sorted(res.folders) == [0.2, 0.4]
+    for s, folder in res.folders.items():
+        assert folder == out / level_name(s)
+        names = {p.name for p in folder.iterdir()}
+        assert {"config.json", "model.safetensors", "README.md", "pruning_plan.json", EVAL_FILE, "layer_sizes.png",
+                "tokenizer.json", "generation_config.json", "modeling_pruned_qwen2.py",
+                "configuration_pruned_qwen2.py"} <= names
+        config = json.loads((folder / "config.json").read_text())
+        assert config["auto_map"]["AutoModelForCausalLM"].endswith("PrunedQwen2ForCausalLM")
+        plan = json.loads((folder / "pruning_plan.json").read_text())
+        assert plan["base_model"] == "base" and plan["base_model_path"] == str(base["base"])
+        assert plan["target_sparsity"] == s and "calibration" in plan
+        evals = json.loads((folder / EVAL_FILE).read_text())
+        assert set(evals["dense"]["per_domain"]) == set(evals["pruned"]["per_domain"]) == {"a", "b"}
+        card = (folder / "README.md").read_text()
+        assert f"revision=\"{level_name(s)}\"" in card and REPO in card
+        assert abs(res.metrics["levels"][s]["sparsity"] - s) < 0.01
+    assert res.metrics["dense"]["params"] > res.metrics["levels"][0.2]["params"] > res.metrics["levels"][0.4]["params"]
+    assert res.result.plans.keys() == {0.2, 0.4}
+    assert "sparsity-20" in res.summary() and "| a |" in res.perplexity_table()
+
+    # ---- push: one commit per branch, main (= lowest level) last ----
+    assert [p.branch for p in res.pushes] == ["sparsity-20", "sparsity-40", "main"]
+    assert [c["branch"] for c in hub.commits] == ["sparsity-20", "sparsity-40", "main"]
+    assert all(len(p.commit_id) == 40 for p in res.pushes)
+    assert {p.repo_url for p in res.pushes} == {f"{hub.endpoint}/{REPO}"}
+    text = caplog.text + "".join(capsys.readouterr())
+    assert TOKEN not in text and "TESTSECRET" not in text
+
+    # ---- transformers loads each branch from the server: same logits as the local folder ----
+    script = textwrap.dedent(
+        """
+        import sys, torch
+        import hf_prune
+        from transformers import AutoModelForCausalLM
+        repo, out = sys.argv[1], sys.argv[2]
+        ids = torch.arange(3, 35).reshape(2, 16)
+        logits = {}
+        for rev in sys.argv[3:]:
+            model = AutoModelForCausalLM.from_pretrained(repo, revision=rev).eval()
+            with torch.no_grad():
+                logits[rev] = model(ids).logits
+        torch.save(logits, out)
+        """
+    )
+    logits_file = tmp_path / "logits.pt"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_", "TRANSFORMERS_"))}
+    env.update(HF_ENDPOINT=hub.endpoint, HF_HOME=str(tmp_path / "hf_home"), HF_HUB_DISABLE_XET="1",
+               HF_HUB_DISABLE_TELEMETRY="1", NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
+    proc = subprocess.run([sys.executable, "-c", script, REPO, str(logits_file), "sparsity-20", "sparsity-40", "main"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    remote = torch.load(logits_file)
+
+    from transformers import AutoModelForCausalLM
+
+    ids = torch.arange(3, 35).reshape(2, 16)
+    for rev, s in (("sparsity-20", 0.2), ("sparsity-40", 0.4), ("main", 0.2)):
+        with torch.no_grad():
+            local = AutoModelForCausalLM.from_pretrained(res.folders[s]).eval()(ids).logits
+        torch.testing.assert_close(remote[rev], local, rtol=0, atol=0)
+    assert not torch.equal(remote["sparsity-20"], remote["sparsity-40"])
+
+
+def test_primary_marks_main_and_no_push_without_repo(base, tmp_path):
+    res = prune_and_push(base["base"], target_sparsity=0.3, calibration=base["calibration"], method="magnitude",
+                         output_dir=tmp_path / "out", **FAST)
+    assert res.pushes == [] and res.repo_id is None and sorted(res.folders) == [0.3]
+    assert "perplexity" not in res.metrics["dense"]  # no evaluation asked for
+    card = (res.folders[0.3] / "README.md").read_text()
+    assert "Not evaluated." in card
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"target_sparsity": (0.2, 1.5)}, PruningError, "fraction in \\(0, 1\\)"),
+        ({"output_dir": "NONEMPTY"}, OutputExistsError, "not empty"),
+        ({"repo_id": "not a repo id"}, PushArgumentError, "namespace/model-name"),
+        ({"repo_id": REPO, "primary": 0.3}, PushArgumentError, "primary must be one of the levels"),
+        ({"calibration": "a=/nonexistent/cal.jsonl@1"}, CalibrationError, "does not exist"),
+        ({"evaluation": "x=EVAL_IS_CAL"}, CalibrationError, "same as calibration"),
+        ({"method": "nope"}, PruningError, "Unknown method"),
+        ({"repo_id": REPO}, HubAuthError, "token"),
+        ({"push": True}, PushArgumentError, "needs a repo_id"),
+    ],
+)
+def test_bad_input_fails_before_the_model_is_loaded(base, tmp_path, monkeypatch, kwargs, error, match):
+    import huggingface_hub.constants as hf_constants
+    import transformers
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr(hf_constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+
+    def boom(*args, **kw):
+        raise AssertionError("the model was loaded before the arguments were checked")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", boom)
+    out = tmp_path / "out"
+    args = {"target_sparsity": (0.2, 0.4), "calibration": base["calibration"], "output_dir": out, **FAST, **kwargs}
+    if args["output_dir"] == "NONEMPTY":
+        out.mkdir()
+        (out / "keep.txt").write_text("x")
+        args["output_dir"] = out
+    if kwargs.get("evaluation") == "x=EVAL_IS_CAL":
+        args["evaluation"] = f"x={base['cal_a']}"
+    with pytest.raises(error, match=match):
+        prune_and_push(base["base"], args.pop("repo_id", None), **args)
+    if kwargs.get("output_dir") == "NONEMPTY":
+        assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    else:
+        assert not out.exists()
+
+
+def test_llama_folder_is_converted_and_loaded_model_accepted(base, tmp_path):
+    import shutil
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    llama = LlamaForCausalLM(LlamaConfig(
+        vocab_size=320, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=8,
+        num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=False, pad_token_id=0,
+        eos_token_id=1, bos_token_id=2)).eval()
+    folder = tmp_path / "llama"
+    llama.save_pretrained(folder)
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(base["base"] / f, folder / f)
+    res = prune_and_push(folder, target_sparsity=0.25, calibration=base["calibration"], method="magnitude",
+                         output_dir=tmp_path / "out", license="mit", **FAST)
+    config = json.loads((res.folders[0.25] / "config.json").read_text())
+    assert config["model_type"] == "pruned_qwen2"
+    assert "license: mit" in (res.folders[0.25] / "README.md").read_text()
+
+    # An already loaded model with its tokenizer (what the demo does), base model named for the card.
+    model = AutoModelForCausalLM.from_pretrained(base["base"])
+    tokenizer = AutoTokenizer.from_pretrained(base["base"])
+    res = prune_and_push(model, tokenizer=tokenizer, base_model="org/tiny", target_sparsity=0.25,
+                         calibration=base["calibration"], method="magnitude", output_dir=tmp_path / "out2", **FAST)
+    assert json.loads((res.folders[0.25] / "pruning_plan.json").read_text())["base_model"] == "org/tiny"
+    with pytest.raises(PruningError, match="tokenizer"):
+        prune_and_push(model, target_sparsity=0.25, output_dir=tmp_path / "out3")
