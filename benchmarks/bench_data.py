@@ -1,12 +1,13 @@
 """Benchmark of the data layer: tokenisation + packing throughput, and per-domain dev perplexity.
 
 Reads the offline multi-domain corpus (``<repo>/../shared/corpus`` or ``$HF_PRUNE_CORPUS``), laid out as
-``{calib,dev}/<domain>.jsonl``. Uses SmolLM2-135M-Instruct (``hf_prune.assets.load_smollm2``); the Qwen
-tokenizer/model parts are skipped until the Qwen2.5-Coder-0.5B benchmark model is available offline.
+``{calib,dev}/<domain>.jsonl``. Uses SmolLM2-135M-Instruct by default, or Qwen2.5-Coder-0.5B-Instruct
+(``--model qwen``, after ``bash scripts/fetch_qwen.sh``): its dev perplexity is the dense baseline that the
+pruning benchmarks compare against.
 
-    python benchmarks/bench_data.py [--max-windows 32] [--seq-len 256] [--batch-size 8]
+    python benchmarks/bench_data.py [--model qwen] [--max-windows 32] [--seq-len 256] [--batch-size 8]
 
-Writes ``benchmarks/results/data.json`` and prints markdown tables.
+Writes ``benchmarks/results/data.json`` (``data_qwen.json`` for Qwen) and prints markdown tables.
 """
 
 from __future__ import annotations
@@ -97,13 +98,17 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--max-windows", type=int, default=32, help="dev windows per domain (evenly spaced)")
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "data.json")
+    ap.add_argument("--model", choices=["smollm2", "qwen"], default="smollm2",
+                    help="qwen = Qwen2.5-Coder-0.5B-Instruct (bash scripts/fetch_qwen.sh first)")
+    ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
+    args.out = args.out or REPO / "benchmarks" / "results" / ("data.json" if args.model == "smollm2" else "data_qwen.json")
 
     root = corpus_root()
-    from hf_prune.assets import load_smollm2
+    from hf_prune import assets
 
-    model, tok = load_smollm2()
+    model, tok = assets.load_smollm2() if args.model == "smollm2" else assets.load_qwen_coder_05b()
+    name = "SmolLM2-135M-Instruct" if args.model == "smollm2" else "Qwen2.5-Coder-0.5B-Instruct"
     result: dict = {
         "machine": {
             "platform": platform.platform(),
@@ -111,11 +116,10 @@ def main() -> None:
             "torch": torch.__version__,
             "python": platform.python_version(),
         },
-        "model": "SmolLM2-135M-Instruct (fp32, converted to Qwen2)",
-        "qwen": "skipped: the Qwen2.5-Coder-0.5B benchmark model/tokenizer is not available offline yet",
+        "model": f"{name} (fp32, as Qwen2ForCausalLM)",
     }
     print("tokenising the calib split...", file=sys.stderr)
-    result["tokenisation_smollm2"] = bench_tokenisation(tok, root, args.seq_len)
+    result["tokenisation"] = bench_tokenisation(tok, root, args.seq_len)
 
     print("dev perplexity...", file=sys.stderr)
     calib = CalibrationMix({d: str(root / "calib" / f"{d}.jsonl") for d in DOMAINS})
@@ -123,16 +127,16 @@ def main() -> None:
     t0 = time.perf_counter()
     report = evaluate_perplexity(
         model, tok, dev, seq_len=args.seq_len, batch_size=args.batch_size,
-        max_windows_per_domain=args.max_windows, calibration=calib, label="SmolLM2-135M dense",
+        max_windows_per_domain=args.max_windows, calibration=calib, label=f"{name} dense",
     )
     ppl_s = time.perf_counter() - t0
-    result["dev_perplexity_smollm2"] = {**report.to_dict(), "max_windows_per_domain": args.max_windows, "seconds": round(ppl_s, 1)}
+    result["dev_perplexity"] = {**report.to_dict(), "max_windows_per_domain": args.max_windows, "seconds": round(ppl_s, 1)}
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
 
-    tk = result["tokenisation_smollm2"]
-    print("\n### Tokenisation + packing (SmolLM2 tokenizer, calib split, uncached)\n")
+    tk = result["tokenisation"]
+    print(f"\n### Tokenisation + packing ({name} tokenizer, calib split, uncached)\n")
     print("| domain | documents | chars | tokens | chars/token | load s | tokenise+pack s | tokens/s |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for d, r in tk["per_domain"].items():
@@ -146,9 +150,8 @@ def main() -> None:
         f"drawing 128 x {args.seq_len} windows from the warm cache: "
         f"{tk['sample_128x{}_warm_s'.format(args.seq_len)]:.3f} s."
     )
-    print(f"\n### Dev perplexity, dense SmolLM2-135M ({args.max_windows} windows/domain max, {ppl_s:.0f} s)\n")
+    print(f"\n### Dev perplexity, dense {name} ({args.max_windows} windows/domain max, {ppl_s:.0f} s)\n")
     print(report.to_markdown())
-    print(f"\n{result['qwen']}.")
     print(f"\nwrote {args.out}")
 
 

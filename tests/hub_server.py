@@ -652,3 +652,43 @@ def validate_card_yaml(content: str) -> list[str]:
 
 def quote_repo(repo_id: str) -> str:
     return quote(repo_id, safe="/")
+
+
+_DOWNLOAD_SCRIPT = """
+import sys, torch
+if sys.argv[3] == "1":
+    import hf_prune  # noqa: F401
+from transformers import AutoModelForCausalLM
+repo, out = sys.argv[1], sys.argv[2]
+ids = torch.tensor(eval(sys.argv[4]))
+token = sys.stdin.read() or None  # a private repo's token never goes on the command line
+logits = {}
+for rev in sys.argv[5:]:
+    model = AutoModelForCausalLM.from_pretrained(repo, revision=rev, token=token).eval()
+    with torch.no_grad():
+        logits[rev] = model(ids).logits
+torch.save(logits, out)
+"""
+
+
+def download_logits(hub: "LocalHub", repo: str, revisions: list[str], ids: list[list[int]], workdir,
+                    *, token: str = "", with_hf_prune: bool = False):
+    """Load each revision with ``AutoModelForCausalLM.from_pretrained`` from the local Hub in a fresh process
+    (its own ``HF_HOME``, endpoint pointed at ``hub``) and return ``(logits per revision, the process)``."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    out = Path(workdir) / "downloaded_logits.pt"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_", "TRANSFORMERS_"))}
+    env.update(HF_ENDPOINT=hub.endpoint, HF_HOME=str(Path(workdir) / "hf_home"), HF_HUB_DISABLE_XET="1",
+               HF_HUB_DISABLE_TELEMETRY="1", NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
+    proc = subprocess.run(
+        [sys.executable, "-c", _DOWNLOAD_SCRIPT, repo, str(out), "1" if with_hf_prune else "0", repr(ids), *revisions],
+        input=token, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return torch.load(out), proc

@@ -8,19 +8,15 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import subprocess
-import sys
-import textwrap
 import traceback
 from pathlib import Path
 
 import pytest
 
 try:  # rootdir on sys.path (tests/ as a package) or tests/ itself (pytest "prepend" import mode)
-    from tests.hub_server import LocalHub
+    from tests.hub_server import LocalHub, download_logits
 except ImportError:  # pragma: no cover
-    from hub_server import LocalHub
+    from hub_server import LocalHub, download_logits
 
 from hf_prune.errors import (
     HubAuthError,
@@ -131,38 +127,16 @@ def test_push_one_commit_per_branch_then_load_with_transformers(hub, tiny_folder
     _assert_no_token(caplog.text, *capsys.readouterr())
 
     # transformers downloads each branch from the local Hub and gives the logits of the local folder.
-    script = textwrap.dedent(
-        """
-        import sys, torch
-        from transformers import AutoModelForCausalLM
-        repo, out = sys.argv[1], sys.argv[2]
-        ids = torch.arange(1, 17).reshape(2, 8)
-        token = sys.stdin.read()  # private repo; the token never goes on the command line
-        logits = {}
-        for rev in sys.argv[3:]:
-            model = AutoModelForCausalLM.from_pretrained(repo, revision=rev, token=token)
-            with torch.no_grad():
-                logits[rev] = model(ids).logits
-        torch.save(logits, out)
-        """
-    )
-    out = tmp_path / "logits.pt"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_", "TRANSFORMERS_"))}
-    env.update(HF_ENDPOINT=hub.endpoint, HF_HOME=str(tmp_path / "hf_home"), HF_HUB_DISABLE_XET="1",
-               HF_HUB_DISABLE_TELEMETRY="1", NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
-    proc = subprocess.run(
-        [sys.executable, "-c", script, REPO, str(out), "sparsity-50", "main", results[0].commit_id],
-        input=TOKEN, env=env, capture_output=True, text=True, timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    import torch
+
+    ids = torch.arange(1, 17).reshape(2, 8)
+    remote, proc = download_logits(hub, REPO, ["sparsity-50", "main", results[0].commit_id], ids.tolist(),
+                                   tmp_path, token=TOKEN)
     _assert_no_token(proc.stdout, proc.stderr)
     assert (tmp_path / "hf_home" / "hub" / f"models--{REPO.replace('/', '--')}").is_dir()
 
-    import torch
     from transformers import AutoModelForCausalLM
 
-    remote = torch.load(out)
-    ids = torch.arange(1, 17).reshape(2, 8)
     for rev, folder in (("sparsity-50", "sparsity-50"), ("main", "sparsity-30"), (results[0].commit_id, "sparsity-30")):
         with torch.no_grad():
             expected = AutoModelForCausalLM.from_pretrained(tiny_folders[folder]).eval()(ids).logits

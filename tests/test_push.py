@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -16,10 +12,10 @@ import torch
 
 try:  # rootdir on sys.path (tests/ as a package) or tests/ itself (pytest "prepend" import mode)
     from tests.conftest import tiny_qwen2
-    from tests.hub_server import LocalHub
+    from tests.hub_server import LocalHub, download_logits
 except ImportError:  # pragma: no cover
     from conftest import tiny_qwen2
-    from hub_server import LocalHub
+    from hub_server import LocalHub, download_logits
 
 from hf_prune.checkpoint import OutputExistsError
 from hf_prune.errors import CalibrationError, HubAuthError, PruningError, PushArgumentError
@@ -119,29 +115,8 @@ def test_prune_and_push_saves_levels_and_pushes_one_branch_each(hub, base, tmp_p
     assert TOKEN not in text and "TESTSECRET" not in text
 
     # ---- transformers loads each branch from the server: same logits as the local folder ----
-    script = textwrap.dedent(
-        """
-        import sys, torch
-        import hf_prune
-        from transformers import AutoModelForCausalLM
-        repo, out = sys.argv[1], sys.argv[2]
-        ids = torch.arange(3, 35).reshape(2, 16)
-        logits = {}
-        for rev in sys.argv[3:]:
-            model = AutoModelForCausalLM.from_pretrained(repo, revision=rev).eval()
-            with torch.no_grad():
-                logits[rev] = model(ids).logits
-        torch.save(logits, out)
-        """
-    )
-    logits_file = tmp_path / "logits.pt"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_", "TRANSFORMERS_"))}
-    env.update(HF_ENDPOINT=hub.endpoint, HF_HOME=str(tmp_path / "hf_home"), HF_HUB_DISABLE_XET="1",
-               HF_HUB_DISABLE_TELEMETRY="1", NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
-    proc = subprocess.run([sys.executable, "-c", script, REPO, str(logits_file), "sparsity-20", "sparsity-40", "main"],
-                          env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    remote = torch.load(logits_file)
+    remote, _ = download_logits(hub, REPO, ["sparsity-20", "sparsity-40", "main"],
+                                torch.arange(3, 35).reshape(2, 16).tolist(), tmp_path, with_hf_prune=True)
 
     from transformers import AutoModelForCausalLM
 

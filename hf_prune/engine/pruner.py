@@ -7,7 +7,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from .allocation import NORMALIZATIONS, Constraints, allocate
 from .importance import Importance, get_importance
 from .objectives import get_objective, lm_loss
 from .presets import get_method
-from .structures import LayerScores, ModelGeometry, decoder_params, kv_cache_per_token
+from .structures import LayerScores, ModelGeometry, kv_cache_per_token
 
 __all__ = ["prune", "PruneResult", "StepLog"]
 
