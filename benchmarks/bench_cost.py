@@ -2,7 +2,7 @@
 
     python benchmarks/bench_cost.py --model smollm2          # or --model qwen
 
-Prints and writes ``benchmarks/results/cost_<model>.json``:
+Prints and writes ``benchmarks/results/cost_<model>_b<batch size>.json``:
 1. time of one Taylor scoring pass / time of one plain forward+backward (all parameters trainable, as in
    fine-tuning) over the same batches (target <= 1.25);
 2. peak memory of a scoring pass / (weights + gradients) (target <= 1.5), each measured in a fresh subprocess:
@@ -138,7 +138,7 @@ def main() -> None:
         "memory_mb": memory, "memory_ratio": memory["taylor"]["peak_mb"] / weights_grads_mb,
         "iterative_rounds": per_step,
     }
-    out = ROOT / "benchmarks" / "results" / f"cost_{args.model}.json"
+    out = ROOT / "benchmarks" / "results" / f"cost_{args.model}_b{args.batch_size}.json"
     out.write_text(json.dumps(payload, indent=1))
     print(f"| measure | value | target |\n|---|---|---|\n"
           f"| Taylor scoring / plain forward+backward (time, median of {args.rounds}) | {payload['time_ratio']:.2f} | <= 1.25 |\n"

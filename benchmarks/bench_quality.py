@@ -84,6 +84,8 @@ def table(results: dict, sparsities: list[float], dense: dict) -> str:
 
 
 def plot(path: Path, results: dict, sparsities: list[float], dense: dict, title: str) -> None:
+    if not results:
+        return
     try:
         import matplotlib
 

@@ -48,13 +48,24 @@ def test_sparsity_accounting_and_nesting(model, method):
 
 
 def test_kv_heads_go_when_their_group_empties(model):
-    result = prune(model, None, CALIB, [0.6], method="gisp", steps=2, show_progress=False)
+    # A small attention weight makes heads cheap, so whole KV groups go on this random model.
+    result = prune(model, None, CALIB, [0.6], method="gisp", steps=2, attention_weight=0.01, show_progress=False)
     plan = result.plans[0.6]
     shapes = [(len(l.query_heads), len(l.kv_heads)) for l in plan.layers]
+    assert result.kv_cache_reduction[0.6] > 0
     assert result.kv_cache_reduction[0.6] == pytest.approx(
         1 - sum(kv for _, kv in shapes) / (2 * 4), abs=1e-9)
     for heads, kv in shapes:
         assert heads == 0 and kv == 0 or heads % kv == 0
+
+
+def test_attention_weight_makes_heads_harder_to_remove(model):
+    kept_heads = {}
+    for weight in (0.01, 100.0):
+        plan = prune(model, None, CALIB, [0.5], method="gisp", steps=2, attention_weight=weight,
+                     show_progress=False).plans[0.5]
+        kept_heads[weight] = sum(len(l.query_heads) for l in plan.layers)
+    assert kept_heads[100.0] > kept_heads[0.01]
 
 
 def test_constraints_are_honoured(model):
@@ -139,6 +150,7 @@ class _Spy:
         (0.3, {"method": "nope"}, "Unknown method"),
         (0.3, {"allocation": "diagonal"}, "Unknown allocation"),
         (0.3, {"tp_degree": 4}, "not divisible by tp_degree=4"),
+        (0.3, {"attention_weight": 0}, "attention_weight must be a positive number"),
         (0.3, {"calibration": CALIB[:0]}, "no tokens"),
     ],
 )

@@ -36,6 +36,9 @@ class Constraints:
         min_channels: MLP channels every pruned layer keeps (0 allows removing its MLP).
         channel_multiple: kept MLP widths are multiples of this (e.g. 64 for fast kernels).
         tp_degree: kept KV heads (and so query heads) per layer divisible by this.
+        attention_weight: global allocation multiplies the scores of attention units by this before ranking.
+            First-order scores underrate what removing a head costs (its effect on the attention pattern is
+            not first order); > 1 makes heads harder to remove than their score says.
     """
 
     keep_dense: frozenset[int] = frozenset()
@@ -43,6 +46,7 @@ class Constraints:
     min_channels: int = 0
     channel_multiple: int = 1
     tp_degree: int = 1
+    attention_weight: float = 1.0
 
 
 @dataclass
@@ -220,6 +224,8 @@ def _allocate_global(states, prunable, norm_scores, geometry, budget, mode, cons
         if mlp is not None:
             candidates.append(mlp)
         for score, cost, count, action in candidates:
+            if action[0] != "channels":
+                score *= constraints.attention_weight
             heapq.heappush(heap, (_key(score, cost, count, mode), i, s.version, cost, action))
 
     for i in prunable:

@@ -19,17 +19,21 @@ class Method:
         normalization: how head and channel scores are made comparable for global ranking: ``"param"`` (score per
             parameter removed), ``"gisp"`` (GISP's divisors), ``"standardize"`` (FLAP's per-module z-scores).
         steps: scoring rounds; 1 is one-shot (scores computed once on the dense model).
+        attention_weight: multiplier on attention units' scores in global allocation.
     """
 
     importance: str
     allocation: str
     normalization: str = "param"
     steps: int = 1
+    attention_weight: float = 1.0
 
 
 METHODS: dict[str, Method] = {
-    # Taylor scores of the model loss, ranked globally, recomputed as the model shrinks.
-    "gisp": Method("taylor", "global", "param", steps=8),
+    # Taylor scores of the model loss, ranked globally, recomputed as the model shrinks. Attention units count
+    # 4x their first-order score: measured on SmolLM2, removing heads at their face value cost 10-40% more
+    # perplexity at 20-30% sparsity and 2x at 40-50% (README, "Quality").
+    "gisp": Method("taylor", "global", "param", steps=8, attention_weight=4.0),
     # The same scores, computed once, same ratio in every layer.
     "llm-pruner": Method("taylor", "uniform", "param", steps=1),
     "wanda-sp": Method("wanda-sp", "uniform", "param", steps=1),

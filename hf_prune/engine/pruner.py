@@ -237,6 +237,7 @@ def prune(
     min_channels: int = 0,
     channel_multiple: int = 1,
     tp_degree: int = 1,
+    attention_weight: float | None = None,
     gradient_checkpointing: bool = False,
     state_dir: str | os.PathLike | None = None,
     show_progress: bool = True,
@@ -267,6 +268,8 @@ def prune(
         min_heads, min_channels: per-layer minimums (0 lets a whole sublayer go).
         channel_multiple: kept MLP widths are multiples of this (e.g. 64).
         tp_degree: kept KV heads per layer divisible by this (tensor parallelism).
+        attention_weight: global allocation multiplies attention units' scores by this (> 1: heads are harder
+            to remove than their first-order score says); default: the preset's.
         gradient_checkpointing: trade compute for memory in gradient-based scoring.
         state_dir: the run state is written there after every round; a run started again with the same
             arguments and ``state_dir`` resumes after the last finished round and gives the same plans.
@@ -300,8 +303,12 @@ def prune(
 
     geometry0 = ModelGeometry.of(model)
     num_layers = len(geometry0.shapes)
+    if attention_weight is None:
+        attention_weight = recipe.attention_weight
+    if not isinstance(attention_weight, (int, float)) or attention_weight <= 0:
+        raise PruningError(f"attention_weight must be a positive number, got {attention_weight!r}.")
     constraints = Constraints(_keep_dense_layers(keep_dense, num_layers), min_heads, min_channels,
-                              channel_multiple, tp_degree)
+                              channel_multiple, tp_degree, float(attention_weight))
     for i, s in enumerate(geometry0.shapes):
         if i not in constraints.keep_dense and s.num_key_value_heads % tp_degree:
             raise PruningError(f"Layer {i} has {s.num_key_value_heads} KV heads, not divisible by tp_degree={tp_degree}.")
@@ -329,7 +336,7 @@ def prune(
         "objective": objective if isinstance(objective, str) else "callable",
         "resample_each_step": resample_each_step, "keep_dense": sorted(constraints.keep_dense),
         "min_heads": min_heads, "min_channels": min_channels, "channel_multiple": channel_multiple,
-        "tp_degree": tp_degree, "base_params": params0,
+        "tp_degree": tp_degree, "attention_weight": float(attention_weight), "base_params": params0,
         "calibration": calibration.to_dict() if hasattr(calibration, "to_dict") else type(calibration).__name__,
     }
     key = _settings_hash(settings)
