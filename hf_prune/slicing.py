@@ -12,7 +12,7 @@ from .modeling.configuration_pruned_qwen2 import PrunedQwen2Config
 from .modeling.modeling_pruned_qwen2 import PrunedQwen2ForCausalLM
 from .plan import LayerShape, PruningPlan, ResolvedLayer
 
-__all__ = ["apply_plan", "layer_shapes", "to_qwen2", "check_supported"]
+__all__ = ["apply_plan", "layer_shapes", "to_qwen2", "check_supported", "head_dim_of"]
 
 _GLOBAL_SIZE_KEYS = ("intermediate_size", "num_attention_heads", "num_key_value_heads")
 
@@ -29,7 +29,9 @@ def check_supported(model: Any) -> None:
     )
 
 
-def _head_dim(config) -> int:
+def head_dim_of(config) -> int:
+    """Size of one attention head: explicit ``head_dim``, else hidden size / heads (read without the
+    heterogeneous-config guard: only uniform configs lack ``head_dim``)."""
     head_dim = config._getattr_without_heterogeneous_validation("head_dim", None)
     return head_dim or config.hidden_size // config.num_attention_heads
 
@@ -43,7 +45,7 @@ def layer_shapes(model: PreTrainedModel) -> list[LayerShape]:
     """
     check_supported(model)
     config = model.config
-    head_dim = _head_dim(config)
+    head_dim = head_dim_of(config)
     shapes = []
     for idx, (layer, layer_cfg) in enumerate(zip(model.model.layers, config.per_layer_config)):
         attn, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
@@ -134,7 +136,7 @@ def apply_plan(model: PreTrainedModel, plan: PruningPlan) -> PrunedQwen2ForCausa
     shapes = layer_shapes(model)
     resolved = plan.resolve(shapes)  # all validation happens before any tensor is touched
     config = model.config
-    head_dim = _head_dim(config)
+    head_dim = head_dim_of(config)
 
     sd = model.state_dict()
     new_sd: dict[str, torch.Tensor] = {}

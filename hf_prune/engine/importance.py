@@ -15,6 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import PruningError
+from ..slicing import head_dim_of
 from .objectives import Objective
 from .structures import LayerScores
 
@@ -33,11 +34,6 @@ _PROJ = ("q_proj", "k_proj", "v_proj", "o_proj")
 _MLP = ("gate_proj", "up_proj", "down_proj")
 
 
-def _head_dim(model) -> int:
-    cfg = model.config
-    return cfg._getattr_without_heterogeneous_validation("head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-
-
 def _acc(t: torch.Tensor) -> torch.Tensor:
     """At least fp32 for sums (bf16/fp16 would lose the small terms); float64 stays float64."""
     return t.to(torch.promote_types(t.dtype, torch.float32))
@@ -45,7 +41,7 @@ def _acc(t: torch.Tensor) -> torch.Tensor:
 
 def _structure_sums(model, elementwise: Callable[[torch.nn.Module, str, torch.Tensor], torch.Tensor]) -> list[LayerScores]:
     """Sum ``elementwise(module, "weight"|"bias", tensor)`` over the weights of every structure."""
-    d = _head_dim(model)
+    d = head_dim_of(model.config)
     scores = []
     for layer in model.model.layers:
         heads = kv = channels = None
@@ -201,7 +197,7 @@ class _ActivationImportance(Importance):
             stats.remove()
         if count == 0:
             raise PruningError("The calibration set produced no batches.")
-        d = _head_dim(model)
+        d = head_dim_of(model.config)
         scores = []
         for layer in model.model.layers:
             heads = channels = None
@@ -263,8 +259,9 @@ class RandomImportance(Importance):
         out = []
         for layer in model.model.layers:
             attn, mlp = layer.self_attn, layer.mlp
-            heads = torch.rand(attn.q_proj.out_features // _head_dim(model), generator=gen) if attn else None
-            kv = torch.rand(attn.k_proj.out_features // _head_dim(model), generator=gen) if attn else None
+            d = head_dim_of(model.config)
+            heads = torch.rand(attn.q_proj.out_features // d, generator=gen) if attn else None
+            kv = torch.rand(attn.k_proj.out_features // d, generator=gen) if attn else None
             channels = torch.rand(mlp.gate_proj.out_features, generator=gen) if mlp else None
             out.append(LayerScores(heads, kv, channels))
         return out

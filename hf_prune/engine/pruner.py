@@ -206,8 +206,7 @@ def _save_state(state_dir: Path, state: dict[str, Any]) -> None:
     os.replace(tmp, state_dir / STATE_FILE)  # a crash mid-write keeps the previous step's state
 
 
-def _count_structures(model) -> tuple[int, int, int]:
-    geometry = ModelGeometry.of(model)
+def _count_structures(geometry: ModelGeometry) -> tuple[int, int, int]:
     heads = sum(s.num_attention_heads for s in geometry.shapes)
     kv = sum(s.num_key_value_heads for s in geometry.shapes)
     channels = sum(s.intermediate_size for s in geometry.shapes)
@@ -391,7 +390,7 @@ def prune(
 
         new_geometry = ModelGeometry.of(current)
         sparsity = 1 - new_geometry.total_params() / params0
-        heads, kv, channels = _count_structures(current)
+        heads, kv, channels = _count_structures(new_geometry)
         log.append(StepLog(step, point, sparsity, new_geometry.total_params(), heads, kv, channels, recorder.mean(),
                            recorder.per_domain(), time.perf_counter() - t0, fresh))
         if point in targets:

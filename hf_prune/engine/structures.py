@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from ..plan import LayerShape
-from ..slicing import layer_shapes
+from ..slicing import head_dim_of, layer_shapes
 
 __all__ = ["ModelGeometry", "LayerScores", "decoder_params", "kv_cache_per_token"]
 
@@ -30,12 +30,9 @@ class ModelGeometry:
     def of(cls, model) -> ModelGeometry:
         shapes = tuple(layer_shapes(model))
         first = next((l.self_attn for l in model.model.layers if l.self_attn is not None), None)
-        head_dim = model.config._getattr_without_heterogeneous_validation("head_dim", None) or (
-            model.config.hidden_size // model.config._getattr_without_heterogeneous_validation("num_attention_heads")
-        )
         return cls(
             hidden_size=model.config.hidden_size,
-            head_dim=head_dim,
+            head_dim=head_dim_of(model.config),
             attn_bias=first is not None and first.q_proj.bias is not None,
             shapes=shapes,
         )
