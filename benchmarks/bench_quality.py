@@ -113,7 +113,8 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2", choices=["smollm2", "qwen"])
     parser.add_argument("--methods", default="gisp,llm-pruner,wanda-sp,flap,magnitude,random")
     parser.add_argument("--sparsities", default="0.2,0.3,0.4,0.5")
-    parser.add_argument("--single-domain", default="", help="sparsities for the mix-vs-single-domain study (gisp)")
+    parser.add_argument("--single-domain", default="", help="sparsities for the mix-vs-single-domain study")
+    parser.add_argument("--single-method", default="gisp", help="method spec of that study (default: gisp)")
     parser.add_argument("--num-samples", type=int, default=32)
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--steps", type=int, default=None, help="gisp scoring rounds (default: the preset's)")
@@ -136,7 +137,24 @@ def main() -> None:
     out = Path(args.out or ROOT / "benchmarks" / "results" / f"quality_{args.model}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     previous = json.loads(out.read_text()) if args.append and out.is_file() else {}
+    if previous.get("settings"):
+        # Rows measured under other settings are not comparable: refuse rather than mix them silently.
+        keys = ("num_samples", "seq_len", "steps", "batch_size", "eval_seq_len", "eval_windows", "seed")
+        changed = [k for k in keys if previous["settings"].get(k) != getattr(args, k)]
+        if changed:
+            sys.exit(f"bench_quality: --append to {out} measured with other {', '.join(changed)}; "
+                     "use the same settings or another --out")
 
+    # Each --append run adds its own arguments to "runs": which command measured which rows stays on record.
+    def run_args(given: dict) -> dict:
+        return {k: given.get(k) for k in ("methods", "sparsities", "single_domain", "single_method", "threads")}
+
+    before = previous.get("settings") or {}
+    runs = before.get("runs") or ([run_args(before)] if before else [])
+    settings = {**before, **vars(args), "domains": DOMAINS, "torch": torch.__version__,
+                "machine": platform.processor() or platform.machine(),
+                "note": "CPU, shared 2-core machine; perplexities do not depend on load",
+                "runs": [*runs, run_args(vars(args))]}
     model, tokenizer = load_model(args.model)
     print(f"model {args.model}; calibration {args.num_samples} x {args.seq_len} tokens, equal-weight mix of "
           f"{len(DOMAINS)} domains; eval {args.eval_windows} x {args.eval_seq_len} tokens per dev domain", flush=True)
@@ -149,26 +167,32 @@ def main() -> None:
         if m not in results:
             results[m] = run_method(model, tokenizer, calibration, evals, m, sparsities, args)
             # Saved after every method: a long run that stops part-way keeps what it measured.
-            out.write_text(json.dumps({"dense": dense, "methods": results}, indent=1))
+            out.write_text(json.dumps({"settings": settings, "dense": dense, "methods": results}, indent=1))
 
-    single = {}
+    single = dict(previous.get("single_domain", {}))
     single_levels = [float(s) for s in args.single_domain.split(",") if s]
     if single_levels:
-        single["mix"] = results["gisp"] if "gisp" in results and all(s in sparsities for s in single_levels) else \
-            run_method(model, tokenizer, calibration, evals, "gisp", single_levels, args, "gisp (mix)")
+        # The linear schedule passes through every target, so the grid's gisp run (same steps, same top level)
+        # prunes exactly as a mix run at these levels alone would.
+        if "mix" not in single:
+            method = args.single_method
+            single["mix"] = results[method] if method in results and all(s in sparsities for s in single_levels) \
+                and max(single_levels) == max(sparsities) else \
+                run_method(model, tokenizer, calibration, evals, method, single_levels, args, f"{method} (mix)")
         for d in DOMAINS:
+            if d in single:
+                continue
             only = CalibrationMix({d: {"source": str(corpus / "calib" / f"{d}.jsonl"), "weight": 1.0}})
-            single[d] = run_method(model, tokenizer, only, evals, "gisp", single_levels, args, f"gisp ({d} only)")
+            single[d] = run_method(model, tokenizer, only, evals, args.single_method, single_levels, args,
+                                   f"{args.single_method} ({d} only)")
+            out.write_text(json.dumps({"settings": settings, "dense": dense, "methods": results,
+                                       "single_domain": single}, indent=1))
 
-    payload = {
-        "settings": {**vars(args), "domains": DOMAINS, "torch": torch.__version__, "machine": platform.processor()
-                     or platform.machine(), "note": "CPU, shared 2-core machine; perplexities do not depend on load"},
-        "dense": dense, "methods": results, "single_domain": single,
-    }
-    out.write_text(json.dumps(payload, indent=1))
+    out.write_text(json.dumps({"settings": settings, "dense": dense, "methods": results, "single_domain": single},
+                              indent=1))
     print("\nMean dev perplexity (equal-weight mean over domains):\n" + table(results, sparsities, dense))
     if single:
-        print("\nCalibration data, gisp: mean / worst-domain perplexity\n| calibration | " +
+        print(f"\nCalibration data, {args.single_method}: mean / worst-domain perplexity\n| calibration | " +
               " | ".join(f"{s:.0%} mean | {s:.0%} worst" for s in single_levels) + " |\n|---|" +
               "---|---|" * len(single_levels))
         for name, res in single.items():

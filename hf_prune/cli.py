@@ -67,6 +67,9 @@ def _load_arguments(parser: argparse.ArgumentParser) -> None:
                        help="auto (the checkpoint's), float32, bfloat16 or float16 (default: %(default)s)")
     group.add_argument("--device-map", default=None, metavar="MAP", help="passed to from_pretrained, e.g. auto or cuda:0")
     group.add_argument("--revision", default=None, help="branch, tag or commit of the model on the Hub")
+    group.add_argument("--tokenizer", default=None, metavar="ID_OR_PATH",
+                       help="tokenizer to use instead of the model's own (Hub id or folder), e.g. for a model folder "
+                            "without tokenizer files or a stock-qwen2 export of a converted Llama model")
 
 
 def add_prune_arguments(parser: argparse.ArgumentParser) -> None:
@@ -94,6 +97,9 @@ def add_prune_arguments(parser: argparse.ArgumentParser) -> None:
                        help="tokens per calibration window (default: %(default)s)")
     group.add_argument("--steps", type=_positive_int, default=None, metavar="N",
                        help="scoring rounds (default: the method's; 1 = one-shot)")
+    group.add_argument("--importance", default=None, metavar="NAME",
+                       help="importance criterion overriding the method's: taylor, fisher, wanda-sp, flap, magnitude "
+                            "or random")
     group.add_argument("--seed", type=int, default=0, help="seed of the calibration draw (default: %(default)s)")
     group = parser.add_argument_group("evaluation")
     group.add_argument("--evaluation", default=None, metavar="SPEC",
@@ -128,8 +134,8 @@ def run_prune(args: argparse.Namespace) -> int:
         seq_len=args.seq_len, steps=args.steps, seed=args.seed, eval_seq_len=args.eval_seq_len,
         eval_max_windows=args.eval_max_windows, primary=args.primary if args.primary is not None else star,
         private=args.private, overwrite=args.overwrite, torch_dtype=args.dtype, device_map=args.device_map,
-        revision=args.revision, base_model=args.base_model, license=args.license,
-        show_progress=not args.quiet,
+        revision=args.revision, base_model=args.base_model, license=args.license, tokenizer=args.tokenizer,
+        show_progress=not args.quiet, **({"importance": args.importance} if args.importance else {}),
     )
     print("\n" + result.summary())
     table = result.perplexity_table()
@@ -141,10 +147,10 @@ def run_prune(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     from .evaluation import evaluate_perplexity
-    from .push import _as_mix, _check_overlap, _dtype
+    from .push import _as_mix, _check_overlap, _dtype, load_tokenizer
 
     # Data specs are checked before the model is loaded.
     evals = _as_mix(args.evaluation, "evaluation")
@@ -153,7 +159,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     dtype = _dtype(args.dtype)
     kwargs = {"revision": args.revision}
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype, device_map=args.device_map, **kwargs)
-    tokenizer = AutoTokenizer.from_pretrained(args.model, **kwargs)
+    tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else load_tokenizer(args.model, **kwargs)
     report = evaluate_perplexity(model, tokenizer, evals, seq_len=args.seq_len, max_windows_per_domain=args.max_windows,
                                  calibration=calibration, label=str(args.model), progress=not args.quiet)
     if args.json:

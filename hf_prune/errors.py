@@ -36,6 +36,10 @@ class CalibrationError(HfPruneError, ValueError):
     """A calibration or evaluation data spec is invalid (names the domain at fault)."""
 
 
+class TokenizerError(HfPruneError, ValueError):
+    """The tokenizer loaded for a model cannot tokenise text (e.g. a folder without tokenizer files)."""
+
+
 class PruningError(HfPruneError, ValueError):
     """Pruning arguments are invalid or cannot be satisfied."""
 

@@ -217,6 +217,24 @@ def _license(model_id: str, local: bool, revision: str | None, token: str | None
 
 
 # ---- the job -------------------------------------------------------------------------------------------
+def load_tokenizer(name_or_path: str, **kwargs: Any):
+    """``AutoTokenizer.from_pretrained``, refusing a tokenizer that cannot tokenise.
+
+    transformers 5 builds an *empty* tokenizer for a folder without tokenizer files (its config's model type
+    picks the class, with no vocabulary); every text then becomes zero tokens and the failure would surface
+    much later as "not enough calibration text".
+    """
+    from transformers import AutoTokenizer
+
+    from .errors import TokenizerError
+
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
+    if not tokenizer("The quick brown fox.", add_special_tokens=False)["input_ids"]:
+        raise TokenizerError(f"the tokenizer loaded from {name_or_path} turns text into no tokens (no tokenizer files "
+                             "there?); pass one with tokenizer=... (CLI: --tokenizer ID_OR_PATH).")
+    return tokenizer
+
+
 def prune_and_push(
     model_id_or_path: str | os.PathLike,
     repo_id: str | None = None,
@@ -269,8 +287,9 @@ def prune_and_push(
         torch_dtype, device_map, revision: passed to ``from_pretrained``.
         base_model, license: what the model cards name as base model and licence (default: the model id
             and the licence in its card).
-        tokenizer: use this tokenizer instead of ``AutoTokenizer.from_pretrained(model_id_or_path)``.
-            ``model_id_or_path`` may also be an already loaded model, with ``tokenizer`` given.
+        tokenizer: a tokenizer, or the Hub id / folder to load one from, instead of
+            ``AutoTokenizer.from_pretrained(model_id_or_path)``. ``model_id_or_path`` may also be an already
+            loaded model, with ``tokenizer`` given.
         calibration_sources: domain -> where its text comes from, for the model cards (default: the file
             name of a local source, the dataset id of a Hub one).
 
@@ -298,6 +317,10 @@ def prune_and_push(
     from .engine.presets import get_method
 
     get_method(method)
+    if isinstance(prune_kwargs.get("importance"), str):
+        from .engine.importance import get_importance
+
+        get_importance(prune_kwargs["importance"])
     calib = _as_mix(DEFAULT_CALIBRATION if calibration is None else calibration, "calibration")
     evals = _as_mix(evaluation, "evaluation")
     _check_overlap(calib, evals)
@@ -314,13 +337,18 @@ def prune_and_push(
 
     # ---- 2. load ----
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     from .convert import llama_to_qwen2
     from .engine import prune
     from .evaluation import evaluate_perplexity
     from .slicing import layer_shapes
 
+    if isinstance(tokenizer, (str, os.PathLike)):
+        tokenizer_id = os.fspath(tokenizer)
+        logger.info("loading the tokenizer %s", tokenizer_id)
+        tokenizer = load_tokenizer(
+            tokenizer_id, **({"token": token} if token is not None and not _is_local(tokenizer_id) else {}))
     if isinstance(model_id_or_path, (str, os.PathLike)):
         model_id = os.fspath(model_id_or_path)
         local = _is_local(model_id)
@@ -328,9 +356,9 @@ def prune_and_push(
         if token is not None and not local:
             load_kwargs["token"] = token
         logger.info("loading %s", model_id)
+        if tokenizer is None:  # first: cheap, and a folder without a usable tokenizer fails before the model loads
+            tokenizer = load_tokenizer(model_id, **load_kwargs)
         model = AutoModelForCausalLM.from_pretrained(model_id, dtype=dtype, device_map=device_map, **load_kwargs)
-        if tokenizer is None:
-            tokenizer = AutoTokenizer.from_pretrained(model_id, **load_kwargs)
         base_revision = revision if local else (getattr(model.config, "_commit_hash", None) or revision)
     else:  # an already loaded model
         model, local = model_id_or_path, True

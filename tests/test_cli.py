@@ -55,6 +55,34 @@ def test_prune_end_to_end_in_a_subprocess(base, tmp_path):
     assert "| a |" in proc.stdout and "| **mean** |" in proc.stdout
 
 
+def test_tokenizer_option_and_importance_override(base, tmp_path, capsys):
+    """A model folder with no tokenizer files prunes and evaluates with --tokenizer; --importance picks the
+    criterion (recorded in each level's plan); an unknown criterion fails before the model is loaded."""
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for f in base["base"].iterdir():
+        if f.name in ("config.json", "model.safetensors", "generation_config.json"):
+            shutil.copy(f, bare / f.name)
+    out = tmp_path / "out"
+    common = ["--sparsity", "0.3", "--calibration", base["calibration"], "-q", *FAST]
+    # transformers 5 builds an empty tokenizer for such a folder: refused with a pointer to --tokenizer.
+    assert main(["prune", str(bare), "--output-dir", str(out), *common]) == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("hf-prune: error: ") and "--tokenizer" in last and not out.exists()
+    code = main(["prune", str(bare), "--tokenizer", str(base["base"]), "--importance", "fisher",
+                 "--output-dir", str(out), "--overwrite", *common])
+    assert code == 0, capsys.readouterr().err
+    plan = json.loads((out / "sparsity-30" / "pruning_plan.json").read_text())
+    assert "fisher" in json.dumps(plan)
+    code = main(["evaluate", str(bare), "--tokenizer", str(base["base"]), "--evaluation", base["evaluation"],
+                 "--seq-len", "32", "--max-windows", "2", "-q"])
+    assert code == 0 and "| a |" in capsys.readouterr().out
+    code = main(["prune", str(tmp_path / "not-loaded"), "--importance", "nope", "--output-dir",
+                 str(tmp_path / "o2"), *common])
+    err = capsys.readouterr().err
+    assert code == 1 and "Unknown importance criterion 'nope'" in err and "not-loaded" not in err
+
+
 def test_evaluate_command(base, tmp_path, capsys):
     report = tmp_path / "report.json"
     code = main(["evaluate", str(base["base"]), "--evaluation", base["evaluation"], "--seq-len", "32",

@@ -115,6 +115,12 @@ def _batches_from(calibration: Any, tokenizer: Any, num_samples: int, seq_len: i
     )
 
 
+def _window_losses(model, ids: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy of each window (fp32)."""
+    logits = model(input_ids=ids, use_cache=False).logits
+    return F.cross_entropy(logits[:, :-1].float().transpose(1, 2), ids[:, 1:], reduction="none").mean(1)
+
+
 class _LossRecorder:
     """Wraps the objective to log the loss per domain (the forward pass is shared with scoring)."""
 
@@ -126,9 +132,7 @@ class _LossRecorder:
     def __call__(self, model, batch):
         domains = batch.get("domains")
         if self.objective is lm_loss and domains is not None and "labels" not in batch:
-            logits = model(input_ids=batch["input_ids"], use_cache=False).logits
-            ce = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), batch["input_ids"][:, 1:], reduction="none")
-            per_sample = ce.mean(1)
+            per_sample = _window_losses(model, batch["input_ids"])
             for d, value in zip(domains, per_sample.detach().tolist()):
                 self.sums[d] = self.sums.get(d, 0.0) + value
                 self.counts[d] = self.counts.get(d, 0) + 1

@@ -81,6 +81,12 @@ class LayerScores:
     kv_heads: torch.Tensor | None
     mlp_channels: torch.Tensor | None
 
+    def map(self, fn, *others: LayerScores) -> LayerScores:
+        """``fn`` applied field by field (to this and the same field of ``others``); ``None`` fields stay ``None``."""
+        fields = ("query_heads", "kv_heads", "mlp_channels")
+        return LayerScores(*(None if getattr(self, f) is None else fn(getattr(self, f), *(getattr(o, f) for o in others))
+                             for f in fields))
+
     def to(self, dtype: torch.dtype | None = None) -> LayerScores:
         conv = lambda t: None if t is None else t.detach().to(device="cpu", dtype=dtype)  # noqa: E731
         return LayerScores(conv(self.query_heads), conv(self.kv_heads), conv(self.mlp_channels))
