@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from hf_prune import CalibrationMix, apply_plan, evaluate_perplexity, prune
+from hf_prune.slicing import layer_shapes
 
 ROOT = Path(__file__).resolve().parents[1]
 DOMAINS = ["web", "prose", "code", "math", "docs", "dialogue", "zh"]
@@ -59,15 +60,22 @@ def run_method(model, tokenizer, calibration, evals, spec, sparsities, args, lab
     kwargs = {"steps": args.steps} if method == "gisp" and args.steps else {}
     for item in overrides:
         key, value = item.split("=")
-        kwargs[key] = int(value) if value.isdigit() else value
+        try:
+            kwargs[key] = int(value) if value.isdigit() else float(value)
+        except ValueError:
+            kwargs[key] = value
     result = prune(model, tokenizer, calibration, sparsities, method=method, num_samples=args.num_samples,
                    seq_len=args.seq_len, seed=args.seed, batch_size=args.batch_size, show_progress=False, **kwargs)
     prune_seconds = time.perf_counter() - t0
     rows = {}
     for s in sparsities:
         pruned = apply_plan(model, result.plans[s])
+        kept = next(e for e in result.log if e.target_sparsity == s)
         rows[str(s)] = {**evaluate(pruned, tokenizer, evals, args, calibration), "sparsity": result.sparsity[s],
-                        "kv_cache_reduction": result.kv_cache_reduction[s]}
+                        "kv_cache_reduction": result.kv_cache_reduction[s],
+                        "kept": {"query_heads": kept.query_heads, "kv_heads": kept.kv_heads,
+                                 "mlp_channels": kept.mlp_channels,
+                                 "mlp_widths": [l.intermediate_size for l in layer_shapes(pruned)]}}
         del pruned
     print(f"  {label or spec}: {prune_seconds:.0f}s " + ", ".join(
         f"{s}: {rows[str(s)]['mean']:.2f}" for s in sparsities), flush=True)
@@ -83,7 +91,16 @@ def table(results: dict, sparsities: list[float], dense: dict) -> str:
     return "\n".join(lines)
 
 
+def peer_series(model: str) -> dict[str, dict]:
+    """The external peer's rows (``peer_torch_pruning.py``'s JSON beside ours), shaped like ours, if it was run."""
+    path = ROOT / "benchmarks" / "results" / f"peer_torch_pruning_{model}.json"
+    if not path.is_file():
+        return {}
+    return {"torch-pruning (peer)": {"levels": json.loads(path.read_text())["levels"]}}
+
+
 def plot(path: Path, results: dict, sparsities: list[float], dense: dict, title: str) -> None:
+    """Mean dev perplexity vs sparsity, one line per method (levels a method lacks are skipped)."""
     if not results:
         return
     try:
@@ -96,8 +113,9 @@ def plot(path: Path, results: dict, sparsities: list[float], dense: dict, title:
         return
     fig, ax = plt.subplots(figsize=(6, 4))
     for method, res in results.items():
-        ax.plot([s * 100 for s in sparsities], [res["levels"][str(s)]["mean"] for s in sparsities], marker="o",
-                label=method)
+        have = [s for s in sparsities if str(s) in res["levels"]]
+        ax.plot([s * 100 for s in have], [res["levels"][str(s)]["mean"] for s in have], marker="o", label=method,
+                linestyle=":" if "peer" in method else "-")
     ax.axhline(dense["mean"], color="grey", linestyle="--", label="dense")
     ax.set_yscale("log")
     ax.set_xlabel("decoder parameters removed (%)")
@@ -198,7 +216,8 @@ def main() -> None:
         for name, res in single.items():
             print(f"| {name} | " + " | ".join(f"{res['levels'][str(s)]['mean']:.2f} | {res['levels'][str(s)]['worst']:.2f}"
                                               for s in single_levels) + " |")
-    plot(out.with_suffix(".png"), results, sparsities, dense, f"{args.model}: mean dev perplexity")
+    plot(out.with_suffix(".png"), {**results, **peer_series(args.model)}, sparsities, dense,
+         f"{args.model}: mean dev perplexity")
     print(f"\nwrote {out}")
 
 

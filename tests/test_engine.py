@@ -213,3 +213,24 @@ def test_fisher_criterion_runs_the_whole_engine(model):
             assert all(h <= ph and c <= pc for (h, c), (ph, pc) in zip(kept, previous))
         previous = kept
 
+
+
+def test_layer_balance_spreads_removal_across_layers(model):
+    """Synthetic scores where layer 0's channels are 10x cheaper: at face value global allocation takes them
+    all from layer 0; layer_balance prices concentrated removal up and spreads it, budget unchanged."""
+    from hf_prune.engine.allocation import Constraints, allocate
+    from hf_prune.engine.structures import LayerScores, ModelGeometry
+
+    geometry = ModelGeometry.of(model)
+    gen = torch.Generator().manual_seed(0)
+    scores = [LayerScores(torch.full((s.num_attention_heads,), 1e6), torch.full((s.num_key_value_heads,), 1e6),
+                          torch.rand(s.intermediate_size, generator=gen) * (0.1 if i == 0 else 1.0) + (0.1 if i == 0 else 0.5))
+              for i, s in enumerate(geometry.shapes)]
+    budget = 40 * geometry.channel_params
+    widths = {}
+    for balance in (0.0, 50.0):
+        plan = allocate(scores, geometry, budget, constraints=Constraints(layer_balance=balance))
+        widths[balance] = [len(l.mlp_channels) for l in plan.layers]
+        assert sum(s.intermediate_size for s in geometry.shapes) - sum(widths[balance]) == 40
+    assert widths[0.0][0] == 96 - 40 and widths[0.0][1:] == [96, 96, 96]
+    assert max(widths[50.0]) - min(widths[50.0]) < 40 and widths[50.0][0] > 56

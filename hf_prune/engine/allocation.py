@@ -39,6 +39,12 @@ class Constraints:
         attention_weight: global allocation multiplies the scores of attention units by this before ranking.
             First-order scores underrate what removing a head costs (its effect on the attention pattern is
             not first order); > 1 makes heads harder to remove than their score says.
+        layer_balance: global allocation multiplies an MLP unit's score by ``1 + layer_balance * f``, ``f`` the
+            fraction of that layer's original channels already removed: the loss of removing many channels of
+            one layer grows faster than the sum of their first-order scores, so concentrated removal is
+            priced up. 0 ranks at face value.
+        base_widths: each layer's MLP width in the original model (what ``f`` is measured against); ``None``:
+            the current widths.
     """
 
     keep_dense: frozenset[int] = frozenset()
@@ -47,6 +53,8 @@ class Constraints:
     channel_multiple: int = 1
     tp_degree: int = 1
     attention_weight: float = 1.0
+    layer_balance: float = 0.0
+    base_widths: tuple[int, ...] | None = None
 
 
 @dataclass
@@ -226,6 +234,9 @@ def _allocate_global(states, prunable, norm_scores, geometry, budget, mode, cons
         for score, cost, count, action in candidates:
             if action[0] != "channels":
                 score *= constraints.attention_weight
+            elif constraints.layer_balance:
+                base = constraints.base_widths[i] if constraints.base_widths else geometry.shapes[i].intermediate_size
+                score *= 1 + constraints.layer_balance * (1 - len(s.channels) / max(base, 1))
             heapq.heappush(heap, (_key(score, cost, count, mode), i, s.version, cost, action))
 
     for i in prunable:

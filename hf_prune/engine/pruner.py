@@ -241,6 +241,7 @@ def prune(
     channel_multiple: int = 1,
     tp_degree: int = 1,
     attention_weight: float | None = None,
+    layer_balance: float | None = None,
     gradient_checkpointing: bool = False,
     state_dir: str | os.PathLike | None = None,
     show_progress: bool = True,
@@ -310,8 +311,13 @@ def prune(
         attention_weight = recipe.attention_weight
     if not isinstance(attention_weight, (int, float)) or attention_weight <= 0:
         raise PruningError(f"attention_weight must be a positive number, got {attention_weight!r}.")
+    if layer_balance is None:
+        layer_balance = recipe.layer_balance
+    if not isinstance(layer_balance, (int, float)) or layer_balance < 0:
+        raise PruningError(f"layer_balance must be a number >= 0, got {layer_balance!r}.")
     constraints = Constraints(_keep_dense_layers(keep_dense, num_layers), min_heads, min_channels,
-                              channel_multiple, tp_degree, float(attention_weight))
+                              channel_multiple, tp_degree, float(attention_weight), float(layer_balance),
+                              tuple(s.intermediate_size for s in geometry0.shapes))
     for i, s in enumerate(geometry0.shapes):
         if i not in constraints.keep_dense and s.num_key_value_heads % tp_degree:
             raise PruningError(f"Layer {i} has {s.num_key_value_heads} KV heads, not divisible by tp_degree={tp_degree}.")
@@ -339,7 +345,7 @@ def prune(
         "objective": objective if isinstance(objective, str) else "callable",
         "resample_each_step": resample_each_step, "keep_dense": sorted(constraints.keep_dense),
         "min_heads": min_heads, "min_channels": min_channels, "channel_multiple": channel_multiple,
-        "tp_degree": tp_degree, "attention_weight": float(attention_weight), "base_params": params0,
+        "tp_degree": tp_degree, "attention_weight": float(attention_weight), "layer_balance": float(layer_balance), "base_params": params0,
         "calibration": calibration.to_dict() if hasattr(calibration, "to_dict") else type(calibration).__name__,
     }
     key = _settings_hash(settings)
