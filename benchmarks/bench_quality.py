@@ -111,17 +111,19 @@ def plot(path: Path, results: dict, sparsities: list[float], dense: dict, title:
     except ImportError:
         print("matplotlib not installed (pip install -e '.[bench]'): no plot", file=sys.stderr)
         return
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for method, res in results.items():
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    colors = plt.get_cmap("tab20").colors
+    for k, (method, res) in enumerate(results.items()):
         have = [s for s in sparsities if str(s) in res["levels"]]
         ax.plot([s * 100 for s in have], [res["levels"][str(s)]["mean"] for s in have], marker="o", label=method,
-                linestyle=":" if "peer" in method else "-")
+                linestyle=":" if "peer" in method else "-", color=colors[k % len(colors)],
+                linewidth=2.5 if method == "gisp" else 1.2)
     ax.axhline(dense["mean"], color="grey", linestyle="--", label="dense")
     ax.set_yscale("log")
     ax.set_xlabel("decoder parameters removed (%)")
     ax.set_ylabel("mean dev perplexity (log)")
     ax.set_title(title)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
