@@ -70,10 +70,10 @@ def test_tokenizer_option_and_importance_override(base, tmp_path, capsys):
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("hf-prune: error: ") and "--tokenizer" in last and not out.exists()
     code = main(["prune", str(bare), "--tokenizer", str(base["base"]), "--importance", "fisher",
-                 "--output-dir", str(out), "--overwrite", *common])
+                 "--layer-balance", "0.5", "--output-dir", str(out), "--overwrite", *common])
     assert code == 0, capsys.readouterr().err
-    plan = json.loads((out / "sparsity-30" / "pruning_plan.json").read_text())
-    assert "fisher" in json.dumps(plan)
+    plan = json.dumps(json.loads((out / "sparsity-30" / "pruning_plan.json").read_text()))
+    assert '"importance": "fisher"' in plan and '"layer_balance": 0.5' in plan
     code = main(["evaluate", str(bare), "--tokenizer", str(base["base"]), "--evaluation", base["evaluation"],
                  "--seq-len", "32", "--max-windows", "2", "-q"])
     assert code == 0 and "| a |" in capsys.readouterr().out

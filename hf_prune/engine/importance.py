@@ -331,7 +331,8 @@ class CallableImportance(Importance):
 
 
 _CRITERIA: dict[str, type[Importance]] = {
-    c.name: c for c in (TaylorImportance, FisherImportance, WandaSPImportance, FlapImportance, MagnitudeImportance, RandomImportance)
+    c.name: c for c in (TaylorImportance, FisherImportance, WandaSPImportance, FlapImportance, MagnitudeImportance,
+                        RandomImportance)
 }
 
 

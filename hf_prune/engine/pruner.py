@@ -274,6 +274,9 @@ def prune(
         tp_degree: kept KV heads per layer divisible by this (tensor parallelism).
         attention_weight: global allocation multiplies attention units' scores by this (> 1: heads are harder
             to remove than their first-order score says); default: the preset's.
+        layer_balance: global allocation multiplies an MLP unit's score by ``1 + layer_balance * f``, ``f`` the
+            fraction of its layer's original channels already removed (concentrated removal costs more than its
+            first-order scores add up to); default: the preset's (``gisp``: 2; 0 = face value).
         gradient_checkpointing: trade compute for memory in gradient-based scoring.
         state_dir: the run state is written there after every round; a run started again with the same
             arguments and ``state_dir`` resumes after the last finished round and gives the same plans.
@@ -345,7 +348,8 @@ def prune(
         "objective": objective if isinstance(objective, str) else "callable",
         "resample_each_step": resample_each_step, "keep_dense": sorted(constraints.keep_dense),
         "min_heads": min_heads, "min_channels": min_channels, "channel_multiple": channel_multiple,
-        "tp_degree": tp_degree, "attention_weight": float(attention_weight), "layer_balance": float(layer_balance), "base_params": params0,
+        "tp_degree": tp_degree, "attention_weight": float(attention_weight), "layer_balance": float(layer_balance),
+        "base_params": params0,
         "calibration": calibration.to_dict() if hasattr(calibration, "to_dict") else type(calibration).__name__,
     }
     key = _settings_hash(settings)
