@@ -24,15 +24,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads distort timings on a shared machine
 
 import torch  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load(name: str):
-    from hf_prune import assets
-
-    model, _ = assets.load_smollm2() if name == "smollm2" else assets.load_qwen_coder_05b()
-    return model
+from common import MODELS, ROOT, load_model, status_kb  # noqa: E402
 
 
 def batches(vocab: int, num: int, seq_len: int, batch_size: int, seed: int = 0):
@@ -58,13 +50,6 @@ def taylor(model, data) -> None:
     TaylorImportance()(model, data, lm_loss, show_progress=False)
 
 
-def rss_kb(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field):
-            return int(line.split()[1])
-    return 0
-
-
 def memory_child(args) -> None:
     """Runs in a subprocess: memory of one pass = weights + what the pass adds on top of the loaded model.
 
@@ -75,11 +60,11 @@ def memory_child(args) -> None:
 
     import hf_prune  # noqa: F401
 
-    model = load(args.model)
+    model, _ = load_model(args.model)
     for p in model.parameters():
         p.data = p.data.clone()
     data = batches(model.config.vocab_size, args.num_samples, args.seq_len, args.batch_size)
-    after_load = rss_kb("VmRSS")
+    after_load = status_kb("VmRSS")
     try:
         Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
         reset = True
@@ -87,13 +72,13 @@ def memory_child(args) -> None:
         reset = False  # then VmHWM may include the load itself: an upper bound
     (plain_forward_backward if args.child == "plain" else taylor)(model, data)
     param_mb = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
-    extra_mb = (rss_kb("VmHWM") - after_load) / 1024
+    extra_mb = (status_kb("VmHWM") - after_load) / 1024
     print(json.dumps({"peak_mb": param_mb + extra_mb, "extra_mb": extra_mb, "param_mb": param_mb, "hwm_reset": reset}))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="smollm2", choices=["smollm2", "qwen"])
+    parser.add_argument("--model", default="smollm2", choices=MODELS)
     parser.add_argument("--num-samples", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=4)
@@ -105,7 +90,7 @@ def main() -> None:
     if args.child:
         return memory_child(args)
 
-    model = load(args.model)
+    model, _ = load_model(args.model)
     data = batches(model.config.vocab_size, args.num_samples, args.seq_len, args.batch_size)
     plain_forward_backward(model, data[:1])  # warm-up
     times = {"plain": [], "taylor": []}

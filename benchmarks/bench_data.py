@@ -14,36 +14,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
 import torch  # noqa: E402
+from common import DOMAINS, MODELS, corpus_dir, dev_files, load_model  # noqa: E402
+from common import ROOT as REPO  # noqa: E402
 
 from hf_prune.data import CalibrationMix  # noqa: E402
 from hf_prune.data.sources import load_documents  # noqa: E402
 from hf_prune.data.windows import domain_token_stream, pack_windows, tokenize_documents  # noqa: E402
 from hf_prune.evaluation import evaluate_perplexity  # noqa: E402
-
-DOMAINS = ["web", "prose", "code", "math", "docs", "dialogue", "zh"]
-
-
-def corpus_root() -> Path:
-    env = os.environ.get("HF_PRUNE_CORPUS")
-    root = Path(env) if env else REPO.parent / "shared" / "corpus"
-    if not (root / "calib").is_dir() or not (root / "dev").is_dir():
-        sys.exit(
-            f"bench_data: corpus not found at {root} (expected calib/ and dev/ folders of <domain>.jsonl). "
-            "Set HF_PRUNE_CORPUS to its location."
-        )
-    return root
-
 
 def bench_tokenisation(tok, root: Path, seq_len: int) -> dict:
     """Uncached load + tokenise + pack of each calib domain, then a cold and a warm cache round."""
@@ -98,16 +82,14 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--max-windows", type=int, default=32, help="dev windows per domain (evenly spaced)")
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--model", choices=["smollm2", "qwen"], default="smollm2",
+    ap.add_argument("--model", choices=MODELS, default="smollm2",
                     help="qwen = Qwen2.5-Coder-0.5B-Instruct (bash scripts/fetch_qwen.sh first)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     args.out = args.out or REPO / "benchmarks" / "results" / ("data.json" if args.model == "smollm2" else "data_qwen.json")
 
-    root = corpus_root()
-    from hf_prune import assets
-
-    model, tok = assets.load_smollm2() if args.model == "smollm2" else assets.load_qwen_coder_05b()
+    root = corpus_dir("bench_data")
+    model, tok = load_model(args.model)
     name = "SmolLM2-135M-Instruct" if args.model == "smollm2" else "Qwen2.5-Coder-0.5B-Instruct"
     result: dict = {
         "machine": {
@@ -123,7 +105,7 @@ def main() -> None:
 
     print("dev perplexity...", file=sys.stderr)
     calib = CalibrationMix({d: str(root / "calib" / f"{d}.jsonl") for d in DOMAINS})
-    dev = {d: str(root / "dev" / f"{d}.jsonl") for d in DOMAINS}
+    dev = dev_files(root)
     t0 = time.perf_counter()
     report = evaluate_perplexity(
         model, tok, dev, seq_len=args.seq_len, batch_size=args.batch_size,

@@ -43,8 +43,6 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 # Must be set before torch loads its OpenMP runtime. With the default (spinning) wait policy, on a machine shared
 # with other busy processes an OpenMP thread that is descheduled stalls every barrier while the others spin:
@@ -54,6 +52,8 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
+from common import ROOT as REPO  # noqa: E402
+from common import load_model, status_kb  # noqa: E402
 
 from hf_prune import PruningPlan, apply_plan  # noqa: E402
 from hf_prune.plan import LayerPlan  # noqa: E402
@@ -64,14 +64,6 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 # ---- models and plans -----------------------------------------------------------------------------------------
-def load_base(name: str, dtype: torch.dtype):
-    from hf_prune import assets
-
-    if name == "qwen-coder-0.5b":
-        return assets.load_qwen_coder_05b(dtype=dtype)
-    return assets.load_smollm2(dtype=dtype)
-
-
 def heterogeneous_plan(model, seed: int = 0) -> PruningPlan:
     """A realistic pruned shape removing about half of every decoder layer, with sizes varying per layer.
 
@@ -252,13 +244,6 @@ def profile_prefill(models: dict, input_ids: torch.Tensor) -> dict:
 
 
 # ---- peak memory (subprocess per model) ----------------------------------------------------------------------
-def _status_kb(key: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    raise KeyError(key)
-
-
 def memory_child(args) -> None:
     """Run in a fresh process: load one model, reset the RSS high-water mark, generate once, report JSON."""
     torch.set_num_threads(args.threads)
@@ -266,7 +251,7 @@ def memory_child(args) -> None:
     from transformers import Qwen2ForCausalLM
 
     gc.collect()
-    rss_before = _status_kb("VmRSS")
+    rss_before = status_kb("VmRSS")
     cls = PrunedQwen2ForCausalLM if args.child_pruned else Qwen2ForCausalLM
     model = cls.from_pretrained(args.child_folder, dtype=DTYPES[args.child_dtype]).eval()
     # Make every weight resident in anonymous memory, as in the timed runs (from_pretrained maps the file
@@ -275,11 +260,11 @@ def memory_child(args) -> None:
         for param in model.parameters():
             param.data = param.data.clone()
     gc.collect()
-    rss_loaded = _status_kb("VmRSS")
+    rss_loaded = status_kb("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
     input_ids = torch.load(args.child_inputs)
     timed_generate(model, input_ids, 8)
-    peak = _status_kb("VmHWM")
+    peak = status_kb("VmHWM")
     print(json.dumps({"rss_before_load_mb": rss_before / 1024, "rss_loaded_mb": rss_loaded / 1024,
                       "peak_rss_mb": peak / 1024, "weights_mb": param_counts(model)["bytes"] / 2**20}))
 
@@ -407,7 +392,7 @@ def main(argv=None) -> None:
 
     info = machine_info(args.threads)
     log(f"settings: {vars(args)}; torch.set_num_threads({args.threads}); {info['cpu_model']}")
-    base, tokenizer = load_base(args.model, torch.float32)
+    base, tokenizer = load_model("qwen" if args.model == "qwen-coder-0.5b" else "smollm2", torch.float32)
     plan = heterogeneous_plan(base)
     models32 = {
         # from_pretrained leaves the weights memory-mapped from the safetensors file, 32-byte aligned; apply_plan's

@@ -13,37 +13,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import sys
 import time
 from pathlib import Path
 
 import torch
+from common import DOMAINS, MODELS, ROOT, calib_file, corpus_dir, dev_files, load_model
 
 from hf_prune import CalibrationMix, apply_plan, evaluate_perplexity, prune
 from hf_prune.slicing import layer_shapes
 
-ROOT = Path(__file__).resolve().parents[1]
-DOMAINS = ["web", "prose", "code", "math", "docs", "dialogue", "zh"]
 
-
-def corpus_dir() -> Path:
-    path = Path(os.environ.get("HF_PRUNE_CORPUS", ROOT.parent / "shared" / "corpus"))
-    if not (path / "calib").is_dir() or not (path / "dev").is_dir():
-        sys.exit(f"bench_quality: the corpus is missing: expected {path}/calib and {path}/dev "
-                 "(set HF_PRUNE_CORPUS to a folder holding calib/<domain>.jsonl and dev/<domain>.jsonl).")
-    return path
-
-
-def load_model(name: str):
-    from hf_prune import assets
-
-    if name == "smollm2":
-        return assets.load_smollm2()
-    if name == "qwen":
-        return assets.load_qwen_coder_05b()
-    sys.exit(f"unknown model {name!r}: smollm2 or qwen")
+def domain_mix(corpus: Path, domains: list[str]) -> CalibrationMix:
+    """Equal-weight calibration mix of ``domains`` from ``corpus/calib``."""
+    return CalibrationMix({d: {"source": calib_file(corpus, d), "weight": 1.0} for d in domains})
 
 
 def evaluate(model, tokenizer, evals, args, calibration):
@@ -130,7 +114,7 @@ def plot(path: Path, results: dict, sparsities: list[float], dense: dict, title:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="smollm2", choices=["smollm2", "qwen"])
+    parser.add_argument("--model", default="smollm2", choices=MODELS)
     parser.add_argument("--methods", default="gisp,llm-pruner,wanda-sp,flap,magnitude,random")
     parser.add_argument("--sparsities", default="0.2,0.3,0.4,0.5")
     parser.add_argument("--single-domain", default="", help="sparsities for the mix-vs-single-domain study")
@@ -148,11 +132,11 @@ def main() -> None:
                         help="keep the methods already in --out and run only the missing ones")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    corpus = corpus_dir()
+    corpus = corpus_dir("bench_quality")
     sparsities = [float(s) for s in args.sparsities.split(",") if s]
     methods = [m for m in args.methods.split(",") if m]
-    calibration = CalibrationMix({d: {"source": str(corpus / "calib" / f"{d}.jsonl"), "weight": 1.0} for d in DOMAINS})
-    evals = {d: str(corpus / "dev" / f"{d}.jsonl") for d in DOMAINS}
+    calibration = domain_mix(corpus, DOMAINS)
+    evals = dev_files(corpus)
 
     out = Path(args.out or ROOT / "benchmarks" / "results" / f"quality_{args.model}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -202,7 +186,7 @@ def main() -> None:
         for d in DOMAINS:
             if d in single:
                 continue
-            only = CalibrationMix({d: {"source": str(corpus / "calib" / f"{d}.jsonl"), "weight": 1.0}})
+            only = domain_mix(corpus, [d])
             single[d] = run_method(model, tokenizer, only, evals, args.single_method, single_levels, args,
                                    f"{args.single_method} ({d} only)")
             out.write_text(json.dumps({"settings": settings, "dense": dense, "methods": results,

@@ -18,18 +18,16 @@ import copy
 import json
 import os
 import time
-from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 import torch_pruning as tp  # noqa: E402
 
-from bench_quality import DOMAINS, corpus_dir, evaluate, load_model  # noqa: E402
-from hf_prune import CalibrationMix  # noqa: E402
-from hf_prune.engine import decoder_params  # noqa: E402
+from bench_quality import DOMAINS, domain_mix, evaluate  # noqa: E402
+from common import MODELS, ROOT, corpus_dir, dev_files, load_model  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+from hf_prune.engine import decoder_params  # noqa: E402
 
 
 def prune_mlp_uniform(model, ratio: float) -> None:
@@ -48,7 +46,7 @@ def prune_mlp_uniform(model, ratio: float) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="smollm2", choices=["smollm2", "qwen"])
+    parser.add_argument("--model", default="smollm2", choices=MODELS)
     parser.add_argument("--sparsities", default="0.2,0.3,0.4,0.5")
     parser.add_argument("--num-samples", type=int, default=32)
     parser.add_argument("--seq-len", type=int, default=128)
@@ -59,9 +57,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    corpus = corpus_dir()
-    calibration = CalibrationMix({d: {"source": str(corpus / "calib" / f"{d}.jsonl"), "weight": 1.0} for d in DOMAINS})
-    evals = {d: str(corpus / "dev" / f"{d}.jsonl") for d in DOMAINS}
+    corpus = corpus_dir("peer_torch_pruning")
+    calibration = domain_mix(corpus, DOMAINS)
+    evals = dev_files(corpus)
     model, tokenizer = load_model(args.model)
     windows = calibration.sample(tokenizer, args.num_samples, args.seq_len, seed=args.seed)  # same as prune()
 

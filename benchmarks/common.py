@@ -1,0 +1,59 @@
+"""What the benchmark scripts share: the corpus location, the models by name, the calibration/dev files, RSS.
+
+Scripts run as ``python benchmarks/<script>.py``, so this folder is on ``sys.path``; the repository root is
+added too, so they also run without installing hf-prune.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+#: The domains of ``../shared/corpus`` (``calib/<domain>.jsonl`` and ``dev/<domain>.jsonl``).
+DOMAINS = ["web", "prose", "code", "math", "docs", "dialogue", "zh"]
+#: Benchmark model names -> loaders in :mod:`hf_prune.assets`.
+MODELS = ("smollm2", "qwen")
+
+
+def corpus_dir(tool: str) -> Path:
+    """``$HF_PRUNE_CORPUS`` or ``../shared/corpus``; exits with a message naming ``tool`` when it is missing."""
+    path = Path(os.environ.get("HF_PRUNE_CORPUS", ROOT.parent / "shared" / "corpus"))
+    if not (path / "calib").is_dir() or not (path / "dev").is_dir():
+        sys.exit(f"{tool}: the corpus is missing: expected {path}/calib and {path}/dev "
+                 "(set HF_PRUNE_CORPUS to a folder holding calib/<domain>.jsonl and dev/<domain>.jsonl).")
+    return path
+
+
+def calib_file(corpus: Path, domain: str) -> str:
+    return str(corpus / "calib" / f"{domain}.jsonl")
+
+
+def dev_files(corpus: Path) -> dict[str, str]:
+    """``{domain: dev jsonl}`` for :func:`hf_prune.evaluate_perplexity`."""
+    return {d: str(corpus / "dev" / f"{d}.jsonl") for d in DOMAINS}
+
+
+def load_model(name: str, dtype: torch.dtype = torch.float32):
+    """``(model, tokenizer)``: ``smollm2`` (SmolLM2-135M-Instruct) or ``qwen`` (Qwen2.5-Coder-0.5B-Instruct)."""
+    from hf_prune import assets
+
+    if name == "smollm2":
+        return assets.load_smollm2(dtype=dtype)
+    if name == "qwen":
+        return assets.load_qwen_coder_05b(dtype=dtype)
+    sys.exit(f"unknown model {name!r}: one of {', '.join(MODELS)}")
+
+
+def status_kb(key: str) -> int:
+    """A ``/proc/self/status`` field in kB (``VmRSS``, ``VmHWM``, ...)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise KeyError(key)
