@@ -167,13 +167,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .push import _as_mix, _check_overlap, _dtype, load_tokenizer
 
     # Data specs are checked before the model is loaded.
-    evals = _as_mix(args.evaluation, "evaluation")
-    calibration = _as_mix(args.calibration, "calibration")
+    evals = _as_mix(args.evaluation)
+    calibration = _as_mix(args.calibration)
     _check_overlap(calibration, evals)
     dtype = _dtype(args.dtype)
     kwargs = {"revision": args.revision}
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype, device_map=args.device_map, **kwargs)
+    # The tokenizer first, as prune_and_push does: an unusable one fails before the model is loaded.
     tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else load_tokenizer(args.model, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype, device_map=args.device_map, **kwargs)
     report = evaluate_perplexity(model, tokenizer, evals, seq_len=args.seq_len, max_windows_per_domain=args.max_windows,
                                  calibration=calibration, label=str(args.model), progress=not args.quiet)
     if args.json:

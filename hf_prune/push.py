@@ -13,14 +13,14 @@ import logging
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .checkpoint import check_output_dir, save_pruned_model
 from .data.mix import CalibrationMix
 from .data.sources import DomainSource
-from .errors import CalibrationError, HubAuthError, PruningError, PushArgumentError
+from .errors import CalibrationError, HubAuthError, PruningError, PushArgumentError, TokenizerError
 
 __all__ = ["prune_and_push", "PruneAndPushResult", "level_name", "DEFAULT_CALIBRATION", "EVAL_FILE"]
 
@@ -124,7 +124,7 @@ def _primary(primary: float | str | None, levels: list[float]) -> float:
     raise PushArgumentError(f"primary must be one of the levels {levels}, got {primary!r}.")
 
 
-def _as_mix(spec: Any, what: str) -> Any:
+def _as_mix(spec: Any) -> Any:
     """A CalibrationMix from a spec string / file path / mapping; other objects (windows, batches) pass through."""
     if spec is None:
         return None
@@ -226,8 +226,6 @@ def load_tokenizer(name_or_path: str, **kwargs: Any):
     """
     from transformers import AutoTokenizer
 
-    from .errors import TokenizerError
-
     tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
     if not tokenizer("The quick brown fox.", add_special_tokens=False)["input_ids"]:
         raise TokenizerError(f"the tokenizer loaded from {name_or_path} turns text into no tokens (no tokenizer files "
@@ -321,8 +319,8 @@ def prune_and_push(
         from .engine.importance import get_importance
 
         get_importance(prune_kwargs["importance"])
-    calib = _as_mix(DEFAULT_CALIBRATION if calibration is None else calibration, "calibration")
-    evals = _as_mix(evaluation, "evaluation")
+    calib = _as_mix(DEFAULT_CALIBRATION if calibration is None else calibration)
+    evals = _as_mix(evaluation)
     _check_overlap(calib, evals)
     dtype = _dtype(torch_dtype)
     if not isinstance(model_id_or_path, (str, os.PathLike)) and tokenizer is None:
@@ -339,6 +337,7 @@ def prune_and_push(
     import torch
     from transformers import AutoModelForCausalLM
 
+    from .card import CardInfo, write_model_card
     from .convert import llama_to_qwen2
     from .engine import prune
     from .evaluation import evaluate_perplexity
@@ -411,8 +410,6 @@ def prune_and_push(
     folders: dict[float, Path] = {}
     out.mkdir(parents=True, exist_ok=True)
     for s in levels:
-        from .card import CardInfo, write_model_card
-
         pruned = result.model if (s == levels[-1] and result.model is not None) else result.apply(model, s)
         pruned.eval()
         report = evaluate(pruned, level_name(s)) if evals is not None else None
@@ -427,8 +424,7 @@ def prune_and_push(
             "base_model_revision": base_revision, "calibration": calib.to_dict() if hasattr(calib, "to_dict") else None,
             "settings": {k: v for k, v in settings.items() if k != "calibration"},
         })
-        layers = [{"num_attention_heads": sh.num_attention_heads, "num_key_value_heads": sh.num_key_value_heads,
-                   "intermediate_size": sh.intermediate_size} for sh in layer_shapes(pruned)]
+        layers = [asdict(shape) for shape in layer_shapes(pruned)]
         info = CardInfo(
             base_model=card_base, base_model_revision=base_revision, license=card_license,
             repo_id=repo_id, method=method_text, calibration=calib_desc, target_sparsity=s,

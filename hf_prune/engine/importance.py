@@ -307,9 +307,9 @@ class RandomImportance(Importance):
     def __call__(self, model, batches=None, objective=None, *, show_progress=True):
         gen = torch.Generator().manual_seed(self.seed)
         out = []
+        d = head_dim_of(model.config)
         for layer in model.model.layers:
             attn, mlp = layer.self_attn, layer.mlp
-            d = head_dim_of(model.config)
             heads = torch.rand(attn.q_proj.out_features // d, generator=gen) if attn else None
             kv = torch.rand(attn.k_proj.out_features // d, generator=gen) if attn else None
             channels = torch.rand(mlp.gate_proj.out_features, generator=gen) if mlp else None

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..errors import PruningError
+from ..fileio import write_text_atomic
 from ..plan import PruningPlan
 from ..slicing import apply_plan, check_supported
 from .allocation import NORMALIZATIONS, Constraints, allocate
@@ -205,9 +206,7 @@ def _settings_hash(settings: Mapping[str, Any]) -> str:
 
 def _save_state(state_dir: Path, state: dict[str, Any]) -> None:
     state_dir.mkdir(parents=True, exist_ok=True)
-    tmp = state_dir / (STATE_FILE + ".tmp")
-    tmp.write_text(json.dumps(state, indent=1))
-    os.replace(tmp, state_dir / STATE_FILE)  # a crash mid-write keeps the previous step's state
+    write_text_atomic(state_dir / STATE_FILE, json.dumps(state, indent=1))  # a crash keeps the previous state
 
 
 def _count_structures(geometry: ModelGeometry) -> tuple[int, int, int]:

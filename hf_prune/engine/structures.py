@@ -88,5 +88,4 @@ class LayerScores:
                              for f in fields))
 
     def to(self, dtype: torch.dtype | None = None) -> LayerScores:
-        conv = lambda t: None if t is None else t.detach().to(device="cpu", dtype=dtype)  # noqa: E731
-        return LayerScores(conv(self.query_heads), conv(self.kv_heads), conv(self.mlp_channels))
+        return self.map(lambda t: t.detach().to(device="cpu", dtype=dtype))
