@@ -1,16 +1,38 @@
 # Copyright 2026 The hf-prune developers. Licensed under the Apache License, Version 2.0.
 #
-# This file ships inside every pruned checkpoint (remote code): it may import only torch, transformers
-# and its sibling files.
+# This file ships inside every pruned checkpoint (remote code): it may import only the standard library,
+# torch, transformers and its sibling files.
 """Configuration of a structurally pruned Qwen2 model: every decoder layer has its own sizes."""
 
+import re
 from typing import Any
 
+import transformers
 from huggingface_hub.dataclasses import strict
 from transformers import Qwen2Config
 
 PRUNED_QWEN2_FORMAT_VERSION = 1
 """Version of the checkpoint format written by this file. Bump it when the meaning of a field changes."""
+
+#: transformers versions this file works with, ``[lowest, first unsupported)``. It runs against whatever the
+#: user has installed, long after it was written, so it is guarded: below 5.23 there is no ``per_layer_config``;
+#: a new major version may change the Qwen2 classes it builds on. Tested on 5.23 and the newest 5.x release.
+SUPPORTED_TRANSFORMERS = ((5, 23), (6, 0))
+SUPPORTED_TRANSFORMERS_SPEC = ">=5.23,<6"
+
+
+def check_transformers_version(version: str = transformers.__version__) -> None:
+    """Raise ``ImportError`` unless ``version`` is in :data:`SUPPORTED_TRANSFORMERS`."""
+    match = re.match(r"(\d+)\.(\d+)", version)
+    lowest, first_unsupported = SUPPORTED_TRANSFORMERS
+    if match is None or not lowest <= (int(match[1]), int(match[2])) < first_unsupported:
+        raise ImportError(
+            f"pruned_qwen2 checkpoints need transformers {SUPPORTED_TRANSFORMERS_SPEC} (tested on 5.23 and the newest "
+            f"5.x release); transformers {version} is installed. Run: pip install 'transformers{SUPPORTED_TRANSFORMERS_SPEC}'"
+        )
+
+
+check_transformers_version()
 
 _SKIPPABLE = ("attention", "mlp")
 
@@ -28,8 +50,9 @@ class PrunedQwen2Config(Qwen2Config):
     - `skip`: `["attention"]` and/or `["mlp"]` for a sublayer that was removed entirely (it holds no weights,
       not even its pre-norm). A head count or width is never 0: a removed sublayer is a `skip`.
 
-    Read a layer's sizes with `config.per_layer_config[i].intermediate_size`; reading a size that varies across
-    layers from the global config raises `AmbiguousGlobalPerLayerAttributeError`.
+    Read a layer's sizes with `config.per_layer_config[i].intermediate_size`, or all of them with
+    [`~PrunedQwen2Config.layer_sizes`]; reading a size that varies across layers from the global config raises
+    `AmbiguousGlobalPerLayerAttributeError`.
 
     Args:
         head_dim (`int`, *optional*):
@@ -66,21 +89,14 @@ class PrunedQwen2Config(Qwen2Config):
                 f"reads versions up to {PRUNED_QWEN2_FORMAT_VERSION}: upgrade hf-prune (or load with trust_remote_code=True)."
             )
         super().__post_init__(**kwargs)
-        self._validate_layers()
+        # Checked here, at construction, so a bad config fails before any weights are allocated or loaded, as a
+        # plain ValueError (strict's `validate_*` class validators would wrap it in another exception type).
+        self._check_layer_sizes()
 
-    def _validate_layers(self) -> None:
-        # Checked here, at construction, so a bad config fails before any weights are allocated or loaded.
-        if not self.is_heterogeneous:
-            layer_configs = [self] * self.num_hidden_layers
-        else:
-            layer_configs = list(self.per_layer_config)
-        for idx, layer in enumerate(layer_configs):
-            skip = set(getattr(layer, "skip", None) or [])
-            unknown = skip.difference(_SKIPPABLE)
-            if unknown:
-                raise ValueError(f"Layer {idx}: unknown `skip` entries {sorted(unknown)}; allowed: {list(_SKIPPABLE)}.")
-            if "attention" not in skip:
-                heads, kv_heads = layer.num_attention_heads, layer.num_key_value_heads
+    def _check_layer_sizes(self) -> None:
+        for idx, sizes in enumerate(self.layer_sizes()):
+            heads, kv_heads, width = sizes["num_attention_heads"], sizes["num_key_value_heads"], sizes["intermediate_size"]
+            if heads is not None:
                 if heads <= 0 or kv_heads <= 0:
                     raise ValueError(
                         f"Layer {idx}: {heads} attention heads / {kv_heads} key-value heads; a removed attention "
@@ -90,24 +106,28 @@ class PrunedQwen2Config(Qwen2Config):
                     raise ValueError(
                         f"Layer {idx}: {heads} attention heads are not divisible by {kv_heads} key-value heads."
                     )
-            if "mlp" not in skip and layer.intermediate_size <= 0:
-                raise ValueError(
-                    f"Layer {idx}: intermediate_size {layer.intermediate_size}; a removed MLP is written as skip=['mlp']."
-                )
+            if width is not None and width <= 0:
+                raise ValueError(f"Layer {idx}: intermediate_size {width}; a removed MLP is written as skip=['mlp'].")
+
+    def layer_size(self, idx: int) -> dict[str, Any]:
+        """Resolved sizes of layer ``idx``: heads, KV heads and MLP width, ``None`` for a removed sublayer.
+
+        The one place where a layer's ``skip`` list is turned into sizes.
+        """
+        layer = self.per_layer_config[idx]
+        skip = set(getattr(layer, "skip", None) or [])
+        unknown = skip.difference(_SKIPPABLE)
+        if unknown:
+            raise ValueError(f"Layer {idx}: unknown `skip` entries {sorted(unknown)}; allowed: {list(_SKIPPABLE)}.")
+        return {
+            "num_attention_heads": None if "attention" in skip else layer.num_attention_heads,
+            "num_key_value_heads": None if "attention" in skip else layer.num_key_value_heads,
+            "intermediate_size": None if "mlp" in skip else layer.intermediate_size,
+        }
 
     def layer_sizes(self) -> list[dict[str, Any]]:
-        """Resolved sizes of every layer: heads, KV heads and MLP width (`None` for a removed sublayer)."""
-        sizes = []
-        for layer in self.per_layer_config:
-            skip = set(getattr(layer, "skip", None) or [])
-            sizes.append(
-                {
-                    "num_attention_heads": None if "attention" in skip else layer.num_attention_heads,
-                    "num_key_value_heads": None if "attention" in skip else layer.num_key_value_heads,
-                    "intermediate_size": None if "mlp" in skip else layer.intermediate_size,
-                }
-            )
-        return sizes
+        """:meth:`layer_size` of every layer."""
+        return [self.layer_size(idx) for idx in range(self.num_hidden_layers)]
 
 
-__all__ = ["PrunedQwen2Config", "PRUNED_QWEN2_FORMAT_VERSION"]
+__all__ = ["PrunedQwen2Config", "PRUNED_QWEN2_FORMAT_VERSION", "SUPPORTED_TRANSFORMERS", "SUPPORTED_TRANSFORMERS_SPEC"]

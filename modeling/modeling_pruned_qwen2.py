@@ -1,15 +1,14 @@
 # Copyright 2026 The hf-prune developers. Licensed under the Apache License, Version 2.0.
 #
-# This file ships inside every pruned checkpoint (remote code): it may import only torch, transformers
-# and its sibling files.
+# This file ships inside every pruned checkpoint (remote code): it may import only the standard library,
+# torch, transformers and its sibling files.
 """Qwen2 with per-layer sizes: each decoder layer is built from its own resolved config.
 
 Everything but the layer construction is transformers' Qwen2: attention, MLP, norms, RoPE, masks, the
 forward passes and generation are inherited, so a pruned model behaves like the model it was cut from.
 """
 
-import logging
-import re
+import inspect
 
 import torch
 from torch import nn
@@ -27,6 +26,11 @@ from transformers.models.qwen2.modeling_qwen2 import (
 
 from .configuration_pruned_qwen2 import PrunedQwen2Config
 
+# transformers 5.24 renamed the cache argument of the Qwen2 forward passes from `past_key_values` to `cache` (the old
+# name warns until it is removed in 5.40). The cache is passed on under the name the installed version takes.
+CACHE_ARGUMENT = "cache" if "cache" in inspect.signature(Qwen2Model.forward).parameters else "past_key_values"
+_CACHE_NAMES = ("cache", "past_key_values")
+
 
 class PrunedQwen2DecoderLayer(GradientCheckpointingLayer):
     """A Qwen2 decoder layer at its own size; a removed sublayer (``skip``) has no module and no pre-norm."""
@@ -34,12 +38,12 @@ class PrunedQwen2DecoderLayer(GradientCheckpointingLayer):
     def __init__(self, config: PrunedQwen2Config, layer_idx: int):
         super().__init__()
         layer_config = config.per_layer_config[layer_idx]
-        skip = set(getattr(layer_config, "skip", None) or [])
+        sizes = config.layer_size(layer_idx)
         self.hidden_size = config.hidden_size
         self.layer_idx = layer_idx
 
         self.self_attn = self.input_layernorm = None
-        if "attention" not in skip:
+        if sizes["num_attention_heads"] is not None:
             self.input_layernorm = Qwen2RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
             self.self_attn = Qwen2Attention(config=layer_config, layer_idx=layer_idx)
             # The layer config is a copy: point the attention at the global config so that
@@ -47,7 +51,7 @@ class PrunedQwen2DecoderLayer(GradientCheckpointingLayer):
             self.self_attn.config = config
 
         self.mlp = self.post_attention_layernorm = None
-        if "mlp" not in skip:
+        if sizes["intermediate_size"] is not None:
             self.post_attention_layernorm = Qwen2RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
             self.mlp = Qwen2MLP(layer_config)
 
@@ -56,18 +60,17 @@ class PrunedQwen2DecoderLayer(GradientCheckpointingLayer):
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
         use_cache: bool | None = False,
         position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
         **kwargs,
     ) -> torch.Tensor:
+        # The cache is in `kwargs` under the installed transformers' name and reaches the attention unchanged.
         if self.self_attn is not None:
             residual = hidden_states
             hidden_states, _ = self.self_attn(
                 hidden_states=self.input_layernorm(hidden_states),
                 attention_mask=attention_mask,
                 position_ids=position_ids,
-                past_key_values=past_key_values,
                 use_cache=use_cache,
                 position_embeddings=position_embeddings,
                 **kwargs,
@@ -88,39 +91,72 @@ class PrunedQwen2PreTrainedModel(Qwen2PreTrainedModel):
     }
 
     @classmethod
-    def from_pretrained(cls, *args, **kwargs):
-        # transformers reports tensors whose shape disagrees with the config only in a logged table and then
-        # raises a generic error; for a pruned checkpoint that means config.json's per-layer sizes and the
-        # weights disagree, so say so and name the layers.
-        report = _LogCapture()
-        logging.getLogger("transformers").addHandler(report)
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         try:
-            return super().from_pretrained(*args, **kwargs)
-        except RuntimeError as err:
-            if "ignore_mismatched_sizes" not in str(err):
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        except (RuntimeError, ValueError) as err:
+            # transformers reports tensors whose shape disagrees with the config in a log table and a generic error;
+            # for a pruned checkpoint that means config.json's per-layer sizes and the weights disagree: name them.
+            mismatches = _shape_mismatches(cls, pretrained_model_name_or_path, kwargs)
+            if not mismatches:
                 raise
-            found = re.findall(r"(model\.layers\.(\d+)\.\S+)\s*\|\s*MISMATCH.*?ckpt: torch\.Size\((\[.*?\])\) vs model: ?torch\.Size\((\[.*?\])\)", report.text)
-            details = "; ".join(f"layer {layer}: {name} is {ckpt} in the weights but {model} by config.json" for name, layer, ckpt, model in found)
             raise ValueError(
                 "This checkpoint's weights disagree with the per-layer sizes in its config.json (per_layer_config): "
-                + (details or "see the load report above")
+                + "; ".join(mismatches)
                 + ". Re-export the checkpoint with hf-prune instead of editing config.json by hand."
             ) from err
-        finally:
-            logging.getLogger("transformers").removeHandler(report)
 
 
-class _LogCapture(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.WARNING)
-        self.messages = []
+def _checkpoint_shapes(path, kwargs) -> dict[str, list[int]]:
+    """Tensor shapes from the safetensors headers of a checkpoint (local folder or Hub cache); no weights read."""
+    import os
 
-    def emit(self, record):
-        self.messages.append(record.getMessage())
+    from safetensors import safe_open  # a dependency of transformers itself
+    from transformers.utils import cached_file
 
-    @property
-    def text(self):
-        return "\n".join(self.messages)
+    hub = {k: kwargs[k] for k in ("revision", "token", "cache_dir", "subfolder") if kwargs.get(k) is not None}
+    files = []
+    for name in ("model.safetensors.index.json", "model.safetensors"):
+        found = cached_file(path, name, _raise_exceptions_for_missing_entries=False,
+                            _raise_exceptions_for_connection_errors=False, **hub)
+        if found is None:
+            continue
+        if name.endswith(".json"):
+            import json
+
+            with open(found, encoding="utf-8") as f:
+                shards = sorted(set(json.load(f)["weight_map"].values()))
+            files = [os.path.join(os.path.dirname(found), shard) for shard in shards]
+        else:
+            files = [found]
+        break
+    shapes = {}
+    for file in files:
+        if os.path.isfile(file):
+            with safe_open(file, framework="pt") as f:
+                shapes.update({key: list(f.get_slice(key).get_shape()) for key in f.keys()})
+    return shapes
+
+
+def _shape_mismatches(cls, path, kwargs) -> list[str]:
+    """``"layer i: <tensor> is [..] in the weights but [..] by config.json"`` for every disagreeing tensor."""
+    try:
+        config = kwargs.get("config")
+        if not isinstance(config, PrunedQwen2Config):
+            config = PrunedQwen2Config.from_pretrained(path, **{k: kwargs[k] for k in ("revision", "token", "cache_dir")
+                                                                if kwargs.get(k) is not None})
+        stored = _checkpoint_shapes(path, kwargs)
+        with torch.device("meta"):
+            expected = {k: list(v.shape) for k, v in cls(config).state_dict().items()}
+    except Exception:  # the load failed for another reason (no files, not a pruned checkpoint...): report that one
+        return []
+    out = []
+    for key, shape in stored.items():
+        want = expected.get(key)
+        if want is not None and want != shape:
+            layer = key.split(".")[2] if key.startswith("model.layers.") else "-"
+            out.append(f"layer {layer}: {key} is {shape} in the weights but {want} by config.json")
+    return out
 
 
 def _complete_auto_map(config: PrunedQwen2Config) -> None:
@@ -138,6 +174,9 @@ class PrunedQwen2Model(PrunedQwen2PreTrainedModel, Qwen2Model):
 
     def __init__(self, config: PrunedQwen2Config):
         _complete_auto_map(config)
+        # `Qwen2Model.__init__` is not called: it builds every layer from the global sizes, which raise on a per-layer
+        # config (and would allocate the dense model). This sets what it sets (a test compares the attributes with
+        # the installed transformers' Qwen2Model), with layers built from their own sizes.
         PrunedQwen2PreTrainedModel.__init__(self, config)
         self.padding_idx = config.pad_token_id
         self.vocab_size = config.vocab_size
@@ -156,22 +195,24 @@ class PrunedQwen2Model(PrunedQwen2PreTrainedModel, Qwen2Model):
 
         self.post_init()
 
-    def _prepare_cache(self, past_key_values: Cache | None, use_cache: bool | None) -> Cache | None:
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache(config=self.config)
-        if past_key_values is not None and self.attention_free_layers:
-            mark_attention_free_layers(past_key_values, self.attention_free_layers, self.config.num_hidden_layers)
-        return past_key_values
+    def _prepare_cache(self, cache: Cache | None, use_cache: bool | None) -> Cache | None:
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
+        if cache is not None and self.attention_free_layers:
+            mark_attention_free_layers(cache, self.attention_free_layers, self.config.num_hidden_layers)
+        return cache
 
-    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
-                inputs_embeds=None, use_cache=None, **kwargs):
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, cache=None, inputs_embeds=None,
+                use_cache=None, **kwargs):
+        # Either name is accepted (generate() and callers of any supported transformers version), one is passed on.
+        legacy = kwargs.pop("past_key_values", None)
+        cache = cache if cache is not None else legacy
         use_cache = self.config.use_cache if use_cache is None else use_cache
-        past_key_values = self._prepare_cache(past_key_values, use_cache)
+        kwargs[CACHE_ARGUMENT] = self._prepare_cache(cache, use_cache)
         return super().forward(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             **kwargs,
@@ -202,6 +243,7 @@ class PrunedQwen2ForCausalLM(PrunedQwen2PreTrainedModel, Qwen2ForCausalLM):
 
     def __init__(self, config: PrunedQwen2Config):
         _complete_auto_map(config)
+        # Not `Qwen2ForCausalLM.__init__`: it would build a stock `Qwen2Model` (see `PrunedQwen2Model.__init__`).
         PrunedQwen2PreTrainedModel.__init__(self, config)
         self.model = PrunedQwen2Model(config)
         self.vocab_size = config.vocab_size
@@ -216,4 +258,4 @@ PrunedQwen2Config.register_for_auto_class()
 PrunedQwen2Model.register_for_auto_class("AutoModel")
 PrunedQwen2ForCausalLM.register_for_auto_class("AutoModelForCausalLM")
 
-__all__ = ["PrunedQwen2PreTrainedModel", "PrunedQwen2Model", "PrunedQwen2ForCausalLM", "PrunedQwen2DecoderLayer"]
+__all__ = ["CACHE_ARGUMENT", "PrunedQwen2PreTrainedModel", "PrunedQwen2Model", "PrunedQwen2ForCausalLM", "PrunedQwen2DecoderLayer"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import subprocess
 import sys
@@ -13,6 +14,10 @@ import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# The cache argument (and output field) of the installed transformers: `past_key_values` up to 5.23, `cache` from
+# 5.24 (the old name warns until 5.40). Read from stock Qwen2, independently of hf_prune's own detection.
+CACHE_KWARG = "cache" if "cache" in inspect.signature(Qwen2ForCausalLM.forward).parameters else "past_key_values"
 
 # Set by .ci/run: a missing real-model asset is then a failure, not a skip.
 REQUIRE_ASSETS = os.environ.get("HF_PRUNE_REQUIRE_ASSETS") == "1"
@@ -80,7 +85,8 @@ def run_without_hf_prune(code: str, cwd: Path, timeout: int = 300) -> str:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["HF_HUB_OFFLINE"] = "1"
     proc = subprocess.run(
-        [sys.executable, "-c", script], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+        # Deprecations are errors: the shipped files must run cleanly on the transformers a user has.
+        [sys.executable, "-W", "error::FutureWarning", "-W", "error::DeprecationWarning", "-c", script], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
     )
     assert proc.returncode == 0, f"subprocess failed:\n{proc.stdout}\n{proc.stderr[-4000:]}"
     return proc.stdout

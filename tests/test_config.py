@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 from transformers import AutoConfig
@@ -10,6 +12,9 @@ from transformers.integrations.heterogeneity.configuration_utils import Ambiguou
 
 import hf_prune  # noqa: F401  (registers pruned_qwen2)
 from hf_prune import PrunedQwen2Config
+
+# The modeling files ship in every checkpoint and run on the user's transformers: a deprecation is a failure.
+pytestmark = pytest.mark.filterwarnings("error::FutureWarning", "error::DeprecationWarning")
 
 BASE = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
             num_key_value_heads=2)
@@ -61,3 +66,27 @@ def test_invalid_layer_sizes_are_refused(per_layer, message):
 def test_newer_format_version_is_refused():
     with pytest.raises(ValueError, match="format version 99"):
         PrunedQwen2Config(**BASE, pruned_format_version=99)
+
+
+@pytest.mark.parametrize("version", ["5.22.2", "4.57.6", "6.0.0", "6.1.0.dev0", "garbage"])
+def test_transformers_outside_the_supported_range_is_refused(version):
+    from hf_prune.modeling.configuration_pruned_qwen2 import check_transformers_version
+
+    with pytest.raises(ImportError, match=r"need transformers >=5\.23,<6 .*transformers " + re.escape(version)):
+        check_transformers_version(version)
+
+
+@pytest.mark.parametrize("version", ["5.23.0", "5.24.0", "5.40.1", "5.99.0rc1"])
+def test_transformers_in_the_supported_range_is_accepted(version):
+    from hf_prune.modeling.configuration_pruned_qwen2 import check_transformers_version
+
+    check_transformers_version(version)
+
+
+def test_the_guard_claims_what_the_package_requires():
+    # The shipped file cannot read pyproject.toml: its copy of the range must agree with the dependency.
+    from hf_prune.modeling.configuration_pruned_qwen2 import SUPPORTED_TRANSFORMERS_SPEC
+
+    pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    requirement = re.search(r'"transformers([^"]+)"', pyproject).group(1)
+    assert requirement == SUPPORTED_TRANSFORMERS_SPEC

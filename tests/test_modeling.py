@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_qwen2
+from conftest import CACHE_KWARG, tiny_qwen2
 from transformers import DynamicCache
 
 from hf_prune import PruningPlan, apply_plan
+
+# The modeling files ship in every checkpoint and run on the user's transformers: a deprecation is a failure.
+pytestmark = pytest.mark.filterwarnings("error::FutureWarning", "error::DeprecationWarning")
 
 # Layer 0 attention-free (the cache trap), layer 2 MLP-free, the rest pruned unevenly.
 PLAN = {"layers": [
@@ -53,8 +56,8 @@ def test_cached_generate_equals_uncached_decoding(pruned, attn):
 def test_cache_gives_attention_free_layers_a_dummy_layer(pruned):
     ids, mask = left_padded_batch()
     for cache in (None, DynamicCache(), DynamicCache(config=pruned.config)):
-        out = pruned(input_ids=ids, attention_mask=mask, past_key_values=cache, use_cache=True)
-        cache = out.past_key_values
+        out = pruned(input_ids=ids, attention_mask=mask, use_cache=True, **{CACHE_KWARG: cache})
+        cache = getattr(out, CACHE_KWARG)
         assert type(cache.layers[0]).__name__ == "DummyLayer"
         assert cache.get_seq_length() == ids.shape[1]
         # The KV cache of layer 3 holds only its 2 kept KV heads.
@@ -89,7 +92,7 @@ def test_gradient_checkpointing_and_backward(pruned):
     loss_plain.backward()
     grads = {n: p.grad.clone() for n, p in pruned.named_parameters()}
     pruned.zero_grad()
-    pruned.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    pruned.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     loss_ckpt = pruned(input_ids=ids, labels=ids, use_cache=False).loss
     loss_ckpt.backward()
     assert torch.allclose(loss_plain, loss_ckpt)
@@ -106,3 +109,21 @@ def test_half_precision_tracks_fp32(pruned, dtype):
         half = pruned.to(dtype)(input_ids=ids).logits
     assert half.dtype == dtype
     assert (half.float() - ref).abs().max().item() < 0.05 * ref.abs().max().item()
+
+
+def test_model_sets_every_attribute_the_stock_qwen2_model_sets():
+    # PrunedQwen2Model cannot run Qwen2Model.__init__ (it builds layers from global sizes); it must still set
+    # everything that __init__ sets in the installed transformers, or inherited methods could miss an attribute.
+    from conftest import tiny_qwen2_config
+    from transformers.models.qwen2.modeling_qwen2 import Qwen2ForCausalLM, Qwen2Model
+
+    from hf_prune import PrunedQwen2Config, PrunedQwen2ForCausalLM, PrunedQwen2Model
+
+    config = tiny_qwen2_config()
+    data = {k: v for k, v in config.to_dict().items() if k not in ("model_type", "transformers_version")}
+    pruned = PrunedQwen2ForCausalLM(PrunedQwen2Config(**data))  # built the same way as the stock ones
+    for stock, ours in ((Qwen2Model(config), pruned.model), (Qwen2ForCausalLM(config), pruned)):
+        missing = set(vars(stock)) - set(vars(ours))
+        assert not missing, f"{type(ours).__name__} lacks {sorted(missing)}"
+        assert set(stock._modules) <= set(ours._modules)
+    assert isinstance(pruned, PrunedQwen2ForCausalLM) and isinstance(pruned.model, PrunedQwen2Model)

@@ -9,6 +9,9 @@ import pytest
 from hf_prune import InvalidPlanError, PruningPlan
 from hf_prune.plan import LayerShape
 
+# The modeling files ship in every checkpoint and run on the user's transformers: a deprecation is a failure.
+pytestmark = pytest.mark.filterwarnings("error::FutureWarning", "error::DeprecationWarning")
+
 SHAPES = [LayerShape(8, 2, 16)] * 2  # 8 query heads in 2 KV groups of 4, MLP width 16
 
 

@@ -13,6 +13,9 @@ from transformers import AutoModel, AutoModelForCausalLM
 
 from hf_prune import PrunedQwen2ForCausalLM, PrunedQwen2Model, PruningPlan, apply_plan, to_qwen2
 
+# The modeling files ship in every checkpoint and run on the user's transformers: a deprecation is a failure.
+pytestmark = pytest.mark.filterwarnings("error::FutureWarning", "error::DeprecationWarning")
+
 PLAN = {"layers": [
     {"query_heads": [], "mlp_channels": list(range(0, 96, 3))},
     {"query_heads": [0, 1, 2, 3]},

@@ -21,6 +21,9 @@ from hf_prune import (
     to_qwen2,
 )
 
+# The modeling files ship in every checkpoint and run on the user's transformers: a deprecation is a failure.
+pytestmark = pytest.mark.filterwarnings("error::FutureWarning", "error::DeprecationWarning")
+
 INPUT = torch.randint(3, 128, (2, 11), generator=torch.Generator().manual_seed(1))
 
 

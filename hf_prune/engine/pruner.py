@@ -387,12 +387,12 @@ def prune(
             if resample_each_step and step and criterion.needs_data:
                 step_batches = _batches_from(calibration, tokenizer, num_samples, seq_len, seed + step, batch_size, device)
             if gradient_checkpointing and criterion.needs_grad:
-                current.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+                current.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
             try:
                 scores = criterion(current, step_batches, recorder, show_progress=show_progress)
             finally:
                 if gradient_checkpointing and criterion.needs_grad:
-                    current.gradient_checkpointing_disable()
+                    current.activation_checkpointing_disable()
         step_plan = allocate(scores, geometry, budget, allocation=recipe.allocation,
                              normalization=recipe.normalization, constraints=constraints,
                              tolerance=int(0.002 * params0))
