@@ -1,7 +1,7 @@
 """Benchmark of the pruned format on CPU (issue 2): does ``PrunedQwen2ForCausalLM`` cost anything, and does a
 heterogeneously pruned model get the speed-up its FLOPs allow?
 
-In one run, on Qwen2.5-Coder-0.5B-Instruct (``hf_prune.assets.load_qwen_coder_05b``; fetch it first with
+In one run, on Qwen2.5-Coder-0.5B-Instruct (``hf_prune.demo.assets.load_qwen_coder_05b``; fetch it first with
 ``bash scripts/fetch_qwen.sh``; ``--model smollm2`` is the fallback):
 
 1. ``apply_plan`` with a keep-all plan (a ``PrunedQwen2ForCausalLM`` with nothing removed) vs the stock
@@ -56,8 +56,8 @@ from common import ROOT as REPO  # noqa: E402
 from common import load_model, status_kb  # noqa: E402
 
 from hf_prune import PruningPlan, apply_plan  # noqa: E402
-from hf_prune.plan import LayerPlan  # noqa: E402
-from hf_prune.slicing import layer_shapes  # noqa: E402
+from hf_prune.format.plan import LayerPlan  # noqa: E402
+from hf_prune.format.geometry import layer_shapes  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "format.json"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -177,10 +177,10 @@ def timed_generate(model, input_ids: torch.Tensor, new_tokens: int) -> tuple[flo
 
 def prompts(tokenizer, batch: int, length: int) -> torch.Tensor:
     """``batch`` different windows of real Python source (hf_prune's own modules) of ``length`` tokens."""
-    import hf_prune.plan
-    import hf_prune.slicing
+    import hf_prune.format.plan
+    import hf_prune.format.slicing
 
-    text = inspect.getsource(hf_prune.slicing) + inspect.getsource(hf_prune.plan)
+    text = inspect.getsource(hf_prune.format.slicing) + inspect.getsource(hf_prune.format.plan)
     ids = tokenizer(text, return_tensors="pt").input_ids[0]
     while ids.numel() < batch * length:
         ids = torch.cat([ids, ids])

@@ -22,7 +22,7 @@ import torch
 from common import DOMAINS, MODELS, ROOT, calib_file, corpus_dir, dev_files, load_model
 
 from hf_prune import CalibrationMix, apply_plan, evaluate_perplexity, prune
-from hf_prune.slicing import layer_shapes
+from hf_prune.format.geometry import layer_shapes
 
 
 def domain_mix(corpus: Path, domains: list[str]) -> CalibrationMix:
@@ -87,14 +87,11 @@ def plot(path: Path, results: dict, sparsities: list[float], dense: dict, title:
     """Mean dev perplexity vs sparsity, one line per method (levels a method lacks are skipped)."""
     if not results:
         return
-    try:
-        import matplotlib
+    import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed (pip install -e '.[bench]'): no plot", file=sys.stderr)
-        return
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(10, 4.5))
     colors = plt.get_cmap("tab20").colors
     for k, (method, res) in enumerate(results.items()):

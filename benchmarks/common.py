@@ -18,7 +18,7 @@ import torch  # noqa: E402
 
 #: The domains of ``../shared/corpus`` (``calib/<domain>.jsonl`` and ``dev/<domain>.jsonl``).
 DOMAINS = ["web", "prose", "code", "math", "docs", "dialogue", "zh"]
-#: Benchmark model names -> loaders in :mod:`hf_prune.assets`.
+#: Benchmark model names -> loaders in :mod:`hf_prune.demo.assets`.
 MODELS = ("smollm2", "qwen")
 
 
@@ -42,7 +42,7 @@ def dev_files(corpus: Path) -> dict[str, str]:
 
 def load_model(name: str, dtype: torch.dtype = torch.float32):
     """``(model, tokenizer)``: ``smollm2`` (SmolLM2-135M-Instruct) or ``qwen`` (Qwen2.5-Coder-0.5B-Instruct)."""
-    from hf_prune import assets
+    from hf_prune.demo import assets
 
     if name == "smollm2":
         return assets.load_smollm2(dtype=dtype)

@@ -12,7 +12,7 @@ import argparse
 import torch
 
 from hf_prune import prune
-from hf_prune.assets import load_smollm2
+from hf_prune.demo.assets import load_smollm2
 from hf_prune.data import build_multiple_choice_batch, load_multiple_choice
 from hf_prune.data.multiple_choice import score_choices
 

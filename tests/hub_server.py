@@ -104,11 +104,12 @@ class _Failure:
 class HubApiError(Exception):
     """Raised inside a handler to answer with an error status, Hub-style headers and JSON body."""
 
-    def __init__(self, status: int, message: str, error_code: str | None = None) -> None:
+    def __init__(self, status: int, message: str, error_code: str | None = None, **body: Any) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.error_code = error_code
+        self.body = body  # more fields of the JSON answer (the Hub's 409 on create names the repo's url)
 
 
 class LocalHub:
@@ -362,7 +363,7 @@ class _Handler(BaseHTTPRequestHandler):
             headers = {"X-Error-Message": err.message}
             if err.error_code:
                 headers["X-Error-Code"] = err.error_code
-            self._json(err.status, {"error": err.message}, headers)
+            self._json(err.status, {"error": err.message, **err.body}, headers)
         except Exception as err:  # a server bug must show up as a 500, not a hung client
             entry["status"] = 500
             self._json(500, {"error": f"server error: {err!r}"})
@@ -412,7 +413,7 @@ class _Handler(BaseHTTPRequestHandler):
         repo_id = f"{org}/{name}"
         with self.hub._lock:
             if repo_id in self.hub.repos:
-                raise HubApiError(409, "You already created this model repo")
+                raise HubApiError(409, "You already created this model repo", url=f"{self._endpoint()}/{repo_id}")
             self.hub._new_repo(repo_id, private=payload.get("visibility") == "private")
         self._json(200, {"url": f"{self._endpoint()}/{repo_id}", "name": repo_id})
 

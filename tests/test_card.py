@@ -1,11 +1,10 @@
-"""Model card rendering (hf_prune.card) and the dependency-free PNG chart (hf_prune.plotting)."""
+"""Model card rendering (hf_prune.hub.card, Jinja2 through huggingface_hub) and its per-layer chart (matplotlib)."""
 
 from __future__ import annotations
 
 import dataclasses
 import re
 import struct
-import zlib
 from pathlib import Path
 
 import pytest
@@ -17,9 +16,11 @@ try:
 except ImportError:  # pragma: no cover
     from hub_server import validate_card_yaml
 
-from hf_prune.card import CARD_TAGS, CHART_FILENAME, CardInfo, check_card_metadata, render_model_card, write_model_card
 from hf_prune.errors import ModelCardError
-from hf_prune.plotting import PNG_SIGNATURE, bar_chart_png, encode_png
+from hf_prune.hub.card import CARD_TAGS, CHART_FILENAME, CardInfo, check_card_metadata, render_model_card, write_model_card
+from hf_prune.hub.chart import layer_figure
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 SECTIONS = (
     "## How to load it",
@@ -50,8 +51,8 @@ def make_info(**overrides) -> CardInfo:
         layers=[
             {"num_attention_heads": 14, "num_key_value_heads": 2, "intermediate_size": 4864},
             {"num_attention_heads": 10, "num_key_value_heads": 2, "intermediate_size": 3200},
-            {"skip_attention": True, "intermediate_size": 2048},
-            {"num_attention_heads": 7, "num_key_value_heads": 1, "intermediate_size": 0},
+            {"num_attention_heads": 0, "num_key_value_heads": 0, "intermediate_size": 2048},  # attention removed
+            {"num_attention_heads": 7, "num_key_value_heads": 1, "intermediate_size": 0},  # MLP removed
         ],
         eval_before={"code": 4.21, "web": 13.5, "math": 6.0},
         eval_after={"code": 5.02, "web": 15.9, "math": 7.7},
@@ -150,44 +151,34 @@ def test_invalid_info_is_refused_with_the_field_named(field, value, match):
         render_model_card(make_info(**{field: value}))
 
 
-def _png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
-    assert data[:8] == PNG_SIGNATURE
-    chunks, pos = [], 8
-    while pos < len(data):
-        (length,) = struct.unpack(">I", data[pos:pos + 4])
-        kind, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + length]
-        (crc,) = struct.unpack(">I", data[pos + 8 + length:pos + 12 + length])
-        assert crc == zlib.crc32(kind + body) & 0xFFFFFFFF
-        chunks.append((kind, body))
-        pos += 12 + length
-    return chunks
+def test_write_model_card_writes_readme_and_a_png_chart(tmp_path: Path):
+    import matplotlib.image
 
-
-def test_write_model_card_writes_readme_and_a_valid_png(tmp_path: Path):
-    info = make_info()
+    info = make_info(base_layers=[{"num_attention_heads": 14, "num_key_value_heads": 2, "intermediate_size": 4864}] * 4)
     readme = write_model_card(tmp_path, info)
     assert readme == tmp_path / "README.md"
     assert readme.read_text(encoding="utf-8") == render_model_card(info)
     png = (tmp_path / CHART_FILENAME).read_bytes()
-    chunks = _png_chunks(png)
-    assert [kind for kind, _ in chunks] == [b"IHDR", b"IDAT", b"IEND"]
-    width, height, depth, color_type = struct.unpack(">IIBB", chunks[0][1][:10])
-    assert (depth, color_type) == (8, 2)
-    assert width > 4 * 2 * 6 and height > 0  # 4 layers x 2 bars
-    raw = zlib.decompress(chunks[1][1])
-    assert len(raw) == height * (1 + 3 * width)
-    assert any(b != 255 for b in raw)  # bars were drawn
+    assert png[:8] == PNG_SIGNATURE
+    width, height = struct.unpack(">II", png[16:24])  # IHDR
+    assert width >= 400 and height >= 300
+    pixels = matplotlib.image.imread(tmp_path / CHART_FILENAME)
+    assert pixels.shape[:2] == (height, width) and (pixels[..., :3] < 0.9).any()  # something was drawn
 
 
-def test_encode_png_round_trip():
-    rows = [bytes([x * 10, y * 10, 0] * 1) * 1 for y in range(3) for x in range(1)]
-    png = encode_png(1, 3, rows)
-    chunks = _png_chunks(png)
-    assert struct.unpack(">II", chunks[0][1][:8]) == (1, 3)
-    with pytest.raises(ValueError):
-        encode_png(2, 1, [b"\0\0\0"])
-    with pytest.raises(ValueError):
-        bar_chart_png([[1.0], [1.0, 2.0]])
+def test_chart_has_axes_labels_and_a_legend():
+    layers = make_info().layers
+    figure = layer_figure(layers, [{"num_attention_heads": 14, "num_key_value_heads": 2, "intermediate_size": 4864}] * 4,
+                          title="sparsity-30: per-layer sizes")
+    heads, mlp = figure.axes
+    assert heads.get_ylabel() == "attention heads" and mlp.get_ylabel() == "MLP width"
+    assert mlp.get_xlabel() == "decoder layer" and figure.get_suptitle() == "sparsity-30: per-layer sizes"
+    head_labels = [t.get_text() for t in heads.get_legend().get_texts()]
+    assert {"kept query heads", "kept KV heads", "dense model", "sublayer removed"} <= set(head_labels)
+    assert {"kept MLP channels", "dense model", "sublayer removed"} <= {t.get_text() for t in mlp.get_legend().get_texts()}
+    # The bars are the kept sizes of each layer (0 where a sublayer was removed).
+    assert [p.get_height() for p in heads.containers[0]] == [14, 10, 0, 7]
+    assert [p.get_height() for p in mlp.containers[0]] == [4864, 3200, 2048, 0]
 
 
 def test_card_info_is_a_typed_dataclass():

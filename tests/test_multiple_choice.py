@@ -20,7 +20,7 @@ RECORDS = [
 
 @pytest.fixture(scope="module")
 def smollm2():
-    from hf_prune.assets import load_smollm2
+    from hf_prune.demo.assets import load_smollm2
 
     return load_smollm2()
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from hf_prune import InvalidPlanError, PruningPlan
-from hf_prune.plan import LayerShape
+from hf_prune.format.plan import LayerShape
 
 # The modeling files ship in every checkpoint and run on the user's transformers: a deprecation is a failure.
 pytestmark = pytest.mark.filterwarnings("error::FutureWarning", "error::DeprecationWarning")

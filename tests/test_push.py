@@ -17,9 +17,9 @@ except ImportError:  # pragma: no cover
     from conftest import tiny_qwen2
     from hub_server import LocalHub, download_logits
 
-from hf_prune.checkpoint import OutputExistsError
+from hf_prune.errors import OutputExistsError
 from hf_prune.errors import CalibrationError, HubAuthError, PruningError, PushArgumentError
-from hf_prune.push import EVAL_FILE, level_name, prune_and_push
+from hf_prune.pipeline import EVAL_FILE, level_name, prune_and_push
 
 TOKEN = "hf_TESTSECRETdoNotLeak0123456789"
 USER = "test-user"
@@ -206,3 +206,45 @@ def test_llama_folder_is_converted_and_loaded_model_accepted(base, tmp_path):
     assert json.loads((res.folders[0.25] / "pruning_plan.json").read_text())["base_model"] == "org/tiny"
     with pytest.raises(PruningError, match="tokenizer"):
         prune_and_push(model, target_sparsity=0.25, output_dir=tmp_path / "out3")
+
+
+def test_level_folders_are_readable_by_others_and_carry_their_config(base, tmp_path):
+    """Saved levels get the permissions of the user's umask (not tempfile's private 0700/0600); each level holds
+    the PruneConfig it was made with."""
+    import os
+    import stat
+
+    from hf_prune import PruneConfig
+
+    old = os.umask(0o022)
+    try:
+        res = prune_and_push(base["base"], target_sparsity=0.3, calibration=base["calibration"], method="magnitude",
+                             output_dir=tmp_path / "out", **FAST)
+    finally:
+        os.umask(old)
+    folder = res.folders[0.3]
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o755
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in folder.iterdir()}
+    assert modes["model.safetensors"] == 0o644 and set(modes.values()) == {0o644}, modes
+    assert PruneConfig.load(folder) == res.result.config
+    assert PruneConfig.load(folder) == PruneConfig(target_sparsity=0.3, method="magnitude", num_samples=8, seq_len=32,
+                                                   steps=2).resolved()
+
+
+def test_card_of_a_local_base_model_links_nowhere_and_reads_its_licence(base, tmp_path):
+    import shutil
+
+    local = tmp_path / "my-local-model"
+    shutil.copytree(base["base"], local)
+    (local / "README.md").write_text("---\nlicense: mit\n---\n# my model\n")
+    res = prune_and_push(local, target_sparsity=0.3, calibration=base["calibration"], method="magnitude",
+                         output_dir=tmp_path / "out", **FAST)
+    card = (res.folders[0.3] / "README.md").read_text()
+    metadata = card.split("---")[1]
+    assert "base_model" not in metadata and "license: mit" in metadata
+    assert "huggingface.co/my-local-model" not in card and "`my-local-model` (a local model, not on the Hub)" in card
+    # Named explicitly, the Hub model is the card's base model.
+    res = prune_and_push(local, target_sparsity=0.3, calibration=base["calibration"], method="magnitude",
+                         output_dir=tmp_path / "out2", base_model="org/my-model", **FAST)
+    card = (res.folders[0.3] / "README.md").read_text()
+    assert "base_model: org/my-model" in card and "(https://huggingface.co/org/my-model)" in card

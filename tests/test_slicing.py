@@ -117,7 +117,7 @@ def test_pruning_a_pruned_model_equals_composed_plan(tiny_model):
     first = apply_plan(tiny_model, shapes_plan)
     second_plan = PruningPlan.from_dict({"layers": [{"query_heads": [1, 3], "mlp_channels": [0, 5, 9]}] * 4})
     twice = apply_plan(first, second_plan)
-    from hf_prune.slicing import layer_shapes
+    from hf_prune.format.geometry import layer_shapes
 
     composed = shapes_plan.explicit(layer_shapes(tiny_model)).compose(second_plan.explicit(layer_shapes(first)))
     once = apply_plan(tiny_model, composed)

@@ -1,34 +1,33 @@
-"""Calibration and evaluation data: multi-domain mixes, packed windows, multiple-choice batches.
+"""Calibration and evaluation data: multi-domain mixes, packed windows, multiple-choice batches, specs.
 
 The central object is :class:`CalibrationMix`, a weighted set of text domains (Hub datasets or local
 files); :meth:`CalibrationMix.sample` turns it into :class:`CalibrationWindows` for importance estimation.
+May import: ``errors``, ``fileio``; ``datasets`` to read sources, torch only where tokens are held
+(windows, multiple-choice batches). Specs parse and check without torch.
 """
 
 from __future__ import annotations
 
-from .mix import PRESETS, CalibrationMix
-from .multiple_choice import (
-    MultipleChoiceBatch,
-    MultipleChoiceRecord,
-    build_multiple_choice_batch,
-    load_multiple_choice,
-    score_choices,
-)
-from .sources import SUPPORTED_EXTENSIONS, DomainSource, load_documents
-from .windows import CalibrationWindows, allocate_counts, windows_cache_dir
+from typing import TYPE_CHECKING
 
-__all__ = [
-    "PRESETS",
-    "SUPPORTED_EXTENSIONS",
-    "CalibrationMix",
-    "CalibrationWindows",
-    "DomainSource",
-    "MultipleChoiceBatch",
-    "MultipleChoiceRecord",
-    "allocate_counts",
-    "build_multiple_choice_batch",
-    "load_documents",
-    "load_multiple_choice",
-    "score_choices",
-    "windows_cache_dir",
-]
+from .._lazy import lazy_attributes
+
+_EXPORTS = {
+    "PRESETS": ".mix", "CalibrationMix": ".mix",
+    "SUPPORTED_EXTENSIONS": ".sources", "DomainSource": ".sources", "load_documents": ".sources",
+    "CalibrationWindows": ".windows", "allocate_counts": ".windows", "windows_cache_dir": ".windows",
+    "MultipleChoiceBatch": ".multiple_choice", "MultipleChoiceRecord": ".multiple_choice",
+    "build_multiple_choice_batch": ".multiple_choice", "load_multiple_choice": ".multiple_choice",
+    "score_choices": ".multiple_choice",
+    "as_mix": ".spec", "check_overlap": ".spec",
+}
+__all__ = list(_EXPORTS)
+__getattr__, __dir__ = lazy_attributes(globals(), _EXPORTS)
+
+if TYPE_CHECKING:
+    from .mix import PRESETS, CalibrationMix
+    from .multiple_choice import (MultipleChoiceBatch, MultipleChoiceRecord, build_multiple_choice_batch,
+                                  load_multiple_choice, score_choices)
+    from .sources import SUPPORTED_EXTENSIONS, DomainSource, load_documents
+    from .spec import as_mix, check_overlap
+    from .windows import CalibrationWindows, allocate_counts, windows_cache_dir

@@ -18,11 +18,13 @@ import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import CalibrationError
-from .sources import DomainSource, load_documents, source_fields
-from .windows import CalibrationWindows, sample_windows
+from .sources import DomainSource, source_fields
+
+if TYPE_CHECKING:
+    from .windows import CalibrationWindows
 
 __all__ = ["PRESETS", "CalibrationMix"]
 
@@ -250,13 +252,11 @@ class CalibrationMix:
         Deterministic in ``seed``; another seed draws other windows (the iterative pruner uses
         ``base_seed + step``). See :func:`hf_prune.data.windows.sample_windows`.
         """
+        from .windows import sample_windows
+
         return sample_windows(
             self.sources, tokenizer, num_samples, seq_len, seed=seed, cache=cache, spec=self.to_dict()
         )
-
-    def load_texts(self, tokenizer: Any = None) -> dict[str, list[str]]:
-        """The documents of every domain (chat sources need ``tokenizer``)."""
-        return {s.name: load_documents(s, tokenizer) for s in self.sources}
 
 
 def _is_number(text: str) -> bool:

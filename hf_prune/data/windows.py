@@ -6,7 +6,7 @@ trailing tokens that do not fill a window are dropped, so a window never holds p
 mask is needed.
 
 Caching: the token stream of each domain (not the windows) is cached under
-``hf_prune.assets.cache_dir() / "windows"``, keyed by the source identity (files' resolved path, size and
+``hf_prune.fileio.cache_dir() / "windows"``, keyed by the source identity (files' resolved path, size and
 mtime, or Hub id/config/split/revision), the tokenizer identity (class, name_or_path, vocabulary hash, EOS
 id, chat template hash) and the packing settings (text fields, chat rendering, token budget). Windows of
 any ``seq_len`` are cut from the cached stream in microseconds, so changing ``seq_len`` or the seed never
@@ -19,7 +19,6 @@ import hashlib
 import math
 import os
 import re
-import tempfile
 import weakref
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
@@ -30,6 +29,7 @@ from typing import Any
 import torch
 
 from ..errors import CalibrationError
+from ..fileio import atomic_file, cache_dir
 from .sources import DomainSource, iter_documents, stable_json
 
 __all__ = [
@@ -48,9 +48,7 @@ _TOKENIZE_CHUNK = 128  # documents per tokenizer call: batched for speed, bounde
 
 
 def windows_cache_dir() -> Path:
-    """Default cache folder for tokenised domains: ``hf_prune.assets.cache_dir() / "windows"``."""
-    from ..assets import cache_dir
-
+    """Default cache folder for tokenised domains: ``hf_prune.fileio.cache_dir() / "windows"``."""
     return cache_dir() / "windows"
 
 
@@ -197,14 +195,9 @@ def domain_token_stream(src: DomainSource, tokenizer: Any, *, cache: bool | str 
         raise CalibrationError(f"domain {src.name!r}: source {src.source!r} holds no non-empty documents")
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            save_file({"tokens": stream.contiguous()}, tmp, metadata={"key": stable_json(key_obj)})
-            os.replace(tmp, path)  # atomic: concurrent runs never read half a file
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        # Atomic: concurrent runs never read half a file.
+        atomic_file(path, lambda tmp: save_file({"tokens": stream.contiguous()}, str(tmp),
+                                                metadata={"key": stable_json(key_obj)}))
     return stream
 
 

@@ -1,22 +1,36 @@
-"""The pruning engine: importance criteria, allocation, schedules and the `prune()` driver."""
+"""The pruning engine: importance criteria, allocation, schedules, the :class:`Pruner` and :func:`prune`.
 
-from .allocation import Constraints, allocate
-from .importance import (
-    FlapImportance,
-    Importance,
-    MagnitudeImportance,
-    RandomImportance,
-    TaylorImportance,
-    WandaSPImportance,
-    get_importance,
-)
-from .objectives import lm_loss, margin_loss
-from .presets import METHODS, Method
-from .pruner import PruneResult, StepLog, prune
-from .structures import LayerScores, ModelGeometry, decoder_params
+Swappable pieces in the torch-pruning style: a criterion scores structures, an allocation turns scores into a
+plan, a schedule sets each round's sparsity, and the :class:`Pruner` runs one round per ``step()``.
+May import: ``format`` (plans, geometry, slicing), ``data`` (to draw calibration windows), ``config``, ``errors``.
+"""
 
-__all__ = [
-    "prune", "PruneResult", "StepLog", "Method", "METHODS", "Importance", "TaylorImportance", "WandaSPImportance",
-    "FlapImportance", "MagnitudeImportance", "RandomImportance", "get_importance", "LayerScores", "ModelGeometry",
-    "Constraints", "allocate", "lm_loss", "margin_loss", "decoder_params",
-]
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_attributes
+
+_EXPORTS = {
+    "prune": ".pruner", "Pruner": ".pruner", "PruneResult": ".pruner", "StepLog": ".pruner",
+    "Method": ".presets", "METHODS": ".presets",
+    "Importance": ".importance", "TaylorImportance": ".importance", "FisherImportance": ".importance",
+    "WandaSPImportance": ".importance", "FlapImportance": ".importance", "MagnitudeImportance": ".importance",
+    "RandomImportance": ".importance", "get_importance": ".importance",
+    "LayerScores": ".structures", "ModelGeometry": ".structures", "decoder_params": ".structures",
+    "Constraints": ".allocation", "allocate": ".allocation",
+    "lm_loss": ".objectives", "margin_loss": ".objectives",
+    "linear_schedule": ".schedule",
+}
+__all__ = list(_EXPORTS)
+__getattr__, __dir__ = lazy_attributes(globals(), _EXPORTS)
+
+if TYPE_CHECKING:
+    from .allocation import Constraints, allocate
+    from .importance import (FisherImportance, FlapImportance, Importance, MagnitudeImportance, RandomImportance,
+                             TaylorImportance, WandaSPImportance, get_importance)
+    from .objectives import lm_loss, margin_loss
+    from .presets import METHODS, Method
+    from .pruner import PruneResult, Pruner, StepLog, prune
+    from .schedule import linear_schedule
+    from .structures import LayerScores, ModelGeometry, decoder_params

@@ -13,17 +13,17 @@ all its query heads). MLP units: blocks of ``channel_multiple`` weakest channels
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import torch
 
 from ..errors import PruningError
-from ..plan import LayerPlan, PruningPlan
+from ..format.plan import LayerPlan, PruningPlan
+from .presets import ALLOCATIONS, NORMALIZATIONS
 from .structures import LayerScores, ModelGeometry
 
 __all__ = ["Constraints", "allocate", "NORMALIZATIONS"]
-
-NORMALIZATIONS = ("param", "gisp", "standardize", "none")
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,33 @@ class Constraints:
     base_widths: tuple[int, ...] | None = None
 
 
+class _Action(NamedTuple):
+    """What a unit removes: ``slot`` (one query head per KV group), ``groups`` (these KV groups whole) or
+    ``channels`` (this many weakest channels)."""
+
+    kind: str
+    arg: Any = None
+
+
+class _Unit(NamedTuple):
+    """A candidate removal: summed score of its structures, parameters it removes, structures it removes."""
+
+    score: float
+    cost: int
+    count: int
+    action: _Action
+
+
+class _Entry(NamedTuple):
+    """A priced unit in the global heap, ordered by key, then layer (ties resolve deterministically)."""
+
+    key: float
+    layer: int
+    version: int  # the layer's version when priced: a stale entry is skipped
+    cost: int
+    action: _Action
+
+
 @dataclass
 class _Layer:
     """Mutable keep-state of one layer during allocation (indices into the current model)."""
@@ -67,8 +94,6 @@ class _Layer:
     kv_score: torch.Tensor | None
     channel_score: torch.Tensor | None
     version: int = 0
-    removed_blocks: int = 0
-    extra: dict = field(default_factory=dict)
 
     @property
     def heads_per_group(self) -> int:
@@ -77,6 +102,14 @@ class _Layer:
     @property
     def num_heads(self) -> int:
         return sum(len(h) for h in self.groups.values())
+
+
+def check_names(allocation: str, normalization: str) -> None:
+    """Raise :class:`PruningError` for an unknown allocation or normalisation name."""
+    if allocation not in ALLOCATIONS:
+        raise PruningError(f"Unknown allocation {allocation!r}; choose one of {sorted(ALLOCATIONS)}.")
+    if normalization not in NORMALIZATIONS:
+        raise PruningError(f"Unknown normalization {normalization!r}; choose one of {sorted(NORMALIZATIONS)}.")
 
 
 def _normalised(scores: list[LayerScores], geometry: ModelGeometry, mode: str) -> list[LayerScores]:
@@ -115,8 +148,8 @@ def _initial_state(scores: LayerScores, geometry: ModelGeometry, idx: int) -> _L
     return _Layer(groups, channels, scores.query_heads, scores.kv_heads, scores.mlp_channels)
 
 
-def _attention_units(state: _Layer, geometry: ModelGeometry, c: Constraints):
-    """Candidate attention removals of a layer: (score, cost, structures, action)."""
+def _attention_units(state: _Layer, geometry: ModelGeometry, c: Constraints) -> list[_Unit]:
+    """Candidate attention removals of a layer: a slot, and the weakest ``tp_degree`` KV groups."""
     if not state.groups:
         return []
     units = []
@@ -131,7 +164,7 @@ def _attention_units(state: _Layer, geometry: ModelGeometry, c: Constraints):
         if r == 1:
             cost += num_groups * kv + norm
             score += sum(kv_score(g) for g in state.groups)
-        units.append((score, cost, len(heads), ("slot", None)))
+        units.append(_Unit(score, cost, len(heads), _Action("slot")))
     # Whole KV groups, tp_degree at a time (the weakest), keeping at least min_heads query heads.
     remaining = num_groups - c.tp_degree
     if (remaining > 0 and remaining * r >= c.min_heads) or (remaining == 0 and c.min_heads == 0):
@@ -139,34 +172,35 @@ def _attention_units(state: _Layer, geometry: ModelGeometry, c: Constraints):
             (sum(float(state.head_score[h]) for h in hs) + kv_score(g), g) for g, hs in state.groups.items()
         )[: c.tp_degree]
         cost = c.tp_degree * (r * q + kv) + (norm if remaining == 0 else 0)
-        units.append((sum(s for s, _ in group_scores), cost, c.tp_degree * (r + 1), ("groups", [g for _, g in group_scores])))
+        units.append(_Unit(sum(s for s, _ in group_scores), cost, c.tp_degree * (r + 1),
+                           _Action("groups", [g for _, g in group_scores])))
     return units
 
 
-def _mlp_unit(state: _Layer, geometry: ModelGeometry, c: Constraints, original_width: int):
+def _mlp_unit(state: _Layer, geometry: ModelGeometry, c: Constraints) -> _Unit | None:
+    """The next block of ``channel_multiple`` weakest channels (the remainder first, to reach a multiple)."""
     width = len(state.channels)
     if width == 0:
         return None
     block = width % c.channel_multiple or c.channel_multiple
     if width - block < c.min_channels:
         return None
-    members = state.channels[:block]
     cost = block * geometry.channel_params + (geometry.norm_params if block == width else 0)
-    return (sum(float(state.channel_score[ch]) for ch in members), cost, block, ("channels", block))
+    score = sum(float(state.channel_score[ch]) for ch in state.channels[:block])
+    return _Unit(score, cost, block, _Action("channels", block))
 
 
-def _apply(state: _Layer, action) -> None:
-    kind, arg = action
-    if kind == "slot":
+def _apply(state: _Layer, action: _Action) -> None:
+    if action.kind == "slot":
         for g in list(state.groups):
             state.groups[g] = state.groups[g][1:]
             if not state.groups[g]:
                 del state.groups[g]
-    elif kind == "groups":
-        for g in arg:
+    elif action.kind == "groups":
+        for g in action.arg:
             del state.groups[g]
     else:
-        state.channels = state.channels[arg:]
+        state.channels = state.channels[action.arg:]
     state.version += 1
 
 
@@ -176,12 +210,6 @@ def _to_plan(states: list[_Layer]) -> PruningPlan:
         heads = sorted(h for hs in s.groups.values() for h in hs)
         layers.append(LayerPlan(query_heads=heads, kv_heads=sorted(s.groups), mlp_channels=sorted(s.channels)))
     return PruningPlan(layers=layers)
-
-
-def _key(score: float, cost: int, count: int, mode: str) -> float:
-    # "param": expected loss per parameter removed (a knapsack greedy); otherwise the mean normalised score of
-    # the unit's structures, as GISP/FLAP rank single structures.
-    return score / cost if mode == "param" else score / count
 
 
 def allocate(
@@ -202,71 +230,80 @@ def allocate(
     Returns a plan whose indices refer to the current model. Raises :class:`PruningError` when the constraints
     cannot remove that many parameters.
     """
-    if normalization not in NORMALIZATIONS:
-        raise PruningError(f"Unknown normalization {normalization!r}; choose one of {NORMALIZATIONS}.")
+    check_names(allocation, normalization)
     states = [_initial_state(s, geometry, i) for i, s in enumerate(scores)]
     if params_to_remove <= 0:
         return _to_plan(states)
     prunable = [i for i in range(len(states)) if i not in constraints.keep_dense]
     if allocation == "global":
-        _allocate_global(states, prunable, _normalised(scores, geometry, normalization), geometry, params_to_remove,
-                         normalization, constraints, tolerance)
-    elif allocation == "uniform":
-        _allocate_uniform(states, prunable, geometry, params_to_remove, constraints)
+        ranking = _GlobalRanking(states, _normalised(scores, geometry, normalization), geometry, constraints,
+                                 normalization)
+        ranking.remove(prunable, params_to_remove, tolerance)
     else:
-        raise PruningError(f"Unknown allocation {allocation!r}; choose 'global' or 'uniform'.")
+        _allocate_uniform(states, prunable, geometry, params_to_remove, constraints)
     return _to_plan(states)
 
 
-def _allocate_global(states, prunable, norm_scores, geometry, budget, mode, constraints, tolerance) -> None:
-    for i in prunable:  # rank on normalised scores; the raw ones were only needed to order structures
-        states[i].head_score = norm_scores[i].query_heads
-        states[i].kv_score = norm_scores[i].kv_heads
-        states[i].channel_score = norm_scores[i].mlp_channels
-    heap: list = []
+class _GlobalRanking:
+    """Greedy removal over the units of all layers, cheapest (normalised score per unit) first."""
 
-    def push(i: int) -> None:
-        s = states[i]
-        candidates = _attention_units(s, geometry, constraints)
-        mlp = _mlp_unit(s, geometry, constraints, geometry.shapes[i].intermediate_size)
+    def __init__(self, states: list[_Layer], norm_scores: list[LayerScores], geometry: ModelGeometry,
+                 constraints: Constraints, mode: str) -> None:
+        self.states, self.geometry, self.constraints, self.mode = states, geometry, constraints, mode
+        for state, s in zip(states, norm_scores):  # rank on normalised scores; raw ones only ordered structures
+            state.head_score, state.kv_score, state.channel_score = s.query_heads, s.kv_heads, s.mlp_channels
+        self.heap: list[_Entry] = []
+
+    def _key(self, unit: _Unit) -> float:
+        # "param": expected loss per parameter removed (a knapsack greedy); otherwise the mean normalised score of
+        # the unit's structures, as GISP/FLAP rank single structures.
+        return unit.score / unit.cost if self.mode == "param" else unit.score / unit.count
+
+    def price(self, i: int) -> None:
+        """Push layer ``i``'s current candidate units, with the attention weight and layer balance applied."""
+        s, c = self.states[i], self.constraints
+        candidates = _attention_units(s, self.geometry, c)
+        mlp = _mlp_unit(s, self.geometry, c)
         if mlp is not None:
             candidates.append(mlp)
-        for score, cost, count, action in candidates:
-            if action[0] != "channels":
-                score *= constraints.attention_weight
-            elif constraints.layer_balance:
-                base = constraints.base_widths[i] if constraints.base_widths else geometry.shapes[i].intermediate_size
-                score *= 1 + constraints.layer_balance * (1 - len(s.channels) / max(base, 1))
-            heapq.heappush(heap, (_key(score, cost, count, mode), i, s.version, cost, action))
+        for unit in candidates:
+            score = unit.score
+            if unit.action.kind != "channels":
+                score *= c.attention_weight
+            elif c.layer_balance:
+                base = c.base_widths[i] if c.base_widths else self.geometry.shapes[i].intermediate_size
+                score *= 1 + c.layer_balance * (1 - len(s.channels) / max(base, 1))
+            priced = unit._replace(score=score)
+            heapq.heappush(self.heap, _Entry(self._key(priced), i, s.version, unit.cost, unit.action))
 
-    for i in prunable:
-        push(i)
-    removed = 0
-    skipped: list = []
-    while removed < budget:
-        if not heap:
-            if removed >= budget - tolerance:
-                return
-            # Nothing fits within the tolerance: take the smallest overshoot among the units passed over.
-            valid = [u for u in skipped if u[2] == states[u[1]].version]
-            if not valid:
-                raise PruningError(
-                    f"The constraints allow removing only {removed:,} more decoder parameters, {budget:,} were asked: "
-                    "lower the sparsity or relax keep_dense / min_heads / min_channels."
-                )
-            heap.append(min(valid, key=lambda u: u[3]))
-            skipped.clear()
-            tolerance = float("inf")
-        unit = heapq.heappop(heap)
-        _, i, version, cost, action = unit
-        if version != states[i].version:
-            continue  # stale: this layer changed since the unit was priced
-        if removed + cost > budget + tolerance:
-            skipped.append(unit)  # would overshoot: a smaller unit (or a smaller part of this layer) fits better
-            continue
-        _apply(states[i], action)
-        removed += cost
-        push(i)
+    def remove(self, prunable: list[int], budget: int, tolerance: float) -> None:
+        for i in prunable:
+            self.price(i)
+        removed = 0
+        skipped: list[_Entry] = []
+        while removed < budget:
+            if not self.heap:
+                if removed >= budget - tolerance:
+                    return
+                # Nothing fits within the tolerance: take the smallest overshoot among the units passed over.
+                valid = [e for e in skipped if e.version == self.states[e.layer].version]
+                if not valid:
+                    raise PruningError(
+                        f"The constraints allow removing only {removed:,} more decoder parameters, {budget:,} were "
+                        "asked: lower the sparsity or relax keep_dense / min_heads / min_channels."
+                    )
+                self.heap.append(min(valid, key=lambda e: e.cost))
+                skipped.clear()
+                tolerance = float("inf")
+            entry = heapq.heappop(self.heap)
+            if entry.version != self.states[entry.layer].version:
+                continue  # stale: this layer changed since the unit was priced
+            if removed + entry.cost > budget + tolerance:
+                skipped.append(entry)  # would overshoot: a smaller unit (or a smaller part of this layer) fits better
+                continue
+            _apply(self.states[entry.layer], entry.action)
+            removed += entry.cost
+            self.price(entry.layer)
 
 
 def _allocate_uniform(states, prunable, geometry, budget, constraints) -> None:
@@ -284,10 +321,9 @@ def _allocate_uniform(states, prunable, geometry, budget, constraints) -> None:
             while slots and len(s.groups) * (r - slots) < constraints.min_heads:
                 slots -= 1
             for _ in range(slots):
-                units = _attention_units(s, geometry, constraints)
-                unit = next(u for u in units if u[3][0] == "slot")
-                _apply(s, unit[3])
-                removed += unit[1]
+                unit = next(u for u in _attention_units(s, geometry, constraints) if u.action.kind == "slot")
+                _apply(s, unit.action)
+                removed += unit.cost
     mlp_layers = [i for i in prunable if states[i].channels]
     channel_budget = budget - removed
     widths = {i: len(states[i].channels) for i in mlp_layers}

@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import PruningError
-from ..slicing import head_dim_of
+from ..format.geometry import head_dim_of
 from .objectives import Objective
 from .structures import LayerScores
 
@@ -79,7 +79,6 @@ class Importance:
     name = "base"
     needs_data = True
     needs_grad = False
-    default_allocation = "global"
 
     def __call__(self, model, batches: Iterable[Batch], objective: Objective | None = None, *,
                  show_progress: bool = True) -> list[LayerScores]:
@@ -264,7 +263,6 @@ class WandaSPImportance(_ActivationImportance):
     """Wanda-sp: ``|W| * ||X||`` over the structure's output-projection columns (An et al. 2024; Sun et al. 2023)."""
 
     name = "wanda-sp"
-    default_allocation = "uniform"
 
     def column_score(self, module, stats):
         return module.weight.detach().float().abs().sum(0) * stats.norm(module)
@@ -274,8 +272,6 @@ class FlapImportance(_ActivationImportance):
     """FLAP fluctuation: variance of each input column across calibration tokens x squared weight-column norm."""
 
     name = "flap"
-    default_allocation = "global"
-    normalization = "standardize"
 
     def column_score(self, module, stats):
         return stats.variance(module) * module.weight.detach().float().pow(2).sum(0)
@@ -286,7 +282,6 @@ class MagnitudeImportance(Importance):
 
     name = "magnitude"
     needs_data = False
-    default_allocation = "uniform"
 
     def __call__(self, model, batches=None, objective=None, *, show_progress=True):
         with torch.no_grad():
@@ -299,7 +294,6 @@ class RandomImportance(Importance):
 
     name = "random"
     needs_data = False
-    default_allocation = "uniform"
 
     def __init__(self, seed: int = 0):
         self.seed = seed

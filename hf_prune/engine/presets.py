@@ -1,12 +1,25 @@
-"""Named pruning methods: a criterion, an allocation, a normalisation and a schedule."""
+"""What the engine offers by name: the method presets and the names of every swappable piece.
+
+Kept free of torch so that a :class:`~hf_prune.PruneConfig` (and the command line) can check names instantly;
+the modules that implement the pieces check at import that their registries match these names.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
-from ..errors import PruningError
+__all__ = ["Method", "METHODS", "CRITERIA", "ALLOCATIONS", "NORMALIZATIONS", "OBJECTIVES", "SCHEDULES"]
 
-__all__ = ["Method", "METHODS", "get_method"]
+#: Importance criteria (:mod:`hf_prune.engine.importance`).
+CRITERIA = ("taylor", "fisher", "wanda-sp", "flap", "magnitude", "random")
+#: Allocation of a removal budget over layers (:mod:`hf_prune.engine.allocation`).
+ALLOCATIONS = ("global", "uniform")
+#: How global allocation makes head and channel scores comparable.
+NORMALIZATIONS = ("param", "gisp", "standardize", "none")
+#: Losses whose gradient drives gradient-based criteria (:mod:`hf_prune.engine.objectives`).
+OBJECTIVES = ("lm", "margin")
+#: Sparsity after each round (:mod:`hf_prune.engine.schedule`).
+SCHEDULES = ("linear",)
 
 
 @dataclass(frozen=True)
@@ -14,7 +27,7 @@ class Method:
     """A pruning recipe.
 
     Attributes:
-        importance: criterion name (see :func:`hf_prune.engine.importance.get_importance`).
+        importance: criterion name (one of :data:`CRITERIA`).
         allocation: ``"global"`` (all layers and block types ranked together) or ``"uniform"``.
         normalization: how head and channel scores are made comparable for global ranking: ``"param"`` (score per
             parameter removed), ``"gisp"`` (GISP's divisors), ``"standardize"`` (FLAP's per-module z-scores).
@@ -46,11 +59,3 @@ METHODS: dict[str, Method] = {
     "magnitude": Method("magnitude", "uniform", "param", steps=1),
     "random": Method("random", "uniform", "param", steps=1),
 }
-
-
-def get_method(name: str, **overrides) -> Method:
-    """A preset by name, with any of its fields overridden (``None`` keeps the preset's value)."""
-    if name not in METHODS:
-        raise PruningError(f"Unknown method {name!r}; choose one of {sorted(METHODS)}.")
-    changes = {k: v for k, v in overrides.items() if v is not None}
-    return replace(METHODS[name], **changes)

@@ -1,4 +1,8 @@
-"""`prune()`: score, allocate and slice, step by step, through every requested sparsity in one nested run."""
+"""The :class:`Pruner` (one scoring round per :meth:`~Pruner.step`) and :func:`prune`, the loop over it.
+
+Each round scores the current model, allocates the round's removal budget and slices the model; the plans of
+the requested levels are recorded as the schedule passes them, so one run gives every level (nested).
+"""
 
 from __future__ import annotations
 
@@ -7,29 +11,31 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..config import PruneConfig
 from ..errors import PruningError
 from ..fileio import write_text_atomic
-from ..plan import PruningPlan
-from ..slicing import apply_plan, check_supported
-from .allocation import NORMALIZATIONS, Constraints, allocate
-from .importance import Importance, get_importance
-from .objectives import get_objective, lm_loss
-from .presets import get_method
+from ..format.geometry import check_supported
+from ..format.plan import PruningPlan
+from ..format.slicing import apply_plan
+from .allocation import Constraints, allocate
+from .batches import LossRecorder, calibration_batches, describe_calibration
+from .importance import get_importance
+from .objectives import get_objective
+from .schedule import check_schedule, get_schedule
 from .structures import LayerScores, ModelGeometry, kv_cache_per_token
 
-__all__ = ["prune", "PruneResult", "StepLog"]
+__all__ = ["Pruner", "prune", "PruneResult", "StepLog", "STATE_FILE"]
 
 STATE_FILE = "prune_state.json"
-_STATE_VERSION = 1
+_STATE_VERSION = 2
 
 
 @dataclass
@@ -59,7 +65,8 @@ class PruneResult:
         sparsity: requested sparsity -> measured fraction of decoder-layer parameters removed.
         kv_cache_reduction: requested sparsity -> fraction of the KV cache removed.
         log: one :class:`StepLog` per scoring round.
-        settings: the method and arguments of the run.
+        config: the :class:`~hf_prune.PruneConfig` of the run, every method default filled in.
+        settings: ``config.to_dict()`` plus the schedule's sparsities and the dense decoder parameter count.
         model: the pruned model of the highest level (already sliced; saves a rebuild).
     """
 
@@ -67,6 +74,7 @@ class PruneResult:
     sparsity: dict[float, float]
     kv_cache_reduction: dict[float, float]
     log: list[StepLog]
+    config: PruneConfig
     settings: dict[str, Any]
     model: Any = field(default=None, repr=False)
 
@@ -82,93 +90,12 @@ class PruneResult:
         return "\n".join(rows)
 
 
-# ---- calibration batches -----------------------------------------------------------------------------------
-def _batches_from(calibration: Any, tokenizer: Any, num_samples: int, seq_len: int, seed: int,
-                  batch_size: int, device: torch.device) -> list[dict[str, Any]]:
-    """Normalise the accepted calibration inputs into a list of batches (dicts of tensors, with domain labels)."""
-    from ..data.multiple_choice import MultipleChoiceBatch
-    from ..data.windows import CalibrationWindows
-
-    if hasattr(calibration, "sample") and not isinstance(calibration, CalibrationWindows):
-        if tokenizer is None:
-            raise PruningError("A CalibrationMix needs the tokenizer: prune(model, tokenizer, calibration, ...).")
-        calibration = calibration.sample(tokenizer, num_samples, seq_len, seed=seed)
-    if isinstance(calibration, torch.Tensor):
-        calibration = CalibrationWindows(calibration.long(), ["calibration"] * calibration.shape[0])
-    if isinstance(calibration, CalibrationWindows):
-        return [
-            {"input_ids": ids.to(device), "domains": list(domains)}
-            for ids, domains in calibration.iter_batches(batch_size)
-        ]
-    if isinstance(calibration, MultipleChoiceBatch):
-        # Batches hold whole questions, so the margin objective sees every question's correct and wrong choices.
-        out = []
-        questions = calibration.question_index
-        for start in range(0, calibration.num_questions, batch_size):
-            rows = (questions >= start) & (questions < start + batch_size)
-            out.append({k: getattr(calibration, k)[rows].to(device) for k in calibration.__dataclass_fields__})
-        return out
-    if isinstance(calibration, Sequence) and calibration and isinstance(calibration[0], Mapping):
-        return [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in b.items()} for b in calibration]
-    raise PruningError(
-        "calibration must be a CalibrationMix, CalibrationWindows, a [N, seq_len] tensor of token ids, a "
-        f"MultipleChoiceBatch or a list of batch dicts; got {type(calibration).__name__}."
-    )
-
-
-def _window_losses(model, ids: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy of each window (fp32)."""
-    logits = model(input_ids=ids, use_cache=False).logits
-    return F.cross_entropy(logits[:, :-1].float().transpose(1, 2), ids[:, 1:], reduction="none").mean(1)
-
-
-class _LossRecorder:
-    """Wraps the objective to log the loss per domain (the forward pass is shared with scoring)."""
-
-    def __init__(self, objective: Callable):
-        self.objective = objective
-        self.sums: dict[str, float] = {}
-        self.counts: dict[str, int] = {}
-
-    def __call__(self, model, batch):
-        domains = batch.get("domains")
-        if self.objective is lm_loss and domains is not None and "labels" not in batch:
-            per_sample = _window_losses(model, batch["input_ids"])
-            for d, value in zip(domains, per_sample.detach().tolist()):
-                self.sums[d] = self.sums.get(d, 0.0) + value
-                self.counts[d] = self.counts.get(d, 0) + 1
-            return per_sample.mean()
-        loss = self.objective(model, batch)
-        self.sums["all"] = self.sums.get("all", 0.0) + float(loss.detach())
-        self.counts["all"] = self.counts.get("all", 0) + 1
-        return loss
-
-    def per_domain(self) -> dict[str, float]:
-        return {d: self.sums[d] / self.counts[d] for d in sorted(self.sums)}
-
-    def mean(self) -> float | None:
-        total = sum(self.counts.values())
-        return sum(self.sums.values()) / total if total else None
-
-
-# ---- scores follow the model as it shrinks -----------------------------------------------------------------
-def _remap(scores: list[LayerScores], plan: PruningPlan) -> list[LayerScores]:
-    """Scores of the current model re-indexed for the model after ``plan`` (one-shot methods reuse them)."""
-    out = []
-    for s, layer in zip(scores, plan.layers):
-        pick = lambda t, idx: None if t is None or not idx else t[torch.tensor(idx, dtype=torch.long)]  # noqa: E731
-        out.append(LayerScores(pick(s.query_heads, layer.query_heads), pick(s.kv_heads, layer.kv_heads),
-                               pick(s.mlp_channels, layer.mlp_channels)))
-    return out
-
-
+# ---- model-dependent checks --------------------------------------------------------------------------------
 def _keep_dense_layers(keep_dense: str | Iterable[int] | None, num_layers: int) -> frozenset[int]:
     if keep_dense is None:
         return frozenset()
     if keep_dense == "gisp":  # GISP leaves layers < int(0.1 L) and the last layer dense
         return frozenset(range(int(0.1 * num_layers))) | {num_layers - 1}
-    if isinstance(keep_dense, str):
-        raise PruningError(f"keep_dense must be a list of layer indices or 'gisp', got {keep_dense!r}.")
     layers = frozenset(int(i) for i in keep_dense)
     bad = sorted(i for i in layers if not 0 <= i < num_layers)
     if bad:
@@ -193,20 +120,34 @@ def _max_removable(geometry: ModelGeometry, c: Constraints) -> int:
     return total
 
 
-def _schedule(targets: list[float], steps: int) -> list[float]:
-    """Sparsity after each scoring round: a linear ramp to the highest target, passing through every target."""
-    top = targets[-1]
-    ramp = [round(top * (j + 1) / steps, 6) for j in range(steps)]
-    return sorted(set(ramp) | set(targets))
+def _constraints(config: PruneConfig, geometry: ModelGeometry) -> Constraints:
+    """The config's constraints for this model, refused if the model cannot satisfy them."""
+    c = Constraints(_keep_dense_layers(config.keep_dense, len(geometry.shapes)), config.min_heads,
+                    config.min_channels, config.channel_multiple, config.tp_degree, float(config.attention_weight),
+                    float(config.layer_balance), tuple(s.intermediate_size for s in geometry.shapes))
+    for i, s in enumerate(geometry.shapes):
+        if i not in c.keep_dense and s.num_key_value_heads % c.tp_degree:
+            raise PruningError(f"Layer {i} has {s.num_key_value_heads} KV heads, not divisible by tp_degree={c.tp_degree}.")
+    params = geometry.total_params()
+    removable = _max_removable(geometry, c)
+    top = config.target_sparsity[-1]
+    if top * params > removable + 0.005 * params:
+        raise PruningError(
+            f"Sparsity {top:.0%} is impossible under these constraints: at most {removable / params:.1%} of "
+            "decoder parameters can be removed (keep_dense / min_heads / min_channels)."
+        )
+    return c
 
 
-def _settings_hash(settings: Mapping[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _save_state(state_dir: Path, state: dict[str, Any]) -> None:
-    state_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(state_dir / STATE_FILE, json.dumps(state, indent=1))  # a crash keeps the previous state
+# ---- scores follow the model as it shrinks -----------------------------------------------------------------
+def _remap(scores: list[LayerScores], plan: PruningPlan) -> list[LayerScores]:
+    """Scores of the current model re-indexed for the model after ``plan`` (one-shot methods reuse them)."""
+    out = []
+    for s, layer in zip(scores, plan.layers):
+        pick = lambda t, idx: None if t is None or not idx else t[torch.tensor(idx, dtype=torch.long)]  # noqa: E731
+        out.append(LayerScores(pick(s.query_heads, layer.query_heads), pick(s.kv_heads, layer.kv_heads),
+                               pick(s.mlp_channels, layer.mlp_channels)))
+    return out
 
 
 def _count_structures(geometry: ModelGeometry) -> tuple[int, int, int]:
@@ -216,219 +157,209 @@ def _count_structures(geometry: ModelGeometry) -> tuple[int, int, int]:
     return heads, kv, channels
 
 
-# ---- the entry point ---------------------------------------------------------------------------------------
-def prune(
-    model,
-    tokenizer: Any,
-    calibration: Any,
-    target_sparsity: float | Sequence[float],
-    *,
-    method: str = "gisp",
-    num_samples: int = 128,
-    seq_len: int = 256,
-    steps: int | None = None,
-    seed: int = 0,
-    importance: str | Importance | Callable | None = None,
-    allocation: str | None = None,
-    normalization: str | None = None,
-    objective: str | Callable = "lm",
-    batch_size: int = 4,
-    resample_each_step: bool = False,
-    keep_dense: str | Iterable[int] | None = None,
-    min_heads: int = 0,
-    min_channels: int = 0,
-    channel_multiple: int = 1,
-    tp_degree: int = 1,
-    attention_weight: float | None = None,
-    layer_balance: float | None = None,
-    gradient_checkpointing: bool = False,
-    state_dir: str | os.PathLike | None = None,
-    show_progress: bool = True,
-) -> PruneResult:
-    """Prune ``model`` to every sparsity in ``target_sparsity`` in one nested run.
+def _scores_to_json(scores: list[LayerScores] | None) -> list | None:
+    if scores is None:
+        return None
+    return [[None if t is None else t.tolist() for t in (s.query_heads, s.kv_heads, s.mlp_channels)] for s in scores]
 
-    Sparsity is the fraction of decoder-layer parameters removed (embeddings, final norm and lm_head excluded);
-    each level lands within half a percentage point of its target. Levels are nested: one trajectory passes
-    through all of them, so every level's kept structures contain the next level's.
+
+def _scores_from_json(data: list | None) -> list[LayerScores] | None:
+    if data is None:
+        return None
+    return [LayerScores(*(None if t is None else torch.tensor(t) for t in layer)) for layer in data]
+
+
+# ---- the pruner ----------------------------------------------------------------------------------------------
+class Pruner:
+    """Prunes ``model`` round by round towards every level of ``config.target_sparsity``.
 
     ``model`` is **not modified**: it is scored in place (gradients are cleared and ``requires_grad`` flags
-    restored afterwards) and every later round runs on sliced copies, which get cheaper as the model shrinks.
+    restored) and every later round runs on sliced copies, which get cheaper as the model shrinks. Everything
+    that can be checked (options, the model's shape, the calibration data) is checked at construction, before
+    any scoring.
+
+    Example::
+
+        pruner = Pruner(model, tokenizer, mix, PruneConfig(target_sparsity=(0.2, 0.4), steps=4))
+        while not pruner.done:
+            log = pruner.step()            # one round: score, allocate, slice
+        result = pruner.result()           # plans of 20% and 40%, indices into `model`
 
     Args:
         model: a ``Qwen2ForCausalLM`` (or an already pruned model: plans then index into it).
         tokenizer: tokenises a :class:`~hf_prune.CalibrationMix` (unused for pre-tokenised calibration).
         calibration: a ``CalibrationMix``, ``CalibrationWindows``, a ``[N, seq_len]`` tensor of token ids, a
             ``MultipleChoiceBatch`` (with ``objective="margin"``) or a list of batch dicts.
-        target_sparsity: one level or a list, each in (0, 1).
-        method: preset: ``gisp`` (default: taylor + global + iterative), ``llm-pruner``, ``wanda-sp``, ``flap``,
-            ``magnitude``, ``random``. ``importance`` / ``allocation`` / ``normalization`` / ``steps`` override it.
-        num_samples, seq_len: calibration windows drawn from a mix.
-        steps: scoring rounds (linear ramp to the highest target, passing through every target); 1 = one-shot.
-        seed: seeds the calibration draw (``seed + step`` with ``resample_each_step``) and random scores.
-        importance: a criterion name, an :class:`Importance`, or ``fn(model, batches, objective) -> list[LayerScores]``.
-        objective: ``"lm"`` (next-token loss), ``"margin"`` (multiple choice), or ``fn(model, batch) -> loss``.
-        keep_dense: layer indices left unpruned, or ``"gisp"`` (first 10% and the last layer).
-        min_heads, min_channels: per-layer minimums (0 lets a whole sublayer go).
-        channel_multiple: kept MLP widths are multiples of this (e.g. 64).
-        tp_degree: kept KV heads per layer divisible by this (tensor parallelism).
-        attention_weight: global allocation multiplies attention units' scores by this (> 1: heads are harder
-            to remove than their first-order score says); default: the preset's.
-        layer_balance: global allocation multiplies an MLP unit's score by ``1 + layer_balance * f``, ``f`` the
-            fraction of its layer's original channels already removed (concentrated removal costs more than its
-            first-order scores add up to); default: the preset's (``gisp``: 2; 0 = face value).
-        gradient_checkpointing: trade compute for memory in gradient-based scoring.
-        state_dir: the run state is written there after every round; a run started again with the same
-            arguments and ``state_dir`` resumes after the last finished round and gives the same plans.
+        config: the :class:`~hf_prune.PruneConfig` (default: all defaults); ``overrides`` replace fields.
+        show_progress: per-batch progress bars while scoring.
 
     Raises:
-        PruningError: sparsity outside (0, 1), a target the constraints make impossible, no calibration data,
-            unknown method / criterion / allocation; all before any scoring.
+        PruningError: invalid options, a target the constraints make impossible, no calibration tokens.
         UnsupportedModelError: ``model`` is not a Qwen2 causal LM.
     """
-    check_supported(model)
-    targets = [target_sparsity] if isinstance(target_sparsity, (int, float)) else list(target_sparsity)
-    if not targets or any(not isinstance(t, (int, float)) or not 0 < t < 1 for t in targets):
-        raise PruningError(f"target_sparsity must be in (0, 1), got {target_sparsity!r}.")
-    targets = sorted({float(t) for t in targets})
-    recipe = get_method(method, importance=importance if isinstance(importance, str) else None,
-                        allocation=allocation, normalization=normalization, steps=steps)
-    if recipe.steps < 1:
-        raise PruningError(f"steps must be >= 1, got {recipe.steps}.")
-    if recipe.allocation not in ("global", "uniform"):
-        raise PruningError(f"Unknown allocation {recipe.allocation!r}; choose 'global' or 'uniform'.")
-    if recipe.normalization not in NORMALIZATIONS:
-        raise PruningError(f"Unknown normalization {recipe.normalization!r}; choose one of {NORMALIZATIONS}.")
-    criterion = get_importance(importance if importance is not None and not isinstance(importance, str)
-                               else recipe.importance, seed=seed)
-    objective_fn = get_objective(objective)
-    for name, value in (("channel_multiple", channel_multiple), ("tp_degree", tp_degree), ("batch_size", batch_size)):
-        if not isinstance(value, int) or value < 1:
-            raise PruningError(f"{name} must be a positive integer, got {value!r}.")
-    if criterion.needs_data and (not isinstance(num_samples, int) or num_samples < 1):
-        raise PruningError(f"num_samples must be >= 1, got {num_samples!r}.")
 
-    geometry0 = ModelGeometry.of(model)
-    num_layers = len(geometry0.shapes)
-    if attention_weight is None:
-        attention_weight = recipe.attention_weight
-    if not isinstance(attention_weight, (int, float)) or attention_weight <= 0:
-        raise PruningError(f"attention_weight must be a positive number, got {attention_weight!r}.")
-    if layer_balance is None:
-        layer_balance = recipe.layer_balance
-    if not isinstance(layer_balance, (int, float)) or layer_balance < 0:
-        raise PruningError(f"layer_balance must be a number >= 0, got {layer_balance!r}.")
-    constraints = Constraints(_keep_dense_layers(keep_dense, num_layers), min_heads, min_channels,
-                              channel_multiple, tp_degree, float(attention_weight), float(layer_balance),
-                              tuple(s.intermediate_size for s in geometry0.shapes))
-    for i, s in enumerate(geometry0.shapes):
-        if i not in constraints.keep_dense and s.num_key_value_heads % tp_degree:
-            raise PruningError(f"Layer {i} has {s.num_key_value_heads} KV heads, not divisible by tp_degree={tp_degree}.")
-    params0 = geometry0.total_params()
-    removable = _max_removable(geometry0, constraints)
-    if targets[-1] * params0 > removable + 0.005 * params0:
-        raise PruningError(
-            f"Sparsity {targets[-1]:.0%} is impossible under these constraints: at most {removable / params0:.1%} of "
-            "decoder parameters can be removed (keep_dense / min_heads / min_channels)."
+    def __init__(self, model, tokenizer: Any, calibration: Any, config: PruneConfig | Mapping | None = None, *,
+                 show_progress: bool = True, **overrides: Any) -> None:
+        check_supported(model)
+        self.config = PruneConfig.coerce(config, **overrides).resolved()
+        c = self.config
+        self.model, self.tokenizer, self.calibration, self.show_progress = model, tokenizer, calibration, show_progress
+        self.criterion = get_importance(c.importance, seed=c.seed)
+        self.objective = get_objective(c.objective)
+        geometry = ModelGeometry.of(model)
+        self.base_params = geometry.total_params()
+        self.constraints = _constraints(c, geometry)
+        self.schedule = check_schedule(get_schedule(c.schedule)(list(c.target_sparsity), c.steps), c.target_sparsity)
+        self.device = next(model.parameters()).device
+        # Drawn once, before any model work: spec errors (empty domain, missing file...) surface here.
+        self.batches = self._draw(c.seed) if self.criterion.needs_data else []
+        if self.criterion.needs_data and not self.batches:
+            raise PruningError("The calibration set has no tokens.")
+        self.key = hashlib.sha256(json.dumps(
+            {"config": c.fingerprint(), "schedule": self.schedule, "base_params": self.base_params,
+             "calibration": describe_calibration(calibration)}, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        self._kv0 = kv_cache_per_token(geometry.shapes)
+        self.current = model
+        self.cumulative = PruningPlan.keep_all(geometry.shapes).explicit(geometry.shapes)
+        self.plans: dict[float, PruningPlan] = {}
+        self.log: list[StepLog] = []
+        self.next_step = 0
+        self.scores: list[LayerScores] | None = None
+
+    def _draw(self, seed: int) -> list[dict[str, Any]]:
+        c = self.config
+        return calibration_batches(self.calibration, self.tokenizer, c.num_samples, c.seq_len, seed, c.batch_size,
+                                   self.device)
+
+    @property
+    def done(self) -> bool:
+        """Whether every round of the schedule has run."""
+        return self.next_step >= len(self.schedule)
+
+    def _score(self, step: int, recorder: LossRecorder) -> list[LayerScores]:
+        batches = self.batches
+        if self.config.resample_each_step and step and self.criterion.needs_data:
+            batches = self._draw(self.config.seed + step)
+        checkpointing = self.config.gradient_checkpointing and self.criterion.needs_grad
+        if checkpointing:
+            self.current.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        try:
+            return self.criterion(self.current, batches, recorder, show_progress=self.show_progress)
+        finally:
+            if checkpointing:
+                self.current.activation_checkpointing_disable()
+
+    def step(self) -> StepLog:
+        """One round: score the current model, remove this round's share, slice. Returns the round's log."""
+        if self.done:
+            raise PruningError("every round of this run has run already.")
+        t0, step, point = time.perf_counter(), self.next_step, self.schedule[self.next_step]
+        geometry = ModelGeometry.of(self.current)
+        budget = int(round(point * self.base_params)) - (self.base_params - geometry.total_params())
+
+        recorder = LossRecorder(self.objective)
+        fresh = self.scores is None or self.config.steps > 1
+        if fresh:
+            self.scores = self._score(step, recorder)
+        c = self.config
+        plan = allocate(self.scores, geometry, budget, allocation=c.allocation, normalization=c.normalization,
+                        constraints=self.constraints, tolerance=int(0.002 * self.base_params)).explicit(geometry.shapes)
+        self.scores = _remap(self.scores, plan)
+        self.cumulative = self.cumulative.compose(plan)
+        self.current = apply_plan(self.current, plan)
+
+        after = ModelGeometry.of(self.current)
+        sparsity = 1 - after.total_params() / self.base_params
+        entry = StepLog(step, point, sparsity, after.total_params(), *_count_structures(after), recorder.mean(),
+                        recorder.per_domain(), time.perf_counter() - t0, fresh)
+        self.log.append(entry)
+        if point in c.target_sparsity:
+            self.plans[point] = PruningPlan(layers=self.cumulative.layers, metadata={
+                "method": c.method, "target_sparsity": point, "sparsity": sparsity,
+                "kv_cache_reduction": 1 - kv_cache_per_token(after.shapes) / self._kv0,
+                "base_model": getattr(self.model.config, "_name_or_path", None) or None, "seed": c.seed,
+            })
+        self.next_step += 1
+        return entry
+
+    def state_dict(self) -> dict[str, Any]:
+        """The run so far, JSON-ready: enough to continue with :meth:`load_state_dict` in a new process."""
+        return {
+            "version": _STATE_VERSION, "key": self.key, "config": self.config.to_dict(), "next_step": self.next_step,
+            "cumulative_plan": self.cumulative.to_dict(), "plans": {str(s): p.to_dict() for s, p in self.plans.items()},
+            "log": [asdict(entry) for entry in self.log],
+            # One-shot methods keep their scores across rounds: saved so a resumed run uses the same.
+            "scores": None if self.config.steps > 1 else _scores_to_json(self.scores),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue a run from :meth:`state_dict`; refused unless it is the same run (options, model, data)."""
+        if state.get("version") != _STATE_VERSION or state.get("key") != self.key:
+            raise PruningError("this run state belongs to a run with other settings (options, model or calibration "
+                               "data); start afresh or use another state_dir.")
+        self.cumulative = PruningPlan.from_dict(state["cumulative_plan"])
+        self.plans = {float(s): PruningPlan.from_dict(p) for s, p in state["plans"].items()}
+        self.log = [StepLog(**entry) for entry in state["log"]]
+        self.next_step = state["next_step"]
+        self.scores = _scores_from_json(state.get("scores"))
+        self.current = apply_plan(self.model, self.cumulative) if self.next_step else self.model
+
+    def result(self) -> PruneResult:
+        """The plans of every level reached so far, with the run's log and settings."""
+        return PruneResult(
+            plans=dict(self.plans),
+            sparsity={s: p.metadata["sparsity"] for s, p in self.plans.items()},
+            kv_cache_reduction={s: p.metadata["kv_cache_reduction"] for s, p in self.plans.items()},
+            log=list(self.log), config=self.config,
+            settings={**self.config.to_dict(), "schedule": self.schedule, "base_params": self.base_params},
+            model=self.current if self.current is not self.model else None,
         )
 
-    device = next(model.parameters()).device
-    # Drawn once, before any model work: spec errors (empty domain, missing file...) surface here.
-    batches = _batches_from(calibration, tokenizer, num_samples, seq_len, seed, batch_size, device) \
-        if criterion.needs_data else []
-    if criterion.needs_data and not batches:
-        raise PruningError("The calibration set has no tokens.")
 
-    schedule = _schedule(targets, recipe.steps)
-    recompute = recipe.steps > 1
-    settings = {
-        "method": method, "importance": getattr(criterion, "name", "callable"), "allocation": recipe.allocation,
-        "normalization": recipe.normalization, "steps": recipe.steps, "schedule": schedule, "targets": targets,
-        "num_samples": num_samples, "seq_len": seq_len, "seed": seed, "batch_size": batch_size,
-        "objective": objective if isinstance(objective, str) else "callable",
-        "resample_each_step": resample_each_step, "keep_dense": sorted(constraints.keep_dense),
-        "min_heads": min_heads, "min_channels": min_channels, "channel_multiple": channel_multiple,
-        "tp_degree": tp_degree, "attention_weight": float(attention_weight), "layer_balance": float(layer_balance),
-        "base_params": params0,
-        "calibration": calibration.to_dict() if hasattr(calibration, "to_dict") else type(calibration).__name__,
-    }
-    key = _settings_hash(settings)
+def prune(
+    model,
+    tokenizer: Any,
+    calibration: Any,
+    config: PruneConfig | Mapping[str, Any] | float | Sequence[float] | None = None,
+    *,
+    state_dir: str | os.PathLike | None = None,
+    show_progress: bool = True,
+    **overrides: Any,
+) -> PruneResult:
+    """Prune ``model`` to every level of the config's ``target_sparsity`` in one nested run.
 
-    current, cumulative = model, PruningPlan.keep_all(geometry0.shapes).explicit(geometry0.shapes)
-    plans: dict[float, PruningPlan] = {}
-    log: list[StepLog] = []
-    start_step, scores = 0, None
-    state_path = Path(state_dir) if state_dir is not None else None
-    if state_path is not None and (state_path / STATE_FILE).is_file():
-        state = json.loads((state_path / STATE_FILE).read_text())
-        if state.get("version") != _STATE_VERSION or state.get("settings_hash") != key:
-            raise PruningError(f"{state_path / STATE_FILE} belongs to a run with other settings; use another state_dir.")
-        cumulative = PruningPlan.from_dict(state["cumulative_plan"])
-        plans = {float(s): PruningPlan.from_dict(p) for s, p in state["plans"].items()}
-        log = [StepLog(**entry) for entry in state["log"]]
-        start_step = state["next_step"]
-        if state.get("scores") is not None:
-            scores = [LayerScores(*(None if t is None else torch.tensor(t) for t in layer)) for layer in state["scores"]]
-        if start_step:
-            current = apply_plan(model, cumulative)
+    Sparsity is the fraction of decoder-layer parameters removed (embeddings, final norm and lm_head excluded);
+    each level lands within half a percentage point of its target. Levels are nested: one trajectory passes
+    through all of them, so every level's kept structures contain the next level's.
 
-    kv0 = kv_cache_per_token(geometry0.shapes)
-    bar = tqdm(total=len(schedule), initial=start_step, desc=f"pruning ({method})", disable=not show_progress, unit="step")
-    for step in range(start_step, len(schedule)):
-        t0 = time.perf_counter()
-        point = schedule[step]
-        geometry = ModelGeometry.of(current)
-        removed_so_far = params0 - geometry.total_params()
-        budget = int(round(point * params0)) - removed_so_far
+    Args:
+        model, tokenizer, calibration: as for :class:`Pruner`.
+        config: a :class:`~hf_prune.PruneConfig` (or its dict); a number or list of numbers is taken as
+            ``target_sparsity`` with every other option at its default.
+        state_dir: the run state is written there after every round; a run started again with the same options,
+            model, data and ``state_dir`` resumes after the last finished round and gives the same plans.
+        show_progress: a progress bar per round and per batch.
+        **overrides: any :class:`~hf_prune.PruneConfig` field, e.g. ``method="llm-pruner"``, ``steps=4``.
 
-        recorder = _LossRecorder(objective_fn)
-        fresh = scores is None or recompute
-        if fresh:
-            step_batches = batches
-            if resample_each_step and step and criterion.needs_data:
-                step_batches = _batches_from(calibration, tokenizer, num_samples, seq_len, seed + step, batch_size, device)
-            if gradient_checkpointing and criterion.needs_grad:
-                current.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-            try:
-                scores = criterion(current, step_batches, recorder, show_progress=show_progress)
-            finally:
-                if gradient_checkpointing and criterion.needs_grad:
-                    current.activation_checkpointing_disable()
-        step_plan = allocate(scores, geometry, budget, allocation=recipe.allocation,
-                             normalization=recipe.normalization, constraints=constraints,
-                             tolerance=int(0.002 * params0))
-        step_plan = step_plan.explicit(geometry.shapes)
-        scores = _remap(scores, step_plan)
-        cumulative = cumulative.compose(step_plan)
-        current = apply_plan(current, step_plan)
-
-        new_geometry = ModelGeometry.of(current)
-        sparsity = 1 - new_geometry.total_params() / params0
-        heads, kv, channels = _count_structures(new_geometry)
-        log.append(StepLog(step, point, sparsity, new_geometry.total_params(), heads, kv, channels, recorder.mean(),
-                           recorder.per_domain(), time.perf_counter() - t0, fresh))
-        if point in targets:
-            plans[point] = PruningPlan(
-                layers=cumulative.layers,
-                metadata={"method": method, "target_sparsity": point, "sparsity": sparsity,
-                          "kv_cache_reduction": 1 - kv_cache_per_token(new_geometry.shapes) / kv0,
-                          "base_model": getattr(model.config, "_name_or_path", None) or None, "seed": seed},
-            )
-        if state_path is not None:
-            _save_state(state_path, {
-                "version": _STATE_VERSION, "settings_hash": key, "settings": settings, "next_step": step + 1,
-                "cumulative_plan": cumulative.to_dict(), "plans": {str(s): p.to_dict() for s, p in plans.items()},
-                "log": [asdict(entry) for entry in log],
-                # One-shot methods keep their scores across rounds: save them so a resumed run uses the same.
-                "scores": None if recompute else [
-                    [None if t is None else t.tolist() for t in (s.query_heads, s.kv_heads, s.mlp_channels)]
-                    for s in scores
-                ],
-            })
-        bar.set_postfix(sparsity=f"{sparsity:.1%}", loss=None if recorder.mean() is None else f"{recorder.mean():.3f}")
+    Raises:
+        PruningError: invalid options, a target the constraints make impossible, no calibration data; all before
+            any scoring.
+        UnsupportedModelError: ``model`` is not a Qwen2 causal LM.
+    """
+    if config is not None and not isinstance(config, (PruneConfig, Mapping)):
+        config, overrides = None, {"target_sparsity": config, **overrides}
+    pruner = Pruner(model, tokenizer, calibration, config, show_progress=show_progress, **overrides)
+    state_path = Path(state_dir) / STATE_FILE if state_dir is not None else None
+    if state_path is not None and state_path.is_file():
+        pruner.load_state_dict(json.loads(state_path.read_text(encoding="utf-8")))
+    bar = tqdm(total=len(pruner.schedule), initial=pruner.next_step, desc=f"pruning ({pruner.config.method})",
+               disable=not show_progress, unit="step")
+    while not pruner.done:
+        entry = pruner.step()
+        if state_path is not None:  # after every round: a crash keeps the previous state
+            state_path.parent.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(state_path, json.dumps(pruner.state_dict(), indent=1))
+        bar.set_postfix(sparsity=f"{entry.sparsity:.1%}", loss=None if entry.loss is None else f"{entry.loss:.3f}")
         bar.update(1)
     bar.close()
-
-    measured = {s: p.metadata["sparsity"] for s, p in plans.items()}
-    kv_reduction = {s: p.metadata["kv_cache_reduction"] for s, p in plans.items()}
-    return PruneResult(plans=plans, sparsity=measured, kv_cache_reduction=kv_reduction, log=log,
-                       settings=settings, model=current if current is not model else None)
+    return pruner.result()

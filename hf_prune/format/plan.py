@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import InvalidPlanError
-from .fileio import write_text_atomic
+from ..errors import InvalidPlanError
+from ..fileio import write_text_atomic
 
 __all__ = ["LayerPlan", "PruningPlan", "LayerShape"]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from transformers import LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-from .errors import UnsupportedModelError
+from ..errors import UnsupportedModelError
 
 __all__ = ["llama_to_qwen2"]
 

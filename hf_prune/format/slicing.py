@@ -7,64 +7,15 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, Qwen2Config, Qwen2ForCausalLM
 
-from .errors import ConfigMismatchError, NotUniformError, UnsupportedModelError
-from .modeling.configuration_pruned_qwen2 import PrunedQwen2Config
-from .modeling.modeling_pruned_qwen2 import PrunedQwen2ForCausalLM
-from .plan import LayerShape, PruningPlan, ResolvedLayer
+from ..errors import NotUniformError
+from ..modeling.configuration_pruned_qwen2 import PrunedQwen2Config
+from ..modeling.modeling_pruned_qwen2 import PrunedQwen2ForCausalLM
+from .geometry import head_dim_of, layer_shapes
+from .plan import PruningPlan, ResolvedLayer
 
-__all__ = ["apply_plan", "layer_shapes", "to_qwen2", "check_supported", "head_dim_of"]
+__all__ = ["apply_plan", "to_qwen2"]
 
 _GLOBAL_SIZE_KEYS = ("intermediate_size", "num_attention_heads", "num_key_value_heads")
-
-
-def check_supported(model: Any) -> None:
-    """Raise :class:`UnsupportedModelError` unless ``model`` is a (pruned) Qwen2 causal LM."""
-    if isinstance(model, (Qwen2ForCausalLM, PrunedQwen2ForCausalLM)):
-        return
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
-    hint = " Convert it first with hf_prune.llama_to_qwen2(model)." if model_type == "llama" else ""
-    raise UnsupportedModelError(
-        f"hf_prune prunes Qwen2ForCausalLM / PrunedQwen2ForCausalLM models; got {type(model).__name__} "
-        f"(model_type={model_type!r}).{hint}"
-    )
-
-
-def head_dim_of(config) -> int:
-    """Size of one attention head: explicit ``head_dim``, else hidden size / heads (read without the
-    heterogeneous-config guard: only uniform configs lack ``head_dim``)."""
-    head_dim = config._getattr_without_heterogeneous_validation("head_dim", None)
-    return head_dim or config.hidden_size // config.num_attention_heads
-
-
-def layer_shapes(model: PreTrainedModel) -> list[LayerShape]:
-    """Sizes of every decoder layer, read from the weights and checked against the config.
-
-    Raises:
-        UnsupportedModelError: not a Qwen2 causal LM.
-        ConfigMismatchError: the config's per-layer sizes disagree with the weight shapes (names the layer).
-    """
-    check_supported(model)
-    config = model.config
-    head_dim = head_dim_of(config)
-    shapes = []
-    for idx, (layer, layer_cfg) in enumerate(zip(model.model.layers, config.per_layer_config)):
-        attn, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
-        heads = attn.q_proj.out_features // head_dim if attn is not None else 0
-        kv = attn.k_proj.out_features // head_dim if attn is not None else 0
-        width = mlp.gate_proj.out_features if mlp is not None else 0
-        skip = set(getattr(layer_cfg, "skip", None) or [])
-        expected = (
-            0 if "attention" in skip else layer_cfg.num_attention_heads,
-            0 if "attention" in skip else layer_cfg.num_key_value_heads,
-            0 if "mlp" in skip else layer_cfg.intermediate_size,
-        )
-        if (heads, kv, width) != expected or (attn is not None and attn.q_proj.out_features != heads * head_dim):
-            raise ConfigMismatchError(
-                f"Layer {idx}: the config says {expected[0]} heads / {expected[1]} KV heads / MLP width {expected[2]}, "
-                f"but the weights hold {heads} / {kv} / {width} (head_dim {head_dim})."
-            )
-        shapes.append(LayerShape(heads, kv, width))
-    return shapes
 
 
 def _rows(weight: torch.Tensor, heads: list[int], head_dim: int) -> torch.Tensor:

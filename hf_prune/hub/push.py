@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import time
 import uuid
 from collections.abc import Callable, Mapping
 from contextlib import contextmanager
@@ -23,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from .errors import (
+from ..errors import (
     HubAuthError,
     HubError,
     PushArgumentError,
@@ -31,7 +30,7 @@ from .errors import (
     RepoExistsError,
 )
 
-__all__ = ["PushResult", "push_pruned_folders"]
+__all__ = ["PushResult", "push_pruned_folders", "resolve_token", "check_repo_id"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,9 +44,6 @@ INITIAL_FILES = frozenset({".gitattributes"})
 _SKIP_DIRS = frozenset({"__pycache__", ".git", ".cache", ".ipynb_checkpoints"})
 _SKIP_SUFFIXES = (".pyc", ".pyo", ".lock", ".incomplete")
 
-# Hub repo names: letters, digits, '-', '_', '.'; no '--' or '..'; not starting/ending with '-' or '.'.
-_REPO_PART = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9_])?"
-_REPO_ID_RE = re.compile(rf"{_REPO_PART}/{_REPO_PART}")
 _BRANCH_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 _COMMIT_SHA_RE = re.compile(r"[0-9a-f]{40}")
 # Looks like a Hugging Face token: scrubbed even when it is not the token in use.
@@ -112,17 +108,16 @@ def push_pruned_folders(
         PushIncompleteError: a branch commit failed; lists the branches that landed. ``main`` unchanged.
         HubError: any other Hub failure before branches were written.
     """
-    plans = _validate_arguments(repo_id, folders, primary, token, max_retries, backoff_s, commit_message)
+    plans = _validate_arguments(repo_id, folders, primary, max_retries, backoff_s, commit_message)
 
     from huggingface_hub import HfApi
-    from huggingface_hub.utils import get_token
 
     # The effective token (explicit, HF_TOKEN or stored login) is what must never leak: scrub it.
-    secret = token if token is not None else get_token()
+    secret = resolve_token(token)
     pusher = _Pusher(
         api=HfApi(endpoint=endpoint, token=token),
         repo_id=repo_id,
-        secrets=[s for s in (secret,) if s],
+        secrets=[secret],
         max_retries=max_retries,
         backoff_s=backoff_s,
     )
@@ -144,21 +139,13 @@ def _validate_arguments(
     repo_id: object,
     folders: object,
     primary: object,
-    token: object,
     max_retries: object,
     backoff_s: object,
     commit_message: object,
 ) -> list[_FolderPlan]:
-    if not isinstance(repo_id, str) or not _REPO_ID_RE.fullmatch(repo_id) or ".." in repo_id or "--" in repo_id:
-        raise PushArgumentError(
-            f"repo_id must look like 'namespace/model-name' (letters, digits, '-', '_', '.'; at most 96 "
-            f"characters per part), got {repo_id!r}."
-        )
+    check_repo_id(repo_id)
     if not isinstance(folders, Mapping) or not folders:
         raise PushArgumentError("folders must be a non-empty mapping of branch name -> local folder.")
-    if token is not None and (not isinstance(token, str) or not token.strip()):
-        # Do not echo the value: it may be a (malformed) secret.
-        raise PushArgumentError("token must be a non-empty string or None.")
     if not isinstance(max_retries, int) or isinstance(max_retries, bool) or max_retries < 0:
         raise PushArgumentError(f"max_retries must be an int >= 0, got {max_retries!r}.")
     if not isinstance(backoff_s, (int, float)) or backoff_s < 0:
@@ -181,6 +168,43 @@ def _validate_arguments(
     if primary not in folders:
         raise PushArgumentError(f"primary must be one of the branches {sorted(folders)}, got {primary!r}.")
     return plans
+
+
+def check_repo_id(repo_id: object) -> str:
+    """``repo_id`` as ``namespace/name`` with huggingface_hub's own rules, else :class:`PushArgumentError`."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        if not isinstance(repo_id, str) or repo_id.count("/") != 1:
+            raise HFValidationError("it needs exactly one '/' between namespace and name")
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        raise PushArgumentError(f"repo_id must look like 'namespace/model-name', got {repo_id!r}: "
+                                f"{' '.join(str(err).split())}") from None
+    return repo_id
+
+
+def _check_token_argument(token: object) -> None:
+    if token is not None and (not isinstance(token, str) or not token.strip()):
+        # Do not echo the value: it may be a (malformed) secret.
+        raise PushArgumentError("token must be a non-empty string or None.")
+
+
+def resolve_token(token: str | None) -> str:
+    """The token a push would use (``token``, else ``HF_TOKEN``, else the stored login), checked offline.
+
+    Raises:
+        PushArgumentError: ``token`` is given but empty or not a string.
+        HubAuthError: no token is available at all.
+    """
+    from huggingface_hub.utils import get_token
+
+    _check_token_argument(token)
+    found = token if token is not None else get_token()
+    if not found:
+        raise HubAuthError("pushing needs a Hugging Face token: set HF_TOKEN, run `hf auth login`, or pass token=...")
+    return found
 
 
 def _validate_branch(branch: object) -> None:
@@ -218,37 +242,21 @@ def _scrub(text: str, secrets: list[str]) -> str:
 
 
 def _status_code(err: BaseException) -> int | None:
-    """HTTP status of a huggingface_hub / httpx2 error, looking through wrapped causes."""
-    seen: set[int] = set()
-    current: BaseException | None = err
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        response = getattr(current, "response", None)
-        status = getattr(response, "status_code", None)
-        if isinstance(status, int):
-            return status
-        current = current.__cause__ or current.__context__
-    return None
+    """HTTP status of a failed Hub call (``None`` for a connection error or a non-HTTP failure)."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    response = err.response if isinstance(err, HfHubHTTPError) else None
+    return response.status_code if response is not None else None
 
 
 def _is_transient(err: BaseException) -> bool:
+    """Worth retrying: rate limiting, a server-side failure, or the connection itself."""
+    import httpx2
+
     status = _status_code(err)
     if status is not None:
         return status in TRANSIENT_STATUS_CODES
-    try:
-        import httpx2
-
-        network_errors: tuple[type[BaseException], ...] = (httpx2.TransportError, ConnectionError, TimeoutError)
-    except ImportError:  # pragma: no cover - huggingface_hub 2.x always ships httpx2
-        network_errors = (ConnectionError, TimeoutError)
-    seen: set[int] = set()
-    current: BaseException | None = err
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, network_errors):
-            return True
-        current = current.__cause__ or current.__context__
-    return False
+    return isinstance(err, (httpx2.TransportError, ConnectionError, TimeoutError))
 
 
 def _is_auth_error(err: BaseException) -> bool:
@@ -325,29 +333,30 @@ class _Pusher:
         return _scrub(text, self.secrets)
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
-        """Run ``fn`` retrying transient errors; auth errors become HubAuthError, others propagate."""
-        attempt = 0
-        while True:
-            try:
-                return fn()
-            except Exception as err:
-                if _is_auth_error(err):
-                    status = _status_code(err)
-                    reason = f"HTTP {status}" if status else "no token found"
-                    raise HubAuthError(
-                        f"The Hub refused the token while trying to {what} on {self.repo_id!r} ({reason}). "
-                        "Check that the token is valid and has write access to that namespace: pass token=..., "
-                        "set HF_TOKEN or run `hf auth login`."
-                    ) from None
-                if not _is_transient(err) or attempt >= self.max_retries:
-                    raise
-                delay = min(self.backoff_s * (2**attempt), 30.0)
-                attempt += 1
-                logger.warning(
-                    "Transient error while trying to %s on %s (%s); retry %d/%d in %.1fs.",
-                    what, self.repo_id, self._msg(err), attempt, self.max_retries, delay,
-                )
-                time.sleep(delay)
+        """Run ``fn`` under the one retry policy of a push (transient errors, exponential backoff capped at 30 s);
+        auth errors become :class:`HubAuthError` at once, other errors propagate."""
+        from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+
+        def log_retry(state) -> None:
+            logger.warning("Transient error while trying to %s on %s (%s); retry %d/%d in %.1fs.", what, self.repo_id,
+                           self._msg(state.outcome.exception()), state.attempt_number, self.max_retries,
+                           state.next_action.sleep)
+
+        retrying = Retrying(stop=stop_after_attempt(self.max_retries + 1), reraise=True, before_sleep=log_retry,
+                            wait=wait_exponential(multiplier=self.backoff_s, max=30.0),
+                            retry=retry_if_exception(lambda err: not _is_auth_error(err) and _is_transient(err)))
+        try:
+            return retrying(fn)
+        except Exception as err:
+            if _is_auth_error(err):
+                status = _status_code(err)
+                reason = f"HTTP {status}" if status else "no token found"
+                raise HubAuthError(
+                    f"The Hub refused the token while trying to {what} on {self.repo_id!r} ({reason}). "
+                    "Check that the token is valid and has write access to that namespace: pass token=..., "
+                    "set HF_TOKEN or run `hf auth login`."
+                ) from None
+            raise
 
     def _hub_error(self, what: str, err: BaseException) -> HubError:
         return HubError(f"Could not {what} on {self.repo_id!r}: {self._msg(err)}")
@@ -382,19 +391,12 @@ class _Pusher:
 
     def _prepare_repo(self, *, private: bool, overwrite: bool) -> tuple[str, str]:
         """Create the repo if needed; returns (main head commit, repo URL)."""
-        from huggingface_hub.errors import HfHubHTTPError
-
-        created = True
         try:
-            url = self._call("create the repo", lambda: self.api.create_repo(self.repo_id, private=private))
+            url = self._call("create the repo",
+                             lambda: self.api.create_repo(self.repo_id, private=private, exist_ok=True))
             repo_url = str(url)
         except HubError:
             raise
-        except HfHubHTTPError as err:
-            if _status_code(err) != 409:
-                raise self._hub_error("create the repo", err) from None
-            created = False  # exists already (or a retried create succeeded on the first try)
-            repo_url = f"{self.api.endpoint.rstrip('/')}/{self.repo_id}"
         except Exception as err:
             raise self._hub_error("create the repo", err) from None
 
@@ -422,8 +424,8 @@ class _Pusher:
                 f"The repo {self.repo_id!r} already has content (branches: {sorted(branches)}). "
                 "Pass overwrite=True to push into it anyway, or choose another repo_id."
             )
-        if not created:
-            logger.info("Repo %s exists%s.", self.repo_id, " and will be overwritten" if has_content else "")
+        if has_content:
+            logger.info("Repo %s has content; it will be overwritten.", self.repo_id)
         if "main" not in branches:
             raise HubError(f"The repo {self.repo_id!r} has no 'main' branch.")
         return branches["main"], repo_url

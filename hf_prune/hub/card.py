@@ -1,30 +1,27 @@
 """Model cards (README.md) for pruned checkpoints.
 
-The card is rendered from ``model_cards/pruned_model.md`` with :class:`string.Template` (Jinja2 is not a
-dependency). Its YAML metadata is built with ``huggingface_hub.ModelCardData`` and checked offline
-(``yaml.safe_load`` plus a ``ModelCard`` round trip) because ``ModelCard.validate`` needs the network.
-
-A pruned model is *derived* from its base model but is none of the Hub's ``base_model_relation``
-values (adapter / merge / quantized / finetune), so the card sets ``base_model`` plus the tags
-``pruned`` and ``structured-pruning`` and deliberately no ``base_model_relation``.
+The card is rendered by ``huggingface_hub.ModelCard.from_template`` (Jinja2) from ``model_cards/pruned_model.md``;
+its YAML metadata is a ``huggingface_hub.ModelCardData`` and is checked offline (``ModelCard.validate`` needs the
+network). A pruned model is *derived* from its base model but is none of the Hub's ``base_model_relation`` values
+(adapter / merge / quantized / finetune), so the card sets ``base_model`` plus the tags ``pruned`` and
+``structured-pruning`` and deliberately no ``base_model_relation``. A base model that is only a local folder
+gets no ``base_model`` metadata and no link: the card says where it came from.
 """
 
 from __future__ import annotations
 
 import math
 import re
-import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ModelCardError
-from .plotting import bar_chart_png
+from ..errors import ModelCardError
 
 __all__ = ["CardInfo", "render_model_card", "write_model_card", "check_card_metadata", "CHART_FILENAME", "CARD_TAGS"]
 
-#: File name of the per-layer bar chart written next to README.md.
+#: File name of the per-layer chart written next to README.md.
 CHART_FILENAME = "layer_sizes.png"
 #: Tags every pruned model card carries.
 CARD_TAGS: tuple[str, ...] = ("pruned", "structured-pruning", "hf-prune")
@@ -33,7 +30,7 @@ HUB_BASE_MODEL_RELATIONS = ("adapter", "merge", "quantized", "finetune")
 
 _TEMPLATE_NAME = "pruned_model.md"
 _LICENSE_ID_RE = re.compile(r"[a-z0-9][a-z0-9.\-]*")
-_FRONT_MATTER_RE = re.compile(r"\A---\s*\n(.*?)\n---\s*(?:\n|\Z)", re.S)
+_MODEL_ID_RE = re.compile(r"[\w.-]+(/[\w.-]+)?")
 
 
 @dataclass(kw_only=True)
@@ -41,7 +38,9 @@ class CardInfo:
     """Everything the model card of one pruned checkpoint says.
 
     Attributes:
-        base_model: Hub id of the dense model that was pruned (e.g. ``"Qwen/Qwen2.5-0.5B"``).
+        base_model: Hub id of the dense model that was pruned (e.g. ``"Qwen/Qwen2.5-0.5B"``); ``None`` for a model
+            that exists only as a local folder (then ``base_model_source`` says what it was).
+        base_model_source: how to name a base model that is not on the Hub (e.g. its folder name).
         base_model_revision: commit of the base model that was pruned (``None`` if unknown).
         license: the base model's licence id as on the Hub (``"apache-2.0"``); any other text becomes
             ``license: other`` with ``license_name``.
@@ -55,8 +54,8 @@ class CardInfo:
         params_after: parameter count of the pruned model.
         kv_cache_reduction: fraction of KV-cache memory saved (fewer KV heads), in ``[0, 1]``.
         layers: one dict per decoder layer: ``num_attention_heads``, ``num_key_value_heads``,
-            ``intermediate_size``; a block is skipped when its size is 0/None or ``skip_attention`` /
-            ``skip_mlp`` is true.
+            ``intermediate_size`` (a :class:`~hf_prune.format.plan.LayerShape` as a dict; 0 = sublayer removed).
+        base_layers: the same for the dense model (drawn as the reference in the chart); empty if unknown.
         eval_before: perplexity of the base model per evaluation domain.
         eval_after: perplexity of the pruned model per evaluation domain.
         eval_seq_len: sequence length of the evaluation.
@@ -66,7 +65,8 @@ class CardInfo:
         branch: the branch this card is published on (e.g. ``"sparsity-30"``).
     """
 
-    base_model: str
+    base_model: str | None
+    base_model_source: str | None = None
     base_model_revision: str | None
     license: str
     repo_id: str | None = None
@@ -78,6 +78,7 @@ class CardInfo:
     params_after: int
     kv_cache_reduction: float
     layers: Sequence[Mapping[str, Any]]
+    base_layers: Sequence[Mapping[str, Any]] = ()
     eval_before: Mapping[str, float]
     eval_after: Mapping[str, float]
     eval_seq_len: int
@@ -87,8 +88,12 @@ class CardInfo:
 
     def validate(self) -> None:
         """Raise :class:`ModelCardError` naming the first inconsistent field."""
-        if not isinstance(self.base_model, str) or not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", self.base_model):
-            raise ModelCardError(f"base_model must be a Hub model id like 'Qwen/Qwen2.5-0.5B', got {self.base_model!r}")
+        if self.base_model is not None and (not isinstance(self.base_model, str)
+                                            or not _MODEL_ID_RE.fullmatch(self.base_model)):
+            raise ModelCardError(f"base_model must be a Hub model id like 'Qwen/Qwen2.5-0.5B' (or None for a local "
+                                 f"model), got {self.base_model!r}")
+        if self.base_model is None and not self.base_model_source:
+            raise ModelCardError("a base model that is not on the Hub needs base_model_source (where it came from)")
         if not isinstance(self.license, str) or not self.license.strip():
             raise ModelCardError("license must be the base model's licence id, e.g. 'apache-2.0'")
         for name in ("target_sparsity", "achieved_sparsity"):
@@ -104,9 +109,10 @@ class CardInfo:
             )
         if not self.layers:
             raise ModelCardError("layers must list at least one decoder layer")
-        for i, layer in enumerate(self.layers):
-            if not isinstance(layer, Mapping):
-                raise ModelCardError(f"layers[{i}] must be a dict, got {type(layer).__name__}")
+        for name in ("layers", "base_layers"):
+            for i, layer in enumerate(getattr(self, name)):
+                if not isinstance(layer, Mapping):
+                    raise ModelCardError(f"{name}[{i}] must be a dict, got {type(layer).__name__}")
         for name in ("eval_before", "eval_after"):
             for domain, ppl in getattr(self, name).items():
                 if not isinstance(ppl, (int, float)) or (isinstance(ppl, float) and math.isnan(ppl)) or ppl <= 0:
@@ -119,6 +125,11 @@ class CardInfo:
             if not (isinstance(level, (tuple, list)) and len(level) == 2 and isinstance(level[1], str)):
                 raise ModelCardError(f"other_levels items must be (sparsity, branch) pairs, got {level!r}")
 
+    @property
+    def base_model_name(self) -> str:
+        """How the card names the base model: its Hub id, or where it came from."""
+        return self.base_model or str(self.base_model_source)
+
 
 # ---------------------------------------------------------------------------------------------- metadata
 def _card_data(info: CardInfo):
@@ -127,9 +138,10 @@ def _card_data(info: CardInfo):
     extra: dict[str, Any] = {}
     license_id = info.license.strip()
     if not _LICENSE_ID_RE.fullmatch(license_id):
-        # Not a Hub licence id: the Hub wants "other" plus a name (and a link to the terms).
+        # Not a Hub licence id: the Hub wants "other" plus a name (and, where known, a link to the terms).
         extra["license_name"] = re.sub(r"[^a-z0-9.\-]+", "-", license_id.lower()).strip("-") or "custom"
-        extra["license_link"] = f"https://huggingface.co/{info.base_model}/blob/main/LICENSE"
+        if info.base_model:
+            extra["license_link"] = f"https://huggingface.co/{info.base_model}/blob/main/LICENSE"
         license_id = "other"
     datasets = info.calibration.get("datasets")
     if isinstance(datasets, str):
@@ -148,24 +160,24 @@ def _card_data(info: CardInfo):
 
 
 def check_card_metadata(card_text: str) -> dict[str, Any]:
-    """Check a card's YAML front matter offline, as far as the Hub's rules can be checked without network.
+    """Check a card's YAML metadata offline, as far as the Hub's rules can be checked without network.
 
-    Returns the parsed metadata. Raises :class:`ModelCardError` if the YAML does not parse, is not a
-    mapping, does not round-trip through ``huggingface_hub.ModelCard``, or breaks a Hub rule this
-    module knows (invalid ``base_model_relation``, non-string tags, malformed licence).
+    Returns the parsed metadata. Raises :class:`ModelCardError` if there is no metadata block, it does not parse
+    or is not a mapping, ``huggingface_hub.ModelCard`` rejects it, or it breaks a Hub rule this module knows
+    (invalid ``base_model_relation``, non-string tags, malformed licence).
     """
     import yaml
     from huggingface_hub import ModelCard
+    from huggingface_hub.repocard import REGEX_YAML_BLOCK
 
-    match = _FRONT_MATTER_RE.match(card_text)
-    if match is None:
+    if not REGEX_YAML_BLOCK.search(card_text):
         raise ModelCardError("The card has no YAML front matter (--- ... ---) at its top.")
     try:
-        data = yaml.safe_load(match.group(1))
+        data = ModelCard(card_text).data.to_dict()
     except yaml.YAMLError as err:
-        raise ModelCardError(f"The card's YAML metadata does not parse: {err}") from err
-    if not isinstance(data, dict):
-        raise ModelCardError("The card's YAML metadata must be a mapping.")
+        raise ModelCardError(f"The card's YAML metadata does not parse: {' '.join(str(err).split())}") from None
+    except Exception as err:  # huggingface_hub raises ValueError on invalid card data
+        raise ModelCardError(f"huggingface_hub.ModelCard rejects the metadata: {err}") from None
     relation = data.get("base_model_relation")
     if relation is not None and relation not in HUB_BASE_MODEL_RELATIONS:
         raise ModelCardError(f"base_model_relation must be one of {HUB_BASE_MODEL_RELATIONS}, got {relation!r}")
@@ -177,16 +189,10 @@ def check_card_metadata(card_text: str) -> dict[str, Any]:
         raise ModelCardError(f"license must be a Hub licence id, got {lic!r}")
     if lic == "other" and not data.get("license_name"):
         raise ModelCardError("license: other needs license_name")
-    try:
-        parsed = ModelCard(card_text).data.to_dict()
-    except Exception as err:  # huggingface_hub raises ValueError on invalid card data
-        raise ModelCardError(f"huggingface_hub.ModelCard rejects the metadata: {err}") from err
-    if parsed != {k: v for k, v in data.items() if v is not None}:
-        raise ModelCardError("The card's metadata does not round-trip through huggingface_hub.ModelCardData.")
     return data
 
 
-# ---------------------------------------------------------------------------------------------- sections
+# ---------------------------------------------------------------------------------------------- values
 def _pct(fraction: float, digits: int = 1) -> str:
     return f"{100 * fraction:.{digits}f}%"
 
@@ -209,125 +215,83 @@ def _cell(value: Any) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
-    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
+def _cells(rows: Sequence[Sequence[Any]]) -> list[list[str]]:
+    return [[_cell(v) for v in row] for row in rows]
 
 
-def _calibration_section(calibration: Mapping[str, Any]) -> str:
-    if not calibration:
-        return "Not recorded."
+def _calibration(calibration: Mapping[str, Any]) -> tuple[list[tuple[str, str]], list[tuple[str, list[list[str]]]]]:
     bullets, tables = [], []
     for key, value in calibration.items():
         label = str(key).replace("_", " ")
         if isinstance(value, Mapping):
-            tables.append(f"**{label}**\n\n" + _table(["name", "value"], [(k, v) for k, v in value.items()]))
+            tables.append((label, _cells(list(value.items()))))
         else:
-            bullets.append(f"- {label}: {_cell(value)}")
-    return "\n\n".join(part for part in ("\n".join(bullets), *tables) if part)
+            bullets.append((label, _cell(value)))
+    return bullets, tables
 
 
-def _attention(layer: Mapping[str, Any]) -> tuple[int, int] | None:
-    heads = layer.get("num_attention_heads")
-    if layer.get("skip_attention") or not heads:
-        return None
-    return int(heads), int(layer.get("num_key_value_heads") or heads)
-
-
-def _mlp(layer: Mapping[str, Any]) -> int | None:
-    size = layer.get("intermediate_size")
-    if layer.get("skip_mlp") or not size:
-        return None
-    return int(size)
-
-
-def _layers_section(layers: Sequence[Mapping[str, Any]]) -> str:
+def _layer_rows(layers: Sequence[Mapping[str, Any]]) -> list[list[str]]:
     rows = []
     for i, layer in enumerate(layers):
-        attn, mlp = _attention(layer), _mlp(layer)
-        rows.append((i, attn[0] if attn else "skipped", attn[1] if attn else "skipped", mlp if mlp else "skipped"))
-    return _table(["layer", "attention heads", "KV heads", "MLP intermediate size"], rows)
+        heads, width = layer.get("num_attention_heads") or 0, layer.get("intermediate_size") or 0
+        kv = layer.get("num_key_value_heads") or heads
+        rows.append([i, heads or "skipped", kv if heads else "skipped", width or "skipped"])
+    return _cells(rows)
 
 
-def _chart(layers: Sequence[Mapping[str, Any]]) -> bytes:
-    heads = [(_attention(layer) or (None,))[0] for layer in layers]
-    mlp = [_mlp(layer) for layer in layers]
-    return bar_chart_png([heads, mlp])
-
-
-def _size_section(info: CardInfo) -> str:
+def _size_rows(info: CardInfo) -> list[list[str]]:
     removed = info.params_before - info.params_after
-    rows = [
+    return _cells([
         ("target sparsity", _pct(info.target_sparsity)),
         ("achieved sparsity", _pct(info.achieved_sparsity)),
         ("parameters before", _count(info.params_before)),
         ("parameters after", _count(info.params_after)),
         ("parameters removed", f"{_count(removed)}, {_pct(removed / info.params_before)} of all parameters"),
         ("KV-cache reduction", _pct(info.kv_cache_reduction)),
-    ]
-    return _table(["", "value"], rows)
+    ])
 
 
-def _eval_section(info: CardInfo) -> str:
-    domains = list(dict.fromkeys([*info.eval_before, *info.eval_after]))
-    if not domains:
-        return "Not evaluated."
+def _eval_rows(info: CardInfo) -> list[list[str]]:
     rows = []
-    for domain in domains:
+    for domain in dict.fromkeys([*info.eval_before, *info.eval_after]):
         before, after = info.eval_before.get(domain), info.eval_after.get(domain)
-        change = _pct(after / before - 1) if before and after else "—"
-        if change[0].isdigit():
-            change = "+" + change
+        change = ("+" if after >= before else "") + _pct(after / before - 1) if before and after else "—"
         rows.append((domain, f"{before:.2f}" if before else "—", f"{after:.2f}" if after else "—", change))
-    return (
-        f"Perplexity (lower is better) per domain, sequence length {info.eval_seq_len}, same held-out samples for "
-        "both models.\n\n" + _table(["domain", "dense (before)", "pruned (after)", "change"], rows)
-    )
+    return _cells(rows)
 
 
-def _speed_section(speed: Mapping[str, Any] | None) -> str:
-    if not speed:
-        return "Not measured for this checkpoint."
+def _speed(speed: Mapping[str, Any] | None) -> dict[str, Any]:
+    speed = speed or {}
     dense, pruned = speed.get("dense_tokens_per_s"), speed.get("pruned_tokens_per_s")
-    lines = []
+    out: dict[str, Any] = {"speed_rows": [], "speedup": None}
     if isinstance(dense, (int, float)) and isinstance(pruned, (int, float)) and dense > 0:
-        lines.append(
-            _table(["model", "tokens / s"], [("dense", f"{dense:.1f}"), ("pruned", f"{pruned:.1f}")])
-            + f"\n\nSpeed-up: **{pruned / dense:.2f}x** vs the dense model."
-        )
+        out["speed_rows"] = _cells([("dense", f"{dense:.1f}"), ("pruned", f"{pruned:.1f}")])
+        out["speedup"] = f"{pruned / dense:.2f}"
     settings = [(k, v) for k, v in speed.items() if k not in ("dense_tokens_per_s", "pruned_tokens_per_s")]
-    if settings:
-        lines.append("Measured with: " + ", ".join(f"{str(k).replace('_', ' ')} {_cell(v)}" for k, v in settings) + ".")
-    return "\n\n".join(lines)
+    out["speed_settings"] = ", ".join(f"{str(k).replace('_', ' ')} {_cell(v)}" for k, v in settings)
+    return out
 
 
-def _levels_section(info: CardInfo, repo: str) -> str:
+def _level_rows(info: CardInfo) -> list[list[str]]:
     levels = {branch: float(sparsity) for sparsity, branch in info.other_levels}
     levels.setdefault(info.branch, float(info.target_sparsity))
-    rows = [
+    return _cells([
         (_pct(sparsity, 0), f"`{branch}`" + (" (this card)" if branch == info.branch else ""), f'`revision="{branch}"`')
         for branch, sparsity in sorted(levels.items(), key=lambda item: (item[1], item[0]))
-    ]
-    return (
-        f"Every sparsity level of this run lives on its own branch of `{repo}`; `main` holds the recommended one.\n\n"
-        + _table(["sparsity", "branch", "load with"], rows)
-    )
+    ])
 
 
-def _method_section(info: CardInfo) -> str:
-    revision = f" at revision `{info.base_model_revision}`" if info.base_model_revision else ""
-    return (
-        f"Pruned from [{info.base_model}](https://huggingface.co/{info.base_model}){revision} with "
-        f"hf-prune. {info.method.strip()}\n\n"
-        "The result is a dense, smaller model: removed heads and channels are gone from the weights, no masks."
-    )
+def _reference(info: CardInfo) -> str:
+    """The base model as markdown: a Hub link, or the name of where it came from."""
+    if info.base_model:
+        return f"[{info.base_model}](https://huggingface.co/{info.base_model})"
+    return f"`{info.base_model_source}` (a local model, not on the Hub)"
 
 
 # ---------------------------------------------------------------------------------------------- rendering
 def _default_template() -> Path:
-    here = Path(__file__).resolve().parent
-    # Source checkout: <repo>/model_cards/; an installed package may ship it under hf_prune/model_cards/.
+    here = Path(__file__).resolve().parent.parent
+    # Installed package: hf_prune/model_cards/; a source checkout: <repo>/model_cards/.
     for candidate in (here / "model_cards" / _TEMPLATE_NAME, here.parent / "model_cards" / _TEMPLATE_NAME):
         if candidate.is_file():
             return candidate
@@ -342,55 +306,55 @@ def render_model_card(info: CardInfo, *, template: str | Path | None = None) -> 
 
     Args:
         info: what the card says; validated first.
-        template: path of a template using ``$name`` / ``${name}`` placeholders; defaults to
-            ``model_cards/pruned_model.md``.
+        template: a Jinja2 template (see ``model_cards/pruned_model.md`` for the variables it receives).
 
     Raises:
-        ModelCardError: invalid ``info``, missing template or placeholder, or metadata the Hub would reject.
+        ModelCardError: invalid ``info``, a missing template, or metadata the Hub would reject.
     """
+    import jinja2
+    from huggingface_hub import ModelCard
+
+    from ..modeling.configuration_pruned_qwen2 import SUPPORTED_TRANSFORMERS_SPEC
+
     info.validate()
     template_path = Path(template) if template is not None else _default_template()
+    if not template_path.is_file():
+        raise ModelCardError(f"Model card template {template_path} does not exist.")
     repo = info.repo_id or "<namespace>/<repo-name>"
-    short = info.base_model.rsplit("/", 1)[-1]
-    values = {
-        "metadata": _card_data(info).to_yaml().strip(),
-        "title": f"{info.repo_id.rsplit('/', 1)[-1] if info.repo_id else short + '-pruned'}",
-        "summary": (
-            f"A structurally pruned version of [{info.base_model}](https://huggingface.co/{info.base_model}): "
-            f"{_pct(info.achieved_sparsity)} sparsity ({_count(info.params_before, False)} → "
-            f"{_count(info.params_after, False)} parameters), KV cache {_pct(info.kv_cache_reduction)} smaller. "
-            f"This card describes branch `{info.branch}`."
-        ),
-        "repo_id": repo,
-        "branch": info.branch,
-        "base_model": info.base_model,
-        "method_section": _method_section(info),
-        "calibration_section": _calibration_section(info.calibration),
-        "size_section": _size_section(info),
-        "chart_file": CHART_FILENAME,
-        "layers_section": _layers_section(info.layers),
-        "eval_section": _eval_section(info),
-        "eval_seq_len": str(info.eval_seq_len),
-        "speed_section": _speed_section(info.speed),
-        "levels_section": _levels_section(info, repo),
-    }
+    short = info.base_model_name.rsplit("/", 1)[-1]
+    bullets, tables = _calibration(info.calibration)
+    reference = _reference(info)
+    revision = f" at revision `{info.base_model_revision}`" if info.base_model_revision else ""
     try:
-        text = string.Template(template_path.read_text(encoding="utf-8")).substitute(values)
-    except KeyError as err:
-        raise ModelCardError(f"Template {template_path} uses an unknown placeholder: {err}") from None
-    except ValueError as err:
-        raise ModelCardError(f"Template {template_path} has an invalid placeholder: {err}") from None
+        card = ModelCard.from_template(
+            _card_data(info), template_path=str(template_path),
+            title=info.repo_id.rsplit("/", 1)[-1] if info.repo_id else f"{short}-pruned",
+            summary=(f"A structurally pruned version of {reference}: {_pct(info.achieved_sparsity)} sparsity "
+                     f"({_count(info.params_before, False)} → {_count(info.params_after, False)} parameters), KV cache "
+                     f"{_pct(info.kv_cache_reduction)} smaller. This card describes branch `{info.branch}`."),
+            repo_id=repo, branch=info.branch, transformers_range=SUPPORTED_TRANSFORMERS_SPEC,
+            origin=f"Pruned from {reference}{revision}", method=info.method.strip(),
+            calibration_bullets=bullets, calibration_tables=tables, size_rows=_size_rows(info),
+            chart_file=CHART_FILENAME, layer_rows=_layer_rows(info.layers), eval_rows=_eval_rows(info),
+            eval_seq_len=info.eval_seq_len, **_speed(info.speed), level_rows=_level_rows(info),
+            base_model_ref=reference,
+        )
+    except jinja2.TemplateError as err:
+        raise ModelCardError(f"Template {template_path} does not render: {err}") from None
+    text = str(card)
     check_card_metadata(text)
     return text
 
 
 def write_model_card(folder: str | Path, info: CardInfo, *, template: str | Path | None = None) -> Path:
     """Write ``README.md`` and the per-layer chart (``layer_sizes.png``) into ``folder``; returns the README path."""
+    from .chart import write_layer_chart
+
     folder = Path(folder)
     if not folder.is_dir():
         raise ModelCardError(f"Folder does not exist: {folder}")
     text = render_model_card(info, template=template)
-    (folder / CHART_FILENAME).write_bytes(_chart(info.layers))
+    write_layer_chart(folder / CHART_FILENAME, info.layers, info.base_layers, title=f"{info.branch}: per-layer sizes")
     readme = folder / "README.md"
     readme.write_text(text, encoding="utf-8")
     return readme

@@ -1,0 +1,261 @@
+"""``PruneConfig``: every option of a pruning run in one place, with its default and its meaning.
+
+One object describes what a run computes (the recipe): :func:`hf_prune.prune` and :func:`hf_prune.prune_and_push`
+take it, the command line generates its ``prune`` options from its fields, the run state is keyed by its
+fingerprint and every saved level carries it as ``prune_config.json``. Keyword arguments of those functions
+override single fields.
+
+This module imports nothing heavy: a config is checked (and ``hf-prune --help`` printed) without torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import numbers
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .engine.presets import ALLOCATIONS, CRITERIA, METHODS, NORMALIZATIONS, OBJECTIVES, SCHEDULES
+from .errors import PruningError
+
+__all__ = ["PruneConfig", "CONFIG_FILE", "level_name"]
+
+#: File name of the config saved in every level folder (and in the run state).
+CONFIG_FILE = "prune_config.json"
+_FORMAT = 1
+_CALLABLE = "callable:"
+
+
+def level_name(sparsity: float) -> str:
+    """Folder and branch name of a level: ``0.3 -> "sparsity-30"``, ``0.125 -> "sparsity-12.5"``."""
+    return f"sparsity-{round(sparsity * 100, 2):g}"
+
+
+def _option(default: Any, help: str, *, cli: bool = True, **extra: Any) -> Any:
+    """A field with its help text (used by the docstring reference and by the command line)."""
+    return field(default=default, metadata={"help": help, "cli": cli, **extra})
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+@dataclass
+class PruneConfig:
+    """Options of a pruning run. Every field has a default; ``None`` means "the method's" (see ``method``).
+
+    Example::
+
+        config = PruneConfig(target_sparsity=(0.2, 0.3), method="gisp", num_samples=64, seq_len=512)
+        result = hf_prune.prune(model, tokenizer, mix, config)
+        result = hf_prune.prune(model, tokenizer, mix, config, steps=4)   # keyword arguments override fields
+
+    Invalid values raise :class:`~hf_prune.errors.PruningError` at construction. Checks that need the model
+    (layer indices, KV heads divisible by ``tp_degree``, whether the sparsity is reachable) run when pruning
+    starts, before any scoring.
+    """
+
+    # ---- what to reach ----
+    target_sparsity: tuple[float, ...] = _option(
+        (0.2, 0.3, 0.4, 0.5),
+        "fractions of decoder-layer parameters to remove; one nested run passes through every level",
+        flag="--sparsity")
+    # ---- the method and its pieces ----
+    method: str = _option(
+        "gisp", f"preset: {', '.join(METHODS)}; the fields below that default to None take the preset's value")
+    importance: Any = _option(
+        None, f"importance criterion overriding the method's: {', '.join(CRITERIA)} (or an Importance / callable)")
+    allocation: str | None = _option(None, "global (all layers ranked together) or uniform (same ratio per layer)")
+    normalization: str | None = _option(
+        None, "how global allocation compares heads and channels: param (score per parameter), gisp, standardize, none")
+    steps: int | None = _option(None, "scoring rounds (1 = one-shot; gisp: 8)")
+    schedule: Any = _option("linear", "sparsity after each round: linear ramp to the highest level (or a callable "
+                                      "(targets, steps) -> sparsities)")
+    attention_weight: float | None = _option(
+        None, "global allocation multiplies attention units' scores by this (> 1: heads are harder to remove; gisp: 4)")
+    layer_balance: float | None = _option(
+        None, "global allocation prices an MLP unit up by 1 + B * (fraction of its layer already removed) "
+              "(gisp: 2; 0 ranks at face value)")
+    objective: Any = _option("lm", "what the scores protect: lm (next-token loss), margin (multiple choice), or a "
+                                   "callable (model, batch) -> loss", cli=False)
+    # ---- calibration sampling ----
+    num_samples: int = _option(128, "calibration windows drawn from the mix")
+    seq_len: int = _option(256, "tokens per calibration window")
+    batch_size: int = _option(4, "calibration windows per forward/backward pass (does not change the scores)")
+    seed: int = _option(0, "seed of the calibration draw (and of random scores)")
+    resample_each_step: bool = _option(False, "draw fresh calibration windows (seed + round) every round")
+    # ---- constraints ----
+    keep_dense: Any = _option(None, "layer indices never pruned, or 'gisp' (the first 10% of layers and the last)")
+    min_heads: int = _option(0, "query heads every pruned layer keeps (0 allows removing its attention)")
+    min_channels: int = _option(0, "MLP channels every pruned layer keeps (0 allows removing its MLP)")
+    channel_multiple: int = _option(1, "kept MLP widths are multiples of this (e.g. 64 for fast kernels)")
+    tp_degree: int = _option(1, "kept KV heads per layer divisible by this (tensor parallelism)")
+    # ---- cost ----
+    gradient_checkpointing: bool = _option(False, "trade compute for memory in gradient-based scoring")
+
+    def __post_init__(self) -> None:
+        self.target_sparsity = self._levels(self.target_sparsity)
+        if isinstance(self.keep_dense, Sequence) and not isinstance(self.keep_dense, str):
+            self.keep_dense = tuple(self.keep_dense)
+        self.validate()
+
+    # ---- checks -----------------------------------------------------------------------------------------
+    @staticmethod
+    def _levels(value: Any) -> tuple[float, ...]:
+        values = [value] if _is_number(value) or isinstance(value, (str, bool)) else list(value)
+        if not values:
+            raise PruningError("target_sparsity names no level; give e.g. (0.2, 0.3).")
+        for v in values:
+            if not _is_number(v) or not 0 < v < 1:
+                raise PruningError(f"target_sparsity must be in (0, 1): give each level as a fraction in (0, 1) of the "
+                                   f"decoder parameters, e.g. 0.3; got {v!r}.")
+        levels = tuple(sorted({round(float(v), 6) for v in values}))
+        names = [level_name(s) for s in levels]
+        if len(set(names)) != len(names):
+            raise PruningError(f"sparsity levels {list(levels)} are too close: they would share a folder name.")
+        return levels
+
+    def validate(self) -> None:
+        """Run every ``validate_*`` check (done at construction and by :meth:`replace`)."""
+        for name in sorted(dir(self)):
+            if name.startswith("validate_"):
+                getattr(self, name)()
+
+    def validate_names(self) -> None:
+        if self.method not in METHODS:
+            raise PruningError(f"Unknown method {self.method!r}; choose one of {sorted(METHODS)}.")
+        for name, value, known in (("allocation", self.allocation, ALLOCATIONS),
+                                   ("normalization", self.normalization, NORMALIZATIONS)):
+            if value is not None and value not in known:
+                raise PruningError(f"Unknown {name} {value!r}; choose one of {sorted(known)}.")
+        for name, value, known in (("importance criterion", self.importance, CRITERIA),
+                                   ("schedule", self.schedule, SCHEDULES), ("objective", self.objective, OBJECTIVES)):
+            if isinstance(value, str):
+                if value not in known:
+                    raise PruningError(f"Unknown {name} {value!r}; choose one of {sorted(known)} or pass a callable.")
+            elif value is not None and not callable(value):
+                raise PruningError(f"{name} must be a name or a callable, got {type(value).__name__}.")
+
+    def validate_counts(self) -> None:
+        for name in ("num_samples", "seq_len", "batch_size", "channel_multiple", "tp_degree"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 1:
+                raise PruningError(f"{name} must be a positive integer, got {value!r}.")
+        if self.steps is not None and (not _is_int(self.steps) or self.steps < 1):
+            raise PruningError(f"steps must be >= 1, got {self.steps!r}.")
+        for name in ("min_heads", "min_channels"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 0:
+                raise PruningError(f"{name} must be an integer >= 0, got {value!r}.")
+        if not _is_int(self.seed):
+            raise PruningError(f"seed must be an integer, got {self.seed!r}.")
+
+    def validate_weights(self) -> None:
+        if self.attention_weight is not None and (not _is_number(self.attention_weight) or not self.attention_weight > 0):
+            raise PruningError(f"attention_weight must be a positive number, got {self.attention_weight!r}.")
+        if self.layer_balance is not None and (not _is_number(self.layer_balance) or not self.layer_balance >= 0):
+            raise PruningError(f"layer_balance must be a number >= 0, got {self.layer_balance!r}.")
+
+    def validate_keep_dense(self) -> None:
+        value = self.keep_dense
+        if value is None or value == "gisp":
+            return
+        if isinstance(value, str) or not all(_is_int(i) and i >= 0 for i in value):
+            raise PruningError(f"keep_dense must be a list of layer indices or 'gisp', got {value!r}.")
+
+    # ---- derived ----------------------------------------------------------------------------------------
+    def resolved(self) -> PruneConfig:
+        """This config with every ``None`` that the method decides replaced by the method's value."""
+        preset = METHODS[self.method]
+        names = ("importance", "allocation", "normalization", "steps", "attention_weight", "layer_balance")
+        return self.replace(**{n: getattr(preset, n) for n in names if getattr(self, n) is None})
+
+    def replace(self, **overrides: Any) -> PruneConfig:
+        """A copy with some fields changed (checked); an unknown name raises :class:`PruningError`."""
+        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            raise PruningError(f"unknown PruneConfig option(s) {unknown}; known: {sorted(f.name for f in dataclasses.fields(self))}.")
+        return dataclasses.replace(self, **overrides)
+
+    @classmethod
+    def coerce(cls, config: PruneConfig | Mapping[str, Any] | None = None, **overrides: Any) -> PruneConfig:
+        """``config`` (a PruneConfig, its dict, or ``None`` for the defaults) with ``overrides`` applied."""
+        if config is None:
+            base = cls()
+        elif isinstance(config, cls):
+            base = config
+        elif isinstance(config, Mapping):
+            base = cls.from_dict(config)
+        else:
+            raise PruningError(f"config must be a PruneConfig, a dict or None, got {type(config).__name__}.")
+        return base.replace(**overrides) if overrides else base
+
+    def fingerprint(self) -> str:
+        """Hash of the resolved options: two configs with one fingerprint compute the same plans."""
+        text = json.dumps(self.resolved().to_dict(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    # ---- serialisation ----------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields; a callable is written as ``"callable:<module>.<name>"`` (not restorable)."""
+        out: dict[str, Any] = {"format": _FORMAT}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if callable(value) and not isinstance(value, str):
+                target = value if hasattr(value, "__qualname__") else type(value)
+                value = f"{_CALLABLE}{target.__module__}.{target.__qualname__}"
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[f.name] = value
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PruneConfig:
+        """The inverse of :meth:`to_dict`; unknown keys and callables that cannot be restored are refused."""
+        values = {k: v for k, v in data.items() if k != "format"}
+        if data.get("format", _FORMAT) > _FORMAT:
+            raise PruningError(f"this PruneConfig was written by a newer hf-prune (format {data['format']}); upgrade.")
+        for key, value in values.items():
+            if isinstance(value, str) and value.startswith(_CALLABLE):
+                raise PruningError(f"{key} was a callable ({value[len(_CALLABLE):]}); pass it again to restore the config.")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise PruningError(f"unknown PruneConfig option(s) {unknown}; known: {sorted(known)}.")
+        return cls(**values)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write :meth:`to_dict` as JSON (atomically); a folder gets :data:`CONFIG_FILE` inside it."""
+        from .fileio import write_text_atomic
+
+        path = Path(path)
+        if path.is_dir():
+            path = path / CONFIG_FILE
+        return write_text_atomic(path, json.dumps(self.to_dict(), indent=1) + "\n")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> PruneConfig:
+        """Read a config written by :meth:`save` (a file, or a level folder holding :data:`CONFIG_FILE`)."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / CONFIG_FILE
+        return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
+
+    @classmethod
+    def reference(cls) -> str:
+        """Markdown table of every field: name, default, meaning (the README's reference is checked against it)."""
+        rows = ["| option | default | meaning |", "|---|---|---|"]
+        for f in dataclasses.fields(cls):
+            default = f.default if not isinstance(f.default, tuple) else ", ".join(map(str, f.default))
+            rows.append(f"| `{f.name}` | `{default}` | {f.metadata['help']} |")
+        return "\n".join(rows)
+

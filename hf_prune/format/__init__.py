@@ -1,0 +1,28 @@
+"""The pruned model format: plans (what each layer keeps), per-layer geometry, slicing, conversion, checkpoints.
+
+May import: ``hf_prune.modeling`` (the shipped config/modeling files), ``errors``, ``fileio``; torch and
+transformers. Knows nothing of scores, data or the Hub.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_attributes
+
+_EXPORTS = {
+    "LayerPlan": ".plan", "LayerShape": ".plan", "PruningPlan": ".plan",
+    "check_supported": ".geometry", "head_dim_of": ".geometry", "layer_shapes": ".geometry",
+    "apply_plan": ".slicing", "to_qwen2": ".slicing",
+    "llama_to_qwen2": ".convert",
+    "save_pruned_model": ".checkpoint", "PLAN_FILE": ".checkpoint",
+}
+__all__ = list(_EXPORTS)
+__getattr__, __dir__ = lazy_attributes(globals(), _EXPORTS)
+
+if TYPE_CHECKING:
+    from .checkpoint import PLAN_FILE, save_pruned_model
+    from .convert import llama_to_qwen2
+    from .geometry import check_supported, head_dim_of, layer_shapes
+    from .plan import LayerPlan, LayerShape, PruningPlan
+    from .slicing import apply_plan, to_qwen2

@@ -1,0 +1,74 @@
+"""What a model's decoder layers hold: the one place that reads per-layer sizes (config and weights).
+
+A layer's sizes come from its config (``PrunedQwen2Config.layer_size``, which interprets ``skip``) and are
+checked against its weights; the result is a :class:`~hf_prune.format.plan.LayerShape` per layer, 0 heads / 0
+channels meaning "sublayer removed".
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import PreTrainedModel, Qwen2ForCausalLM
+
+from ..errors import ConfigMismatchError, UnsupportedModelError
+from ..modeling.configuration_pruned_qwen2 import PrunedQwen2Config
+from ..modeling.modeling_pruned_qwen2 import PrunedQwen2ForCausalLM
+from .plan import LayerShape
+
+__all__ = ["check_supported", "head_dim_of", "config_shapes", "layer_shapes"]
+
+
+def check_supported(model: Any) -> None:
+    """Raise :class:`UnsupportedModelError` unless ``model`` is a (pruned) Qwen2 causal LM."""
+    if isinstance(model, (Qwen2ForCausalLM, PrunedQwen2ForCausalLM)):
+        return
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    hint = " Convert it first with hf_prune.llama_to_qwen2(model)." if model_type == "llama" else ""
+    raise UnsupportedModelError(
+        f"hf_prune prunes Qwen2ForCausalLM / PrunedQwen2ForCausalLM models; got {type(model).__name__} "
+        f"(model_type={model_type!r}).{hint}"
+    )
+
+
+def head_dim_of(config) -> int:
+    """Size of one attention head: explicit ``head_dim``, else hidden size / heads (read without the
+    heterogeneous-config guard: only uniform configs lack ``head_dim``)."""
+    head_dim = config._getattr_without_heterogeneous_validation("head_dim", None)
+    return head_dim or config.hidden_size // config.num_attention_heads
+
+
+def config_shapes(config) -> list[LayerShape]:
+    """Each layer's sizes as its config states them (a stock Qwen2 config: the global sizes in every layer)."""
+    if isinstance(config, PrunedQwen2Config):
+        return [LayerShape(s["num_attention_heads"] or 0, s["num_key_value_heads"] or 0, s["intermediate_size"] or 0)
+                for s in config.layer_sizes()]
+    shape = LayerShape(config.num_attention_heads, config.num_key_value_heads, config.intermediate_size)
+    return [shape] * config.num_hidden_layers
+
+
+def layer_shapes(model: PreTrainedModel) -> list[LayerShape]:
+    """Sizes of every decoder layer, read from the weights and checked against the config.
+
+    Raises:
+        UnsupportedModelError: not a Qwen2 causal LM.
+        ConfigMismatchError: the config's per-layer sizes disagree with the weight shapes (names the layer).
+    """
+    check_supported(model)
+    head_dim = head_dim_of(model.config)
+    shapes = []
+    for idx, (layer, expected) in enumerate(zip(model.model.layers, config_shapes(model.config))):
+        attn, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
+        found = LayerShape(
+            attn.q_proj.out_features // head_dim if attn is not None else 0,
+            attn.k_proj.out_features // head_dim if attn is not None else 0,
+            mlp.gate_proj.out_features if mlp is not None else 0,
+        )
+        if found != expected or (attn is not None and attn.q_proj.out_features != found.num_attention_heads * head_dim):
+            raise ConfigMismatchError(
+                f"Layer {idx}: the config says {expected.num_attention_heads} heads / {expected.num_key_value_heads} KV "
+                f"heads / MLP width {expected.intermediate_size}, but the weights hold {found.num_attention_heads} / "
+                f"{found.num_key_value_heads} / {found.intermediate_size} (head_dim {head_dim})."
+            )
+        shapes.append(found)
+    return shapes

@@ -1,0 +1,324 @@
+"""``prune_and_push``: the whole job, as a short pipeline of steps a user can also call one by one.
+
+check (everything cheap, before any loading) -> load (:mod:`hf_prune.loading`) -> prune (:func:`hf_prune.prune`,
+one nested run for every level) -> evaluate (:func:`hf_prune.evaluate_perplexity`, dense and each level) ->
+save (:mod:`hf_prune.saving`, one folder per level) -> push (:func:`hf_prune.hub.push_pruned_folders`, one
+branch per level, ``main`` last). A typo fails in a second and leaves nothing on disk.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import PruneConfig, level_name
+from .errors import PruningError, PushArgumentError
+from .saving import EVAL_FILE
+
+__all__ = ["prune_and_push", "PruneAndPushResult", "DEFAULT_CALIBRATION", "EVAL_FILE", "level_name",
+           "resolve_primary"]
+
+logger = logging.getLogger(__name__)
+
+#: Used when no calibration is given: public Hub datasets (see ``hf_prune.data.PRESETS``).
+DEFAULT_CALIBRATION = "web=0.3,code=0.3,math=0.2,dialogue=0.2"
+
+
+@dataclass
+class PruneAndPushResult:
+    """What :func:`prune_and_push` returns.
+
+    Attributes:
+        folders: sparsity -> saved level folder.
+        metrics: ``{"dense": {...}, "levels": {sparsity: {...}}}``; each entry holds ``params``, and for
+            levels ``target_sparsity``, ``sparsity`` (measured), ``kv_cache_reduction``, ``branch``; plus
+            ``perplexity`` (a :meth:`PerplexityReport.to_dict`) when an evaluation was given.
+        pushes: one :class:`~hf_prune.hub.PushResult` per branch, then ``main`` (empty when not pushed).
+        result: the :class:`~hf_prune.PruneResult` of the run.
+        primary: the level that is (or would be) on ``main``.
+        repo_id: the Hub repo pushed to, if any.
+    """
+
+    folders: dict[float, Path]
+    metrics: dict[str, Any]
+    pushes: list[Any] = field(default_factory=list)
+    result: Any = field(default=None, repr=False)
+    primary: float | None = None
+    repo_id: str | None = None
+
+    def summary(self) -> str:
+        """Markdown table: one row for the dense model, one per level (params, sparsity, KV, mean perplexity)."""
+        dense = self.metrics["dense"]
+        has_ppl = "perplexity" in dense
+        head = "| model | params | sparsity | KV cache removed |" + (" mean ppl |" if has_ppl else "") + " folder |"
+        rows = [head, "|---|---:|---:|---:|" + ("---:|" if has_ppl else "") + "---|"]
+        ppl = lambda m: f" {m['perplexity']['mean']:.2f} |" if has_ppl else ""  # noqa: E731
+        rows.append(f"| dense | {dense['params'] / 1e6:.2f} M | 0% | 0% |{ppl(dense)} |")
+        for s, m in sorted(self.metrics["levels"].items()):
+            mark = " (main)" if s == self.primary and self.pushes else ""
+            rows.append(f"| {m['branch']}{mark} | {m['params'] / 1e6:.2f} M | {m['sparsity']:.1%} | "
+                        f"{m['kv_cache_reduction']:.1%} |{ppl(m)} {self.folders[s]} |")
+        return "\n".join(rows)
+
+    def perplexity_table(self) -> str:
+        """Markdown table of per-domain perplexity: dense, then every level (empty string if not evaluated)."""
+        dense = self.metrics["dense"].get("perplexity")
+        if dense is None:
+            return ""
+        levels = sorted(self.metrics["levels"].items())
+        head = "| domain | dense | " + " | ".join(m["branch"] for _, m in levels) + " |"
+        rows = [head, "|---|---:|" + "---:|" * len(levels)]
+        for d, v in dense["per_domain"].items():
+            rows.append(f"| {d} | {v:.2f} | " + " | ".join(f"{m['perplexity']['per_domain'][d]:.2f}" for _, m in levels) + " |")
+        rows.append(f"| **mean** | **{dense['mean']:.2f}** | "
+                    + " | ".join(f"**{m['perplexity']['mean']:.2f}**" for _, m in levels) + " |")
+        return "\n".join(rows)
+
+
+def resolve_primary(primary: float | str | None, levels: list[float]) -> float:
+    """The level for ``main``: ``primary`` as a sparsity or a level name; ``None`` gives the lowest level."""
+    if primary is None:
+        return levels[0]
+    if isinstance(primary, str):
+        by_name = {level_name(s): s for s in levels}
+        if primary in by_name:
+            return by_name[primary]
+        try:
+            primary = float(primary)
+        except ValueError:
+            raise PushArgumentError(f"primary must be one of the levels {levels} (or {sorted(by_name)}), "
+                                    f"got {primary!r}.") from None
+    for s in levels:
+        if abs(s - float(primary)) < 1e-6:
+            return s
+    raise PushArgumentError(f"primary must be one of the levels {levels}, got {primary!r}.")
+
+
+@dataclass(frozen=True)
+class _Job:
+    """The checked arguments of one run (the result of the *check* step)."""
+
+    config: PruneConfig
+    primary: float
+    out: Path
+    repo_id: str | None
+    calibration: Any
+    evaluation: Any
+
+
+def _check(config: PruneConfig, *, repo_id, push, token, primary, output_dir, overwrite, calibration, evaluation,
+           eval_seq_len, eval_max_windows, torch_dtype) -> _Job:
+    """Every check that needs neither the model nor the network (the Hub token is looked up locally)."""
+    from .data.spec import as_mix, check_overlap
+    from .evaluation import check_evaluation_options
+    from .fileio import check_output_dir
+    from .hub.push import check_repo_id, resolve_token
+    from .loading import parse_dtype
+
+    levels = list(config.target_sparsity)
+    chosen = resolve_primary(primary, levels)
+    out = check_output_dir(output_dir, overwrite)
+    if push and repo_id is None:
+        raise PushArgumentError("push=True needs a repo_id ('namespace/name').")
+    target = repo_id if push is not False else None
+    if target is not None:
+        check_repo_id(target)
+    check_evaluation_options(seq_len=eval_seq_len, max_windows_per_domain=eval_max_windows)
+    calib = as_mix(DEFAULT_CALIBRATION if calibration is None else calibration)
+    evals = as_mix(evaluation)
+    check_overlap(calib, evals, documents=False)
+    parse_dtype(torch_dtype)
+    if target is not None:
+        resolve_token(token)
+    return _Job(config, chosen, out, target, calib, evals)
+
+
+def _tokenizer(model_id_or_path: Any, tokenizer: Any, *, revision, token):
+    """(checked model source or None for a loaded model, tokenizer): both before any weights are read."""
+    from .loading import check_model_source, load_tokenizer
+
+    source = None
+    if isinstance(model_id_or_path, (str, os.PathLike)):
+        source = check_model_source(model_id_or_path, revision=revision, token=token)
+    elif tokenizer is None:
+        raise PruningError("a loaded model needs its tokenizer: prune_and_push(model, tokenizer=tokenizer, ...).")
+    if tokenizer is None or isinstance(tokenizer, (str, os.PathLike)):
+        name = source.name if tokenizer is None else os.fspath(tokenizer)
+        hub = {"token": token} if token is not None and not Path(name).expanduser().exists() else {}
+        tokenizer = load_tokenizer(name, **hub, **({"revision": revision} if tokenizer is None and revision else {}))
+    return source, tokenizer
+
+
+def _model(model_id_or_path: Any, source, *, revision, token, torch_dtype, device_map):
+    """(model as a Qwen2-family causal LM in eval mode, name it came from, local?)."""
+    from .loading import load_model, to_qwen2_family
+
+    if source is None:  # an already loaded model
+        name = str(getattr(model_id_or_path.config, "_name_or_path", "") or "model")
+        return to_qwen2_family(model_id_or_path).eval(), name, True
+    model = load_model(source, dtype=torch_dtype, device_map=device_map, revision=revision, token=token)
+    return model, source.name, source.local
+
+
+def prune_and_push(
+    model_id_or_path: Any,
+    repo_id: str | None = None,
+    *,
+    config: PruneConfig | Mapping[str, Any] | None = None,
+    calibration: Any = None,
+    evaluation: Any = None,
+    output_dir: str | os.PathLike = "pruned",
+    eval_seq_len: int = 256,
+    eval_max_windows: int | None = None,
+    primary: float | str | None = None,
+    private: bool = False,
+    token: str | None = None,
+    push: bool | None = None,
+    overwrite: bool = False,
+    torch_dtype: Any = "auto",
+    device_map: Any = None,
+    revision: str | None = None,
+    endpoint: str | None = None,
+    base_model: str | None = None,
+    license: str | None = None,
+    tokenizer: Any = None,
+    calibration_sources: Mapping[str, str] | None = None,
+    state_dir: str | os.PathLike | None = None,
+    show_progress: bool = True,
+    **overrides: Any,
+) -> PruneAndPushResult:
+    """Prune a model to several sparsities, evaluate, save one checkpoint folder per level, and push them.
+
+    Args:
+        model_id_or_path: Hub model id or local folder of a Qwen2 (or Llama, converted exactly) causal LM, or an
+            already loaded model (then ``tokenizer`` is required).
+        repo_id: ``"namespace/name"`` to push to; ``None`` saves locally only.
+        config: the :class:`~hf_prune.PruneConfig` of the run; ``**overrides`` replace its fields
+            (``target_sparsity=(0.2, 0.3)``, ``method="gisp"``, ``num_samples=64``, ...).
+        calibration: a :class:`CalibrationMix`, its CLI form (``"web=0.3,code=data/code.jsonl@0.7"``), a
+            YAML/JSON mix file, a mapping, or anything :func:`hf_prune.prune` accepts. Default:
+            :data:`DEFAULT_CALIBRATION` (public Hub datasets).
+        evaluation: evaluation domains in the same forms (or ``{domain: [texts]}``); ``None`` skips evaluation.
+            A source shared with the calibration is refused.
+        output_dir: parent folder of the ``sparsity-XX/`` level folders; must be empty unless ``overwrite``.
+        eval_seq_len, eval_max_windows: evaluation window length and per-domain cap.
+        primary: the level that goes to ``main`` (a sparsity or a level name); default the lowest.
+        private, token, endpoint: Hub repo visibility, token (default: ``HF_TOKEN`` or the stored login),
+            Hub URL. The token is never logged.
+        push: ``None`` pushes when ``repo_id`` is given; ``False`` never pushes.
+        overwrite: replace a non-empty ``output_dir`` and allow pushing to a repo that has content.
+        torch_dtype, device_map, revision: passed to ``from_pretrained``.
+        base_model, license: what the model cards name as base model (a Hub id) and licence (default: the model's
+            Hub id, none for a local folder; the licence in its card).
+        tokenizer: a tokenizer, or the Hub id / folder to load one from, instead of the model's own.
+        calibration_sources: domain -> where its text comes from, for the model cards (default: the file
+            name of a local source, the dataset id of a Hub one).
+        state_dir, show_progress: passed to :func:`hf_prune.prune` (resumable runs, progress bars).
+
+    Raises:
+        PruningError, CalibrationError, EvaluationError, ModelLoadError, UnsupportedModelError, PushArgumentError,
+            HubAuthError, OutputExistsError: bad arguments, all raised before the model is loaded. Errors of
+            :func:`prune` and of the push propagate.
+    """
+    from .data.mix import CalibrationMix
+    from .data.spec import check_overlap
+
+    job = _check(PruneConfig.coerce(config, **overrides), repo_id=repo_id, push=push, token=token, primary=primary,
+                 output_dir=output_dir, overwrite=overwrite, calibration=calibration, evaluation=evaluation,
+                 eval_seq_len=eval_seq_len, eval_max_windows=eval_max_windows, torch_dtype=torch_dtype)
+    source, tokenizer = _tokenizer(model_id_or_path, tokenizer, revision=revision, token=token)
+    check_overlap(job.calibration, job.evaluation, tokenizer=tokenizer)  # documents, once for the whole run
+    model, name, local = _model(model_id_or_path, source, revision=revision, token=token, torch_dtype=torch_dtype,
+                                device_map=device_map)
+    result = _prune(model, tokenizer, job, state_dir=state_dir, show_progress=show_progress)
+
+    from .saving import calibration_description, describe_base_model
+
+    base = describe_base_model(model, name, local=local, base_model=base_model, license=license,
+                               revision=revision, token=token)
+    calib_desc = calibration_description(job.calibration, result.config, calibration_sources)
+    evaluate = _evaluator(tokenizer, job.evaluation, eval_seq_len, eval_max_windows, show_progress)
+    dense_report = evaluate(model, "dense")
+    metrics: dict[str, Any] = {"dense": {"params": base.params}, "levels": {}}
+    if dense_report is not None:
+        metrics["dense"]["perplexity"] = dense_report.to_dict()
+    folders: dict[float, Path] = {}
+    job.out.mkdir(parents=True, exist_ok=True)
+    for s in result.config.target_sparsity:
+        folders[s], metrics["levels"][s] = _save_level(
+            model, tokenizer, result, s, base=base, job=job, evaluate=evaluate, dense_report=dense_report,
+            calibration=calib_desc, eval_seq_len=eval_seq_len, overwrite=overwrite,
+            mix=job.calibration.to_dict() if isinstance(job.calibration, CalibrationMix) else None)
+
+    pushes: list[Any] = []
+    if job.repo_id is not None:
+        from .hub.push import push_pruned_folders
+
+        logger.info("pushing %d level(s) to %s (main = %s)", len(folders), job.repo_id, level_name(job.primary))
+        pushes = push_pruned_folders(job.repo_id, {level_name(s): f for s, f in folders.items()},
+                                     primary=level_name(job.primary), token=token, private=private,
+                                     overwrite=overwrite, endpoint=endpoint)
+    return PruneAndPushResult(folders=folders, metrics=metrics, pushes=pushes, result=result, primary=job.primary,
+                              repo_id=job.repo_id)
+
+
+def _prune(model, tokenizer, job: _Job, *, state_dir, show_progress):
+    from .engine.pruner import prune
+
+    logger.info("pruning to %s with %s", ", ".join(f"{s:.0%}" for s in job.config.target_sparsity), job.config.method)
+    return prune(model, tokenizer, job.calibration, job.config, state_dir=state_dir, show_progress=show_progress)
+
+
+def _evaluator(tokenizer, evaluation, seq_len: int, max_windows: int | None, show_progress: bool):
+    """``evaluate(model, label) -> PerplexityReport | None`` on the run's evaluation text (None: no evaluation)."""
+    from .evaluation import evaluate_perplexity
+
+    def evaluate(model, label: str):
+        if evaluation is None:
+            return None
+        logger.info("evaluating %s", label)
+        return evaluate_perplexity(model, tokenizer, evaluation, seq_len=seq_len, max_windows_per_domain=max_windows,
+                                   label=label, progress=show_progress)
+
+    return evaluate
+
+
+def _save_level(model, tokenizer, result, s: float, *, base, job: _Job, evaluate, dense_report, calibration,
+                eval_seq_len: int, overwrite: bool, mix) -> tuple[Path, dict[str, Any]]:
+    """Build one level from the dense model, evaluate it, save its folder; returns (folder, its metrics)."""
+    import torch
+
+    from .saving import level_card, save_level
+
+    pruned = result.model if (s == result.config.target_sparsity[-1] and result.model is not None) else result.apply(model, s)
+    pruned.eval()
+    if getattr(pruned, "generation_config", None) is None and getattr(model, "generation_config", None) is not None:
+        pruned.generation_config = model.generation_config
+    report = evaluate(pruned, level_name(s))
+    entry = {"branch": level_name(s), "target_sparsity": s, "sparsity": result.sparsity[s],
+             "kv_cache_reduction": result.kv_cache_reduction[s], "params": sum(p.numel() for p in pruned.parameters())}
+    if report is not None:
+        entry["perplexity"] = report.to_dict()
+    plan = result.plans[s]
+    plan = type(plan)(layers=plan.layers, metadata={
+        **plan.metadata, "base_model": base.name, "base_model_path": base.path, "base_model_revision": base.revision,
+        "calibration": mix, "settings": result.settings,
+    })
+    card = level_card(base, pruned, config=result.config, sparsity=s, measured=result.sparsity[s],
+                      kv_cache_reduction=result.kv_cache_reduction[s], calibration=calibration, dense=dense_report,
+                      pruned=report, eval_seq_len=eval_seq_len, repo_id=job.repo_id)
+    evaluation = {"base_model": base.name, "branch": level_name(s), "target_sparsity": s,
+                  "sparsity": result.sparsity[s], "kv_cache_reduction": result.kv_cache_reduction[s],
+                  "params_before": base.params, "params_after": entry["params"],
+                  "dense": dense_report.to_dict() if dense_report is not None else None,
+                  "pruned": report.to_dict() if report is not None else None}
+    folder = save_level(job.out / level_name(s), pruned, tokenizer, plan=plan, config=result.config, card=card,
+                        evaluation=evaluation, overwrite=overwrite)
+    del pruned
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return folder, entry

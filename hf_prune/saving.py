@@ -1,0 +1,155 @@
+"""The *save* step: one self-describing folder per level (weights, plan, config, evaluation, model card).
+
+A level folder holds the checkpoint (:func:`~hf_prune.format.checkpoint.save_pruned_model`: safetensors,
+``config.json`` with ``auto_map``, the remote-code files, the tokenizer), ``pruning_plan.json``,
+``prune_config.json`` (the :class:`~hf_prune.PruneConfig` that produced it), ``eval_results.json`` and the model
+card with its chart. It appears complete or not at all.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import CONFIG_FILE, PruneConfig, level_name
+from .format.plan import PruningPlan
+
+__all__ = ["BaseModelInfo", "describe_base_model", "calibration_description", "level_card", "save_level",
+           "EVAL_FILE"]
+
+logger = logging.getLogger(__name__)
+
+#: Evaluation results written into every level folder.
+EVAL_FILE = "eval_results.json"
+
+
+@dataclass(frozen=True)
+class BaseModelInfo:
+    """What the cards and plans say about the dense model that was pruned.
+
+    Attributes:
+        name: how it is named: its Hub id, or for a local model the folder (or ``_name_or_path``) name.
+        hub_id: its Hub id, ``None`` when it exists only locally (the card then links nowhere).
+        path: the id or path it was loaded from.
+        revision: the commit (Hub) or revision that was pruned, if known.
+        license: its licence id (``"unknown"`` if none was found).
+        params: its parameter count.
+        layers: its per-layer sizes (:class:`~hf_prune.format.plan.LayerShape` dicts).
+    """
+
+    name: str
+    hub_id: str | None
+    path: str
+    revision: str | None
+    license: str
+    params: int
+    layers: list[dict[str, int]] = field(repr=False)
+
+
+def _license(path: str, local: bool, token: str | None) -> str:
+    """The licence id in the model's card (its local README.md, or its Hub card); ``"unknown"`` if none."""
+    from huggingface_hub import ModelCard
+
+    try:
+        if local:
+            readme = Path(path).expanduser() / "README.md"
+            card = ModelCard.load(readme) if readme.is_file() else None
+        else:
+            card = ModelCard.load(path, token=token)
+    except Exception:  # no card, no network: the licence is just not known
+        return "unknown"
+    return str(getattr(card.data, "license", None) or "unknown") if card is not None else "unknown"
+
+
+def describe_base_model(model: Any, path: str, *, local: bool, base_model: str | None = None,
+                        license: str | None = None, revision: str | None = None,
+                        token: str | None = None) -> BaseModelInfo:
+    """:class:`BaseModelInfo` of a loaded ``model`` that came from ``path`` (a Hub id unless ``local``).
+
+    ``base_model`` / ``license`` override what the cards say; a local model has no Hub id unless ``base_model``
+    names one.
+    """
+    from .format.geometry import layer_shapes
+
+    hub_id = base_model or (None if local else path)
+    name = hub_id or Path(str(getattr(model.config, "_name_or_path", "") or path or "model")).name or "model"
+    commit = revision if local else (getattr(model.config, "_commit_hash", None) or revision)
+    return BaseModelInfo(
+        name=name, hub_id=hub_id, path=path, revision=commit,
+        license=license or _license(path, local, token),
+        params=sum(p.numel() for p in model.parameters()),
+        layers=[asdict(s) for s in layer_shapes(model)],
+    )
+
+
+def calibration_description(calibration: Any, config: PruneConfig,
+                            sources: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """How the model card describes the calibration data (domain shares and where each domain's text is from)."""
+    from .data.mix import CalibrationMix
+
+    out: dict[str, Any] = {"num_samples": config.num_samples, "seq_len": config.seq_len, "seed": config.seed}
+    if not isinstance(calibration, CalibrationMix):
+        out["data"] = type(calibration).__name__
+        return out
+    out["domains"] = {s.name: round(s.weight, 4) for s in calibration.sources}
+    origins = dict(sources or {})
+    # Local paths mean nothing to a reader of the card: the file name (or the description given) is shown.
+    out["sources"] = {s.name: origins.get(s.name) or (Path(s.source).name if s.is_local else s.source)
+                      for s in calibration.sources}
+    hub_ids = sorted({s.source for s in calibration.sources if not s.is_local})
+    if hub_ids:
+        out["datasets"] = hub_ids
+    return out
+
+
+def _method(config: PruneConfig) -> str:
+    return (f"Method `{config.method}`: {config.to_dict()['importance']} importance, {config.allocation} allocation, "
+            f"{config.steps} scoring round(s); attention heads (GQA-aware: a KV head goes with its query heads) and "
+            "MLP channels removed. No recovery fine-tuning.")
+
+
+def level_card(base: BaseModelInfo, model: Any, *, config: PruneConfig, sparsity: float, measured: float,
+               kv_cache_reduction: float, calibration: Mapping[str, Any], dense: Any = None, pruned: Any = None,
+               eval_seq_len: int = 256, repo_id: str | None = None):
+    """The :class:`~hf_prune.hub.CardInfo` of one level (``dense`` / ``pruned``: its PerplexityReports, or None)."""
+    from .format.geometry import layer_shapes
+    from .hub.card import CardInfo
+
+    return CardInfo(
+        base_model=base.hub_id, base_model_source=base.name, base_model_revision=base.revision, license=base.license,
+        repo_id=repo_id, method=_method(config), calibration=dict(calibration), target_sparsity=sparsity,
+        achieved_sparsity=float(measured), params_before=base.params,
+        params_after=sum(p.numel() for p in model.parameters()), kv_cache_reduction=float(kv_cache_reduction),
+        layers=[asdict(s) for s in layer_shapes(model)], base_layers=base.layers,
+        eval_before=dense.per_domain if dense is not None else {},
+        eval_after=pruned.per_domain if pruned is not None else {}, eval_seq_len=eval_seq_len,
+        other_levels=[(s, level_name(s)) for s in config.target_sparsity], branch=level_name(sparsity),
+    )
+
+
+def save_level(folder: str | os.PathLike, model: Any, tokenizer: Any, *, plan: PruningPlan, config: PruneConfig,
+               card, evaluation: Mapping[str, Any], overwrite: bool = False) -> Path:
+    """Write one level folder (see the module docstring) atomically; returns its path.
+
+    Args:
+        plan: the level's plan (indices into the base model) with its metadata.
+        config: the run's config, saved as ``prune_config.json``.
+        card: the level's :class:`~hf_prune.hub.CardInfo` (see :func:`level_card`).
+        evaluation: what ``eval_results.json`` holds.
+    """
+    from .format.checkpoint import save_pruned_model
+    from .hub.card import write_model_card
+
+    def extra(tmp: Path) -> None:
+        (tmp / EVAL_FILE).write_text(json.dumps(dict(evaluation), indent=2) + "\n", encoding="utf-8")
+        config.save(tmp / CONFIG_FILE)
+        write_model_card(tmp, card)
+
+    path = save_pruned_model(model, folder, tokenizer=tokenizer, plan=plan, overwrite=overwrite, extra=extra)
+    logger.info("saved %s", path)
+    return path

@@ -1,0 +1,102 @@
+"""PruneConfig: one options object, checked at construction, serialised, and the source of the CLI's options."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from hf_prune import PruneConfig, PruningError
+from hf_prune.cli import add_prune_arguments, build_parser, config_from_args
+from hf_prune.engine.presets import METHODS
+
+
+def test_defaults_round_trip_through_dict_and_file(tmp_path):
+    config = PruneConfig(target_sparsity=[0.4, 0.2], method="llm-pruner", keep_dense=[0, 5], steps=3)
+    assert config.target_sparsity == (0.2, 0.4) and config.keep_dense == (0, 5)  # normalised
+    assert PruneConfig.from_dict(config.to_dict()) == config
+    assert json.loads(json.dumps(config.to_dict())) == config.to_dict()  # JSON-ready
+    path = config.save(tmp_path)  # a folder gets prune_config.json
+    assert path == tmp_path / "prune_config.json" and PruneConfig.load(tmp_path) == config
+
+
+def test_resolved_fills_what_the_method_decides():
+    resolved = PruneConfig(method="gisp", layer_balance=0.5).resolved()
+    preset = METHODS["gisp"]
+    assert (resolved.importance, resolved.allocation, resolved.normalization, resolved.steps,
+            resolved.attention_weight) == (preset.importance, preset.allocation, preset.normalization, preset.steps,
+                                           preset.attention_weight)
+    assert resolved.layer_balance == 0.5  # an explicit value wins over the preset
+    assert PruneConfig(method="gisp").fingerprint() == PruneConfig(method="gisp", steps=preset.steps).fingerprint()
+    assert PruneConfig(method="gisp").fingerprint() != PruneConfig(method="gisp", steps=2).fingerprint()
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"target_sparsity": 1.5}, r"target_sparsity must be in \(0, 1\)"),
+        ({"target_sparsity": ()}, "names no level"),
+        ({"target_sparsity": (0.3, 0.30001)}, "too close"),
+        ({"method": "nope"}, "Unknown method 'nope'"),
+        ({"importance": "nope"}, "Unknown importance criterion 'nope'"),
+        ({"allocation": "diagonal"}, "Unknown allocation 'diagonal'"),
+        ({"normalization": "z"}, "Unknown normalization 'z'"),
+        ({"schedule": "cubic"}, "Unknown schedule 'cubic'"),
+        ({"objective": "bleu"}, "Unknown objective 'bleu'"),
+        ({"num_samples": 0}, "num_samples must be a positive integer"),
+        ({"seq_len": 2.5}, "seq_len must be a positive integer"),
+        ({"steps": 0}, "steps must be >= 1"),
+        ({"min_heads": -1}, "min_heads must be an integer >= 0"),
+        ({"attention_weight": 0}, "attention_weight must be a positive number"),
+        ({"layer_balance": -1}, "layer_balance must be a number >= 0"),
+        ({"keep_dense": "first"}, "keep_dense must be a list of layer indices or 'gisp'"),
+        ({"keep_dense": [0, -2]}, "keep_dense must be a list"),
+    ],
+)
+def test_invalid_options_are_refused_at_construction(overrides, message):
+    with pytest.raises(PruningError, match=message):
+        PruneConfig(**overrides)
+    with pytest.raises(PruningError, match=message):  # replace() checks too
+        PruneConfig().replace(**overrides)
+
+
+def test_unknown_options_and_unrestorable_callables_are_refused():
+    with pytest.raises(PruningError, match=r"unknown PruneConfig option\(s\) \['num_sample'\]"):
+        PruneConfig.coerce(None, num_sample=3)
+    with pytest.raises(PruningError, match="unknown PruneConfig option"):
+        PruneConfig.from_dict({"target_sparsity": [0.3], "spice": 1})
+    saved = PruneConfig(objective=lambda model, batch: 0.0).to_dict()
+    assert saved["objective"].startswith("callable:")
+    with pytest.raises(PruningError, match="objective was a callable"):
+        PruneConfig.from_dict(saved)
+
+
+def test_every_option_is_on_the_command_line_with_its_default():
+    prune = argparse.ArgumentParser()
+    add_prune_arguments(prune)
+    by_dest = {a.dest: a for a in prune._actions}
+    parser = build_parser()
+    for f in dataclasses.fields(PruneConfig):
+        if not f.metadata["cli"]:
+            assert f.name == "objective"  # callables and multiple-choice data have no command-line form
+            continue
+        action = by_dest["sparsity" if f.name == "target_sparsity" else f.name]
+        assert f.metadata["help"].replace("%", "%%") in action.help
+        if f.name != "target_sparsity":
+            assert action.default == f.default, f.name
+    # Nothing on the command line gives the dataclass defaults; values map onto the fields.
+    assert config_from_args(parser.parse_args(["prune", "m"])) == PruneConfig()
+    args = parser.parse_args(["prune", "m", "--sparsity", "0.25,0.5*", "--method", "wanda-sp", "--keep-dense", "0,3",
+                              "--attention-weight", "2", "--gradient-checkpointing", "--num-samples", "16"])
+    assert config_from_args(args) == PruneConfig(target_sparsity=(0.25, 0.5), method="wanda-sp", keep_dense=(0, 3),
+                                                 attention_weight=2.0, gradient_checkpointing=True, num_samples=16)
+
+
+def test_readme_reference_is_the_dataclass():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    assert PruneConfig.reference() in readme, "regenerate the README's PruneConfig table with PruneConfig.reference()"
+    assert re.search(r"\| `target_sparsity` \| `0\.2, 0\.3, 0\.4, 0\.5` \|", PruneConfig.reference())

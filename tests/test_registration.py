@@ -1,0 +1,45 @@
+"""``import hf_prune`` registers pruned_qwen2 with the Auto classes, whatever is imported first, without torch."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+try:
+    from tests.conftest import REPO_ROOT
+except ImportError:  # pragma: no cover
+    from conftest import REPO_ROOT
+
+_CHECK = """
+import sys
+{first}
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+config = CONFIG_MAPPING["pruned_qwen2"]
+assert MODEL_FOR_CAUSAL_LM_MAPPING[config].__name__ == "PrunedQwen2ForCausalLM"
+print("REGISTERED")
+"""
+
+
+@pytest.mark.parametrize("first", [
+    "import hf_prune",                                                    # then transformers, by the check
+    "import transformers; import hf_prune",                               # transformers already there
+    "import hf_prune; from hf_prune import PrunedQwen2Config",            # the config file imports transformers
+    "import hf_prune.modeling.modeling_pruned_qwen2",                      # the modeling file imports transformers
+    "import hf_prune; hf_prune.apply_plan",                               # a lazy attribute pulls them in
+])
+def test_registration_in_every_import_order(first):
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    proc = subprocess.run([sys.executable, "-W", "error", "-c", _CHECK.format(first=first)], capture_output=True,
+                          text=True, timeout=120, env=env)
+    assert "REGISTERED" in proc.stdout, proc.stderr[-3000:]
+
+
+def test_import_hf_prune_is_light():
+    code = "import sys, hf_prune; print(sorted(m for m in ('torch', 'transformers', 'datasets') if m in sys.modules))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    assert proc.stdout.strip() == "[]", proc.stderr
