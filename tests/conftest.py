@@ -82,7 +82,11 @@ BLOCK_HF_PRUNE = textwrap.dedent(
 def run_without_hf_prune(code: str, cwd: Path, timeout: int = 300) -> str:
     """Run ``code`` in a fresh interpreter where ``import hf_prune`` fails; return its stdout."""
     script = BLOCK_HF_PRUNE + textwrap.dedent(code) + "\nassert 'hf_prune' not in sys.modules\n"
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env = dict(os.environ)
+    # Keep PYTHONPATH (CI puts the oldest supported transformers there) but not the repo root: hf_prune must not
+    # be importable (the meta-path block above refuses it too).
+    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and Path(p).resolve() != REPO_ROOT]
+    env["PYTHONPATH"] = os.pathsep.join(paths)
     env["HF_HUB_OFFLINE"] = "1"
     proc = subprocess.run(
         # Deprecations are errors: the shipped files must run cleanly on the transformers a user has.

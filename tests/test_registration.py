@@ -32,7 +32,7 @@ print("REGISTERED")
     "import hf_prune; hf_prune.apply_plan",                               # a lazy attribute pulls them in
 ])
 def test_registration_in_every_import_order(first):
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)}
     proc = subprocess.run([sys.executable, "-W", "error", "-c", _CHECK.format(first=first)], capture_output=True,
                           text=True, timeout=120, env=env)
     assert "REGISTERED" in proc.stdout, proc.stderr[-3000:]
@@ -41,5 +41,6 @@ def test_registration_in_every_import_order(first):
 def test_import_hf_prune_is_light():
     code = "import sys, hf_prune; print(sorted(m for m in ('torch', 'transformers', 'datasets') if m in sys.modules))"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                              p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)})
     assert proc.stdout.strip() == "[]", proc.stderr
