@@ -7,7 +7,9 @@ Prints and writes ``benchmarks/results/cost_<model>_b<batch size>.json``:
    fine-tuning) over the same batches (target <= 1.25);
 2. peak memory of a scoring pass / (weights + gradients) (target <= 1.5), each measured in a fresh subprocess:
    weights plus the peak RSS the pass adds on top of the loaded model (activations, gradients, buffers);
-3. seconds per round of an iterative ``gisp`` run, which should fall as the model shrinks.
+3. seconds per round of an iterative ``gisp`` run, which should fall as the model shrinks;
+4. weight compensation (``hf_prune.compensate``, the default ``lsq`` refit) of the 50% level on
+   ``--compensation-samples`` windows: seconds and peak memory, next to one scoring pass.
 Token ids are random: time and memory do not depend on the text, so no corpus is needed.
 """
 
@@ -50,6 +52,27 @@ def taylor(model, data) -> None:
     TaylorImportance()(model, data, lm_loss, show_progress=False)
 
 
+def _half_plan(model):
+    """A fixed 50% plan (every other head slot and half the channels of each layer) for the compensation cost."""
+    from hf_prune import PruningPlan
+    from hf_prune.format.geometry import layer_shapes
+
+    layers = []
+    for shape in layer_shapes(model):
+        per_group = shape.group_size
+        heads = [h for h in range(shape.num_attention_heads) if h % per_group < max(1, per_group // 2)]
+        layers.append({"query_heads": heads, "mlp_channels": list(range(0, shape.intermediate_size, 2))})
+    return PruningPlan.from_dict({"layers": layers})
+
+
+def compensation(model, args) -> None:
+    from hf_prune import compensate
+
+    data = batches(model.config.vocab_size, args.compensation_samples, args.seq_len, args.batch_size, seed=1)
+    compensate(model, _half_plan(model), torch.cat([b["input_ids"] for b in data]), batch_size=args.batch_size,
+               show_progress=False)
+
+
 def memory_child(args) -> None:
     """Runs in a subprocess: memory of one pass = weights + what the pass adds on top of the loaded model.
 
@@ -70,7 +93,10 @@ def memory_child(args) -> None:
         reset = True
     except OSError:
         reset = False  # then VmHWM may include the load itself: an upper bound
-    (plain_forward_backward if args.child == "plain" else taylor)(model, data)
+    if args.child == "compensate":
+        compensation(model, args)
+    else:
+        (plain_forward_backward if args.child == "plain" else taylor)(model, data)
     param_mb = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
     extra_mb = (status_kb("VmHWM") - after_load) / 1024
     print(json.dumps({"peak_mb": param_mb + extra_mb, "extra_mb": extra_mb, "param_mb": param_mb, "hwm_reset": reset}))
@@ -84,7 +110,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--child", choices=["plain", "taylor"], help=argparse.SUPPRESS)
+    parser.add_argument("--compensation-samples", type=int, default=128)
+    parser.add_argument("--child", choices=["plain", "taylor", "compensate"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.child:
@@ -101,11 +128,16 @@ def main() -> None:
             times[name].append(time.perf_counter() - t0)
     median = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
 
+    t0 = time.perf_counter()
+    compensation(model, args)
+    compensation_seconds = time.perf_counter() - t0
+
     memory = {}
-    for child in ("plain", "taylor"):
+    for child in ("plain", "taylor", "compensate"):
         out = subprocess.run([sys.executable, __file__, "--model", args.model, "--child", child,
                               "--num-samples", str(args.num_samples), "--seq-len", str(args.seq_len),
-                              "--batch-size", str(args.batch_size), "--threads", str(args.threads)],
+                              "--batch-size", str(args.batch_size), "--threads", str(args.threads),
+                              "--compensation-samples", str(args.compensation_samples)],
                              capture_output=True, text=True, check=True)
         memory[child] = json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -122,6 +154,10 @@ def main() -> None:
         "seconds": median, "time_ratio": median["taylor"] / median["plain"],
         "memory_mb": memory, "memory_ratio": memory["taylor"]["peak_mb"] / weights_grads_mb,
         "iterative_rounds": per_step,
+        "compensation": {"seconds": compensation_seconds, "tokens": args.compensation_samples * args.seq_len,
+                         "seconds_vs_scoring_pass": compensation_seconds / median["taylor"],
+                         "peak_mb": memory["compensate"]["peak_mb"],
+                         "peak_vs_scoring_peak": memory["compensate"]["peak_mb"] / memory["taylor"]["peak_mb"]},
     }
     out = ROOT / "benchmarks" / "results" / f"cost_{args.model}_b{args.batch_size}.json"
     out.write_text(json.dumps(payload, indent=1))
@@ -130,6 +166,10 @@ def main() -> None:
           f"| scoring peak memory / (weights + gradients) | {payload['memory_ratio']:.2f} | <= 1.5 |\n"
           f"| plain forward+backward peak memory / (weights + gradients) | "
           f"{memory['plain']['peak_mb'] / weights_grads_mb:.2f} | (reference) |")
+    comp = payload["compensation"]
+    print(f"\ncompensation of a 50% plan on {comp['tokens']:,} tokens: {comp['seconds']:.1f}s "
+          f"({comp['seconds_vs_scoring_pass']:.2f}x one scoring pass on {args.num_samples * args.seq_len:,} tokens), "
+          f"peak {comp['peak_mb']:.0f} MB ({comp['peak_vs_scoring_peak']:.2f}x the scoring peak)")
     print("\ngisp to 50% in 4 rounds, seconds per round: " +
           ", ".join(f"{r['seconds']}s (-> {r['sparsity_after']:.0%})" for r in per_step))
     print(f"\nwrote {out}")

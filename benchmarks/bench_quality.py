@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from common import DOMAINS, MODELS, ROOT, calib_file, corpus_dir, dev_files, load_model
 
-from hf_prune import CalibrationMix, apply_plan, evaluate_perplexity, prune
+from hf_prune import CalibrationMix, evaluate_perplexity, prune
 from hf_prune.format.geometry import layer_shapes
 
 
@@ -53,9 +53,12 @@ def run_method(model, tokenizer, calibration, evals, spec, sparsities, args, lab
     prune_seconds = time.perf_counter() - t0
     rows = {}
     for s in sparsities:
-        pruned = apply_plan(model, result.plans[s])
+        t1 = time.perf_counter()
+        pruned = result.apply(model, s)  # as saved: compensated when the config says so
+        apply_seconds = time.perf_counter() - t1
         kept = next(e for e in result.log if e.target_sparsity == s)
         rows[str(s)] = {**evaluate(pruned, tokenizer, evals, args, calibration), "sparsity": result.sparsity[s],
+                        "apply_seconds": apply_seconds,
                         "kv_cache_reduction": result.kv_cache_reduction[s],
                         "kept": {"query_heads": kept.query_heads, "kv_heads": kept.kv_heads,
                                  "mlp_channels": kept.mlp_channels,
@@ -168,7 +171,7 @@ def main() -> None:
         if m not in results:
             results[m] = run_method(model, tokenizer, calibration, evals, m, sparsities, args)
             # Saved after every method: a long run that stops part-way keeps what it measured.
-            out.write_text(json.dumps({"settings": settings, "dense": dense, "methods": results}, indent=1))
+            out.write_text(json.dumps({**previous, "settings": settings, "dense": dense, "methods": results}, indent=1))
 
     single = dict(previous.get("single_domain", {}))
     single_levels = [float(s) for s in args.single_domain.split(",") if s]
@@ -186,11 +189,12 @@ def main() -> None:
             only = domain_mix(corpus, [d])
             single[d] = run_method(model, tokenizer, only, evals, args.single_method, single_levels, args,
                                    f"{args.single_method} ({d} only)")
-            out.write_text(json.dumps({"settings": settings, "dense": dense, "methods": results,
+            out.write_text(json.dumps({**previous, "settings": settings, "dense": dense, "methods": results,
                                        "single_domain": single}, indent=1))
 
-    out.write_text(json.dumps({"settings": settings, "dense": dense, "methods": results, "single_domain": single},
-                              indent=1))
+    # Keys this script does not write (notes, studies merged by hand) are kept.
+    out.write_text(json.dumps({**previous, "settings": settings, "dense": dense, "methods": results,
+                               "single_domain": single}, indent=1))
     print("\nMean dev perplexity (equal-weight mean over domains):\n" + table(results, sparsities, dense))
     if single:
         print(f"\nCalibration data, {args.single_method}: mean / worst-domain perplexity\n| calibration | " +

@@ -6,7 +6,7 @@ transformers is imported, else as soon as it is), so pruned checkpoints load wit
 loads neither torch nor transformers.
 
 Entry points: :class:`PruneConfig` (the options of a run), :func:`prune` / :class:`Pruner` (decide what to remove),
-:func:`apply_plan` (slice), :func:`prune_and_push` (the whole job), :class:`CalibrationMix` (multi-domain
+:func:`compensate` (refit what is kept), :func:`apply_plan` (slice), :func:`prune_and_push` (the whole job), :class:`CalibrationMix` (multi-domain
 calibration data), :func:`evaluate_perplexity`.
 """
 
@@ -27,6 +27,7 @@ _EXPORTS = {
     "prune_and_push": ".pipeline", "PruneAndPushResult": ".pipeline",
     # the engine
     "prune": ".engine.pruner", "Pruner": ".engine.pruner", "PruneResult": ".engine.pruner",
+    "compensate": ".engine.compensation",
     # the model format, plans and slicing
     "PrunedQwen2Config": ".modeling.configuration_pruned_qwen2",
     "PrunedQwen2Model": ".modeling.modeling_pruned_qwen2", "PrunedQwen2ForCausalLM": ".modeling.modeling_pruned_qwen2",
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
     from .config import PruneConfig
     from .data.mix import CalibrationMix
     from .data.windows import CalibrationWindows
+    from .engine.compensation import compensate
     from .engine.pruner import PruneResult, Pruner, prune
     from .evaluation import PerplexityReport, evaluate_perplexity
     from .format.convert import llama_to_qwen2

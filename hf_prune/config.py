@@ -20,7 +20,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .engine.presets import ALLOCATIONS, CRITERIA, METHODS, NORMALIZATIONS, OBJECTIVES, SCHEDULES
+from .engine.presets import (
+    ALLOCATIONS,
+    COMPENSATION_TARGETS,
+    COMPENSATION_WHEN,
+    COMPENSATIONS,
+    CRITERIA,
+    METHODS,
+    NORMALIZATIONS,
+    OBJECTIVES,
+    SCHEDULES,
+)
 from .errors import PruningError
 
 __all__ = ["PruneConfig", "CONFIG_FILE", "level_name"]
@@ -99,11 +109,25 @@ class PruneConfig:
     min_channels: int = _option(0, "MLP channels every pruned layer keeps (0 allows removing its MLP)")
     channel_multiple: int = _option(1, "kept MLP widths are multiples of this (e.g. 64 for fast kernels)")
     tp_degree: int = _option(1, "kept KV heads per layer divisible by this (tensor parallelism)")
+    # ---- compensation ----
+    compensation: str | None = _option(
+        "auto", "refit the kept o_proj / down_proj columns to the dense layer's output: lsq (damped least squares), "
+                "none (None), or auto (the method's)")
+    compensation_damping: float = _option(1e-4, "damping of the refit, a fraction of the mean diagonal of X^T X")
+    compensation_samples: int = _option(128, "calibration windows (of seq_len tokens) the refit's statistics use")
+    compensation_target: str = _option(
+        "sequential", "sequential (each layer on the pruned, compensated model's own inputs) or dense (on the dense "
+                      "model's inputs)")
+    compensation_when: str = _option(
+        "level", "level (each saved level refit from the dense weights; the plans are those of no compensation) or "
+                 "round (also after every scoring round, so later rounds score the compensated model)")
     # ---- cost ----
     gradient_checkpointing: bool = _option(False, "trade compute for memory in gradient-based scoring")
 
     def __post_init__(self) -> None:
         self.target_sparsity = self._levels(self.target_sparsity)
+        if self.compensation == "none":
+            self.compensation = None
         if isinstance(self.keep_dense, Sequence) and not isinstance(self.keep_dense, str):
             self.keep_dense = tuple(self.keep_dense)
         self.validate()
@@ -134,7 +158,10 @@ class PruneConfig:
         if self.method not in METHODS:
             raise PruningError(f"Unknown method {self.method!r}; choose one of {sorted(METHODS)}.")
         for name, value, known in (("allocation", self.allocation, ALLOCATIONS),
-                                   ("normalization", self.normalization, NORMALIZATIONS)):
+                                   ("normalization", self.normalization, NORMALIZATIONS),
+                                   ("compensation", self.compensation, COMPENSATIONS),
+                                   ("compensation_target", self.compensation_target, COMPENSATION_TARGETS),
+                                   ("compensation_when", self.compensation_when, COMPENSATION_WHEN)):
             if value is not None and value not in known:
                 raise PruningError(f"Unknown {name} {value!r}; choose one of {sorted(known)}.")
         for name, value, known in (("importance criterion", self.importance, CRITERIA),
@@ -146,7 +173,7 @@ class PruneConfig:
                 raise PruningError(f"{name} must be a name or a callable, got {type(value).__name__}.")
 
     def validate_counts(self) -> None:
-        for name in ("num_samples", "seq_len", "batch_size", "channel_multiple", "tp_degree"):
+        for name in ("num_samples", "seq_len", "batch_size", "channel_multiple", "tp_degree", "compensation_samples"):
             value = getattr(self, name)
             if not _is_int(value) or value < 1:
                 raise PruningError(f"{name} must be a positive integer, got {value!r}.")
@@ -164,6 +191,8 @@ class PruneConfig:
             raise PruningError(f"attention_weight must be a positive number, got {self.attention_weight!r}.")
         if self.layer_balance is not None and (not _is_number(self.layer_balance) or not self.layer_balance >= 0):
             raise PruningError(f"layer_balance must be a number >= 0, got {self.layer_balance!r}.")
+        if not _is_number(self.compensation_damping) or not self.compensation_damping >= 0:
+            raise PruningError(f"compensation_damping must be a number >= 0, got {self.compensation_damping!r}.")
 
     def validate_keep_dense(self) -> None:
         value = self.keep_dense
@@ -177,7 +206,10 @@ class PruneConfig:
         """This config with every ``None`` that the method decides replaced by the method's value."""
         preset = METHODS[self.method]
         names = ("importance", "allocation", "normalization", "steps", "attention_weight", "layer_balance")
-        return self.replace(**{n: getattr(preset, n) for n in names if getattr(self, n) is None})
+        values = {n: getattr(preset, n) for n in names if getattr(self, n) is None}
+        if self.compensation == "auto":
+            values["compensation"] = preset.compensation
+        return self.replace(**values)
 
     def replace(self, **overrides: Any) -> PruneConfig:
         """A copy with some fields changed (checked); an unknown name raises :class:`PruningError`."""

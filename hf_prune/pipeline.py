@@ -251,7 +251,7 @@ def prune_and_push(
     for s in result.config.target_sparsity:
         folders[s], metrics["levels"][s] = _save_level(
             model, tokenizer, result, s, base=base, job=job, evaluate=evaluate, dense_report=dense_report,
-            calibration=calib_desc, eval_seq_len=eval_seq_len, overwrite=overwrite,
+            calibration=calib_desc, eval_seq_len=eval_seq_len, overwrite=overwrite, show_progress=show_progress,
             mix=job.calibration.to_dict() if isinstance(job.calibration, CalibrationMix) else None)
 
     pushes: list[Any] = []
@@ -288,13 +288,14 @@ def _evaluator(tokenizer, evaluation, seq_len: int, max_windows: int | None, sho
 
 
 def _save_level(model, tokenizer, result, s: float, *, base, job: _Job, evaluate, dense_report, calibration,
-                eval_seq_len: int, overwrite: bool, mix) -> tuple[Path, dict[str, Any]]:
+                eval_seq_len: int, overwrite: bool, mix, show_progress: bool) -> tuple[Path, dict[str, Any]]:
     """Build one level from the dense model, evaluate it, save its folder; returns (folder, its metrics)."""
     import torch
 
     from .saving import level_card, save_level
 
-    pruned = result.model if (s == result.config.target_sparsity[-1] and result.model is not None) else result.apply(model, s)
+    top = s == result.config.target_sparsity[-1] and result.model is not None
+    pruned = result.model if top else result.apply(model, s, show_progress=show_progress)
     pruned.eval()
     if getattr(pruned, "generation_config", None) is None and getattr(model, "generation_config", None) is not None:
         pruned.generation_config = model.generation_config

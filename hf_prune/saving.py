@@ -108,9 +108,14 @@ def calibration_description(calibration: Any, config: PruneConfig,
 
 
 def _method(config: PruneConfig) -> str:
-    return (f"Method `{config.method}`: {config.to_dict()['importance']} importance, {config.allocation} allocation, "
+    text = (f"Method `{config.method}`: {config.to_dict()['importance']} importance, {config.allocation} allocation, "
             f"{config.steps} scoring round(s); attention heads (GQA-aware: a KV head goes with its query heads) and "
-            "MLP channels removed. No recovery fine-tuning.")
+            "MLP channels removed.")
+    if config.compensation:
+        text += (f" The kept columns of every o_proj and down_proj were then refit to the dense layer's output by damped "
+                 f"least squares (`{config.compensation}`, {config.compensation_target} target, damping "
+                 f"{config.compensation_damping:g}, {config.compensation_samples} calibration windows).")
+    return text + " No recovery fine-tuning."
 
 
 def level_card(base: BaseModelInfo, model: Any, *, config: PruneConfig, sparsity: float, measured: float,

@@ -100,28 +100,35 @@ def test_deterministic_under_a_seed(model):
     assert run("random", 0) != run("random", 1)
 
 
-def test_resume_after_interruption_gives_the_same_plans(model, tmp_path, monkeypatch):
-    kwargs = dict(method="gisp", steps=4, state_dir=tmp_path / "state", show_progress=False)
-    reference = prune(model, None, CALIB, LEVELS, method="gisp", steps=4, show_progress=False)
+@pytest.mark.parametrize("compensation", [None, "lsq"])
+def test_resume_after_interruption_gives_the_same_plans(model, tmp_path, monkeypatch, compensation):
+    # Compensating every round: the state must bring back the compensated model the next round scores.
+    options = dict(compensation=compensation, compensation_when="round")
+    kwargs = dict(method="gisp", steps=4, state_dir=tmp_path / "state", show_progress=False, **options)
+    reference = prune(model, None, CALIB, LEVELS, method="gisp", steps=4, show_progress=False, **options)
 
-    real_apply, calls = pruner_module.apply_plan, {"n": 0}
+    real_allocate, calls = pruner_module.allocate, {"n": 0}
 
     def interrupt_on_third_step(*args, **kw):
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt
-        return real_apply(*args, **kw)
+        return real_allocate(*args, **kw)
 
-    monkeypatch.setattr(pruner_module, "apply_plan", interrupt_on_third_step)
+    monkeypatch.setattr(pruner_module, "allocate", interrupt_on_third_step)
     with pytest.raises(KeyboardInterrupt):
         prune(model, None, CALIB, LEVELS, **kwargs)
-    monkeypatch.setattr(pruner_module, "apply_plan", real_apply)
+    monkeypatch.setattr(pruner_module, "allocate", real_allocate)
     assert (tmp_path / "state" / "prune_state.json").is_file()
 
     resumed = prune(model, None, CALIB, LEVELS, **kwargs)
     assert [entry.step for entry in resumed.log] == list(range(len(reference.log)))
     for level in LEVELS:
         assert resumed.plans[level].to_dict()["layers"] == reference.plans[level].to_dict()["layers"]
+    # With compensation every round, the resumed run continues from the compensated model of the last round.
+    if compensation:
+        assert all(torch.equal(a, b) for a, b in zip(resumed.model.state_dict().values(),
+                                                     reference.model.state_dict().values()))
     with pytest.raises(PruningError, match="other settings"):
         prune(model, None, CALIB, [0.25], **kwargs)
 

@@ -21,12 +21,14 @@ _EXPORTS = {
     "Constraints": ".allocation", "allocate": ".allocation",
     "lm_loss": ".objectives", "margin_loss": ".objectives",
     "linear_schedule": ".schedule",
+    "compensate": ".compensation", "refit": ".compensation",
 }
 __all__ = list(_EXPORTS)
 __getattr__, __dir__ = lazy_attributes(globals(), _EXPORTS)
 
 if TYPE_CHECKING:
     from .allocation import Constraints, allocate
+    from .compensation import compensate, refit
     from .importance import (FisherImportance, FlapImportance, Importance, MagnitudeImportance, RandomImportance,
                              TaylorImportance, WandaSPImportance, get_importance)
     from .objectives import lm_loss, margin_loss

@@ -27,6 +27,7 @@ from ..format.plan import PruningPlan
 from ..format.slicing import apply_plan
 from .allocation import Constraints, allocate
 from .batches import LossRecorder, calibration_batches, describe_calibration
+from .compensation import CompensationData, compensate, compensation_batches
 from .importance import get_importance
 from .objectives import get_objective
 from .schedule import check_schedule, get_schedule
@@ -67,7 +68,8 @@ class PruneResult:
         log: one :class:`StepLog` per scoring round.
         config: the :class:`~hf_prune.PruneConfig` of the run, every method default filled in.
         settings: ``config.to_dict()`` plus the schedule's sparsities and the dense decoder parameter count.
-        model: the pruned model of the highest level (already sliced; saves a rebuild).
+        model: the pruned model of the highest level as :meth:`apply` gives it, when the run ended with it.
+        compensation_data: the calibration batches weight compensation refits on (``None`` without it).
     """
 
     plans: dict[float, PruningPlan]
@@ -77,9 +79,14 @@ class PruneResult:
     config: PruneConfig
     settings: dict[str, Any]
     model: Any = field(default=None, repr=False)
+    compensation_data: CompensationData | None = field(default=None, repr=False)
 
-    def apply(self, model, sparsity: float):
-        """The pruned model of one level, sliced from the original ``model``."""
+    def apply(self, model, sparsity: float, *, show_progress: bool = False):
+        """The pruned model of one level, from the original ``model``, exactly as it is saved: sliced, and with
+        ``compensation`` its kept output projections refit (:func:`hf_prune.compensate`)."""
+        if self.config.compensation:
+            return compensate(model, self.plans[sparsity], None, config=self.config, data=self.compensation_data,
+                              show_progress=show_progress)
         return apply_plan(model, self.plans[sparsity])
 
     def summary(self) -> str:
@@ -215,6 +222,7 @@ class Pruner:
         self.batches = self._draw(c.seed) if self.criterion.needs_data else []
         if self.criterion.needs_data and not self.batches:
             raise PruningError("The calibration set has no tokens.")
+        self.compensation_data = self._compensation_data(geometry) if c.compensation else None
         self.key = hashlib.sha256(json.dumps(
             {"config": c.fingerprint(), "schedule": self.schedule, "base_params": self.base_params,
              "calibration": describe_calibration(calibration)}, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -225,6 +233,22 @@ class Pruner:
         self.log: list[StepLog] = []
         self.next_step = 0
         self.scores: list[LayerScores] | None = None
+
+    def _compensation_data(self, geometry: ModelGeometry) -> CompensationData:
+        if self.calibration is None:
+            raise PruningError("compensation needs calibration data (its statistics are the activations on it).")
+        data = compensation_batches(self.calibration, self.tokenizer, self.config, self.device)
+        dims = max(max(s.intermediate_size for s in geometry.shapes),
+                   max(s.num_attention_heads for s in geometry.shapes) * geometry.head_dim)
+        if self.config.compensation_damping == 0 and data.num_tokens < dims:
+            raise PruningError(f"compensation without damping needs at least {dims:,} calibration tokens for a "
+                               f"positive-definite system (the widest projection input), got {data.num_tokens:,}: "
+                               "raise compensation_samples or set compensation_damping > 0.")
+        return data
+
+    def _compensated(self, plan: PruningPlan):
+        return compensate(self.model, plan, None, config=self.config, data=self.compensation_data,
+                          show_progress=self.show_progress)
 
     def _draw(self, seed: int) -> list[dict[str, Any]]:
         c = self.config
@@ -266,7 +290,10 @@ class Pruner:
                         constraints=self.constraints, tolerance=int(0.002 * self.base_params)).explicit(geometry.shapes)
         self.scores = _remap(self.scores, plan)
         self.cumulative = self.cumulative.compose(plan)
-        self.current = apply_plan(self.current, plan)
+        if c.compensation and c.compensation_when == "round":  # later rounds score the compensated model
+            self.current = self._compensated(self.cumulative)
+        else:
+            self.current = apply_plan(self.current, plan)
 
         after = ModelGeometry.of(self.current)
         sparsity = 1 - after.total_params() / self.base_params
@@ -278,6 +305,9 @@ class Pruner:
                 "method": c.method, "target_sparsity": point, "sparsity": sparsity,
                 "kv_cache_reduction": 1 - kv_cache_per_token(after.shapes) / self._kv0,
                 "base_model": getattr(self.model.config, "_name_or_path", None) or None, "seed": c.seed,
+                "compensation": None if not c.compensation else {
+                    "method": c.compensation, "damping": c.compensation_damping, "samples": c.compensation_samples,
+                    "target": c.compensation_target, "when": c.compensation_when},
             })
         self.next_step += 1
         return entry
@@ -302,7 +332,12 @@ class Pruner:
         self.log = [StepLog(**entry) for entry in state["log"]]
         self.next_step = state["next_step"]
         self.scores = _scores_from_json(state.get("scores"))
-        self.current = apply_plan(self.model, self.cumulative) if self.next_step else self.model
+        if not self.next_step:
+            self.current = self.model
+        elif self.config.compensation and self.config.compensation_when == "round":
+            self.current = self._compensated(self.cumulative)
+        else:
+            self.current = apply_plan(self.model, self.cumulative)
 
     def result(self) -> PruneResult:
         """The plans of every level reached so far, with the run's log and settings."""
@@ -312,8 +347,13 @@ class Pruner:
             kv_cache_reduction={s: p.metadata["kv_cache_reduction"] for s, p in self.plans.items()},
             log=list(self.log), config=self.config,
             settings={**self.config.to_dict(), "schedule": self.schedule, "base_params": self.base_params},
-            model=self.current if self.current is not self.model else None,
+            # The last round's model is the top level as saved, unless compensation still has to refit it.
+            model=self.current if self.current is not self.model and self._current_is_final() else None,
+            compensation_data=self.compensation_data,
         )
+
+    def _current_is_final(self) -> bool:
+        return not self.config.compensation or self.config.compensation_when == "round"
 
 
 def prune(

@@ -1,0 +1,256 @@
+"""Weight compensation: refit what a pruned layer keeps so that its output stays what the dense layer gave.
+
+Removing heads or channels drops their contribution to the layer's output projections (``o_proj`` for
+attention, ``down_proj`` for the MLP). With ``X`` the projection's input activations of the *dense* layer on
+calibration text (all heads / channels) and ``S`` the kept columns, the kept weights are refit by damped least
+squares (OSSCAR, SlimGPT)::
+
+    W'_S = argmin ||X W^T - X_S W'^T||^2 + lam ||W'||^2 = W H[:, S] (H_SS + lam I)^-1,   H = X^T X (fp32)
+
+with ``lam = damping * mean(diag H)``. Only ``H`` is accumulated (forward hooks, fp32, one layer's matrices in
+memory at a time), never the activations. Targets:
+
+- ``"sequential"`` (SparseGPT / OSSCAR): layer by layer on the *pruned, already compensated* model's own inputs,
+  so a layer also corrects what earlier layers could not restore;
+- ``"dense"``: every layer on the dense model's inputs, independently.
+
+:func:`compensate` recomputes it for any plan: a saved plan plus the calibration spec reproduce the checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from ..config import PruneConfig
+from ..errors import PruningError
+from ..format.geometry import head_dim_of
+from ..format.plan import PruningPlan, ResolvedLayer
+from ..format.slicing import apply_plan
+from .batches import calibration_batches
+
+__all__ = ["compensate", "refit", "CompensationData", "compensation_batches"]
+
+logger = logging.getLogger(__name__)
+
+_MAX_DAMPING_RAISES = 6
+
+
+def refit(weight: torch.Tensor, gram: torch.Tensor, keep: torch.Tensor, damping: float, *, where: str = "") -> torch.Tensor:
+    """``W H[:, keep] (H[keep, keep] + lam I)^-1`` (see the module docstring), in the gram's precision.
+
+    A system that is not positive definite raises the damping tenfold (logged) until it is.
+
+    Raises:
+        PruningError: the statistics hold NaN/inf, or no damping makes the system solvable.
+    """
+    if not torch.isfinite(gram).all():
+        raise PruningError(f"{where}: the calibration activations hold NaN or inf; compensation is refused.")
+    w = weight.detach().to(gram.dtype)
+    cross = gram[keep] @ w.T  # (H[:, S])^T W^T = H[S, :] W^T
+    system = gram[keep][:, keep]
+    scale = gram.diagonal().mean().clamp_min(torch.finfo(gram.dtype).tiny)
+    eye = torch.eye(len(keep), dtype=gram.dtype, device=gram.device)
+    lam = damping
+    for _ in range(_MAX_DAMPING_RAISES):
+        factor, info = torch.linalg.cholesky_ex(system + lam * scale * eye)
+        if int(info) == 0:
+            solution = torch.cholesky_solve(cross, factor).T
+            if torch.isfinite(solution).all():
+                return solution
+        new = max(lam * 10, 1e-6)
+        logger.warning("%s: the compensation system is not positive definite at damping %g; retrying with %g.",
+                       where, lam, new)
+        lam = new
+    raise PruningError(f"{where}: compensation found no solvable system up to damping {lam:g}; use more "
+                       "compensation_samples or a larger compensation_damping.")
+
+
+def _accumulate(gram: torch.Tensor | None, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """``gram + X^T X`` over the real tokens of ``x`` [B, T, d] (fp32, or the input's precision if higher)."""
+    if mask is not None:
+        x = x[mask.to(x.device).bool()]
+    x = x.reshape(-1, x.shape[-1])
+    x = x.to(torch.promote_types(x.dtype, torch.float32))
+    if gram is None:
+        gram = torch.zeros(x.shape[1], x.shape[1], dtype=x.dtype, device=x.device)
+    return gram.addmm_(x.T, x)
+
+
+class _Gram:
+    """Accumulates ``X^T X`` of a module's input (a forward pre-hook), over the real tokens of each batch."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.gram: torch.Tensor | None = None
+        self.mask: torch.Tensor | None = None  # [B, T] of the current batch; None: every token counts
+        self.handle = module.register_forward_pre_hook(self._hook)
+
+    def _hook(self, module, args) -> None:
+        self.gram = _accumulate(self.gram, args[0].detach(), self.mask)
+
+    def remove(self) -> torch.Tensor:
+        self.handle.remove()
+        return self.gram
+
+
+class CompensationData:
+    """The calibration batches compensation runs on (drawn once, so every level is refit on the same text)."""
+
+    def __init__(self, batches: list[dict[str, Any]]) -> None:
+        if not batches or any("input_ids" not in b for b in batches):
+            raise PruningError("compensation needs calibration batches with input_ids (token windows or "
+                               "multiple-choice sequences).")
+        self.batches = batches
+
+    @property
+    def num_tokens(self) -> int:
+        return int(sum(b["attention_mask"].sum() if b.get("attention_mask") is not None else b["input_ids"].numel()
+                       for b in self.batches))
+
+
+def compensation_batches(calibration: Any, tokenizer: Any, config: PruneConfig, device: torch.device) -> CompensationData:
+    """``config.compensation_samples`` windows of ``config.seq_len`` tokens (a mix), or the given batches."""
+    batches = calibration_batches(calibration, tokenizer, config.compensation_samples, config.seq_len, config.seed,
+                                  config.batch_size, device)
+    return CompensationData([{k: v for k, v in b.items() if k in ("input_ids", "attention_mask")} for b in batches])
+
+
+class _Stop(Exception):
+    pass
+
+
+def _layer_inputs(model, batches: list[dict[str, Any]]) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
+    """The hidden states and keyword arguments the model gives its first decoder layer, per batch."""
+    hidden, kwargs = [], []
+
+    def catch(module, args, kw):
+        hidden.append(args[0] if args else kw.pop("hidden_states"))
+        kwargs.append({k: v for k, v in kw.items() if k in ("attention_mask", "position_ids", "position_embeddings")})
+        raise _Stop
+
+    handle = model.model.layers[0].register_forward_pre_hook(catch, with_kwargs=True)
+    try:
+        for batch in batches:
+            try:
+                model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"), use_cache=False)
+            except _Stop:
+                pass
+    finally:
+        handle.remove()
+    return hidden, kwargs
+
+
+def _columns(heads: list[int], head_dim: int, device) -> torch.Tensor:
+    return torch.tensor([h * head_dim + i for h in heads for i in range(head_dim)], dtype=torch.long, device=device)
+
+
+class _LayerRefit:
+    """Refits one decoder layer of the pruned model against the same layer of the dense model."""
+
+    def __init__(self, index: int, dense, pruned, keep: ResolvedLayer, head_dim: int, damping: float) -> None:
+        self.index, self.dense, self.pruned, self.keep = index, dense, pruned, keep
+        self.head_dim, self.damping = head_dim, damping
+
+    def _attention_gram(self, hidden, kwargs, masks) -> torch.Tensor:
+        """``X^T X`` of the dense ``o_proj``'s input (every head's output) on ``hidden``."""
+        stats = _Gram(self.dense.self_attn.o_proj)
+        try:
+            for h, kw, mask in zip(hidden, kwargs, masks):
+                stats.mask = mask
+                self.attention(h, kw, self.dense)
+        finally:
+            gram = stats.remove()
+        return gram
+
+    def _mlp_gram(self, hidden, masks) -> torch.Tensor:
+        """``X^T X`` of the dense ``down_proj``'s input (every channel) on ``hidden``; down_proj itself not run."""
+        mlp, norm, gram = self.dense.mlp, self.dense.post_attention_layernorm, None
+        for h, mask in zip(hidden, masks):
+            x = norm(h)
+            gram = _accumulate(gram, mlp.act_fn(mlp.gate_proj(x)) * mlp.up_proj(x), mask)
+        return gram
+
+    def attention(self, h: torch.Tensor, kw: dict[str, Any], layer) -> torch.Tensor:
+        to = lambda t: t.to(h.device) if isinstance(t, torch.Tensor) else t  # noqa: E731
+        embeddings = kw.get("position_embeddings")
+        out, _ = layer.self_attn(hidden_states=layer.input_layernorm(h), attention_mask=to(kw.get("attention_mask")),
+                                 position_ids=to(kw.get("position_ids")),
+                                 position_embeddings=tuple(map(to, embeddings)) if embeddings is not None else None)
+        return h + out
+
+    def mlp(self, h: torch.Tensor, layer) -> torch.Tensor:
+        return h + layer.mlp(layer.post_attention_layernorm(h))
+
+    def run(self, hidden: list[torch.Tensor], kwargs: list[dict], masks: list, target: str) -> list[torch.Tensor]:
+        """Refit this layer and return the hidden states after it (of the model the target follows)."""
+        dense, pruned, keep = self.dense, self.pruned, self.keep
+        device = next(dense.parameters()).device  # layers of a dispatched model may sit on different devices
+        hidden = [h.to(device) for h in hidden]
+        follow = pruned if target == "sequential" else dense
+        where = f"layer {self.index}"
+        dense_heads = dense.self_attn.q_proj.out_features // self.head_dim
+        if pruned.self_attn is not None and len(keep.query_heads) < dense_heads:
+            gram = self._attention_gram(hidden, kwargs, masks)
+            cols = _columns(keep.query_heads, self.head_dim, gram.device)
+            new = refit(dense.self_attn.o_proj.weight, gram, cols, self.damping, where=f"{where} o_proj")
+            pruned.self_attn.o_proj.weight.data.copy_(new.to(pruned.self_attn.o_proj.weight.dtype))
+        if follow.self_attn is not None:
+            hidden = [self.attention(h, kw, follow) for h, kw in zip(hidden, kwargs)]
+        if pruned.mlp is not None and len(keep.mlp_channels) < dense.mlp.gate_proj.out_features:
+            gram = self._mlp_gram(hidden, masks)
+            cols = torch.tensor(keep.mlp_channels, dtype=torch.long, device=gram.device)
+            new = refit(dense.mlp.down_proj.weight, gram, cols, self.damping, where=f"{where} down_proj")
+            pruned.mlp.down_proj.weight.data.copy_(new.to(pruned.mlp.down_proj.weight.dtype))
+        if follow.mlp is not None:
+            hidden = [self.mlp(h, follow) for h in hidden]
+        return hidden
+
+
+@torch.no_grad()
+def _refit_layers(model, pruned, plan: PruningPlan, data: CompensationData, *, damping: float, target: str,
+                  show_progress: bool) -> None:
+    from ..format.geometry import layer_shapes
+
+    resolved = plan.resolve(layer_shapes(model))
+    hidden, kwargs = _layer_inputs(pruned, data.batches)
+    masks = [b.get("attention_mask") for b in data.batches]
+    head_dim = head_dim_of(model.config)
+    layers = zip(model.model.layers, pruned.model.layers, resolved)
+    for i, (dense, layer, keep) in enumerate(tqdm(list(layers), desc="compensation", unit="layer", leave=False,
+                                                    disable=not show_progress)):
+        hidden = _LayerRefit(i, dense, layer, keep, head_dim, damping).run(hidden, kwargs, masks, target)
+
+
+def compensate(model, plan: PruningPlan, calibration: Any, *, tokenizer: Any = None,
+               config: PruneConfig | Mapping[str, Any] | None = None, show_progress: bool = True,
+               data: CompensationData | None = None, **overrides: Any):
+    """The pruned model of ``plan`` with its kept ``o_proj`` / ``down_proj`` columns refit (see the module docs).
+
+    Args:
+        model: the model ``plan`` indexes into (the dense model); left untouched.
+        plan: which structures each layer keeps.
+        calibration: what :func:`hf_prune.prune` accepts (a mix is drawn with ``config.compensation_samples``
+            windows of ``config.seq_len`` tokens and ``config.seed``: the windows a pruning run used).
+        config: the run's :class:`~hf_prune.PruneConfig` (``compensation_*`` fields, ``seq_len``, ``seed``,
+            ``batch_size``); ``overrides`` replace fields.
+        data: batches already drawn (what a :class:`~hf_prune.Pruner` passes), instead of ``calibration``.
+
+    Returns:
+        A new :class:`~hf_prune.PrunedQwen2ForCausalLM`, in eval mode.
+    """
+    config = PruneConfig.coerce(config, **overrides)
+    was_training = model.training
+    model.eval()
+    try:
+        if data is None:
+            data = compensation_batches(calibration, tokenizer, config, next(model.parameters()).device)
+        pruned = apply_plan(model, plan).eval()
+        _refit_layers(model, pruned, plan, data, damping=config.compensation_damping,
+                      target=config.compensation_target, show_progress=show_progress)
+    finally:
+        model.train(was_training)
+    return pruned
