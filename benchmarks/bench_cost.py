@@ -102,23 +102,40 @@ def memory_child(args) -> None:
     print(json.dumps({"peak_mb": param_mb + extra_mb, "extra_mb": extra_mb, "param_mb": param_mb, "hwm_reset": reset}))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="smollm2", choices=MODELS)
-    parser.add_argument("--num-samples", type=int, default=16)
-    parser.add_argument("--seq-len", type=int, default=128)
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--compensation-samples", type=int, default=128)
-    parser.add_argument("--child", choices=["plain", "taylor", "compensate"], help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    if args.child:
-        return memory_child(args)
+def measure_memory(args, children) -> dict:
+    """Peak memory of each pass, each in a fresh subprocess (see ``memory_child``)."""
+    memory = {}
+    for child in children:
+        out = subprocess.run([sys.executable, __file__, "--model", args.model, "--child", child,
+                              "--num-samples", str(args.num_samples), "--seq-len", str(args.seq_len),
+                              "--batch-size", str(args.batch_size), "--threads", str(args.threads),
+                              "--compensation-samples", str(args.compensation_samples)],
+                             capture_output=True, text=True, check=True)
+        memory[child] = json.loads(out.stdout.strip().splitlines()[-1])
+    return memory
 
-    model, _ = load_model(args.model)
-    data = batches(model.config.vocab_size, args.num_samples, args.seq_len, args.batch_size)
+
+def compensation_cost(model, data, args, memory: dict) -> dict:
+    """Seconds and peak memory of one compensation of a 50% plan, against one scoring pass timed around it
+    (before and after: the mean, so load on a shared machine hits both alike)."""
+    times = []
+    for _ in range(2):
+        t0 = time.perf_counter()
+        taylor(model, data)
+        times.append(time.perf_counter() - t0)
+        if len(times) == 1:
+            t0 = time.perf_counter()
+            compensation(model, args)
+            seconds = time.perf_counter() - t0
+    scoring = sum(times) / len(times)
+    return {"seconds": seconds, "tokens": args.compensation_samples * args.seq_len, "scoring_pass_seconds": scoring,
+            "scoring_tokens": args.num_samples * args.seq_len, "seconds_vs_scoring_pass": seconds / scoring,
+            "peak_mb": memory["compensate"]["peak_mb"], "scoring_peak_mb": memory["taylor"]["peak_mb"],
+            "peak_vs_scoring_peak": memory["compensate"]["peak_mb"] / memory["taylor"]["peak_mb"]}
+
+
+def scoring_cost(model, data, args, memory: dict) -> dict:
+    """Taylor scoring vs plain forward+backward (time, memory) and seconds per round of an iterative run."""
     plain_forward_backward(model, data[:1])  # warm-up
     times = {"plain": [], "taylor": []}
     for _ in range(args.rounds):  # interleaved, medians: robust to other load on the machine
@@ -128,50 +145,55 @@ def main() -> None:
             times[name].append(time.perf_counter() - t0)
     median = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
 
-    t0 = time.perf_counter()
-    compensation(model, args)
-    compensation_seconds = time.perf_counter() - t0
-
-    memory = {}
-    for child in ("plain", "taylor", "compensate"):
-        out = subprocess.run([sys.executable, __file__, "--model", args.model, "--child", child,
-                              "--num-samples", str(args.num_samples), "--seq-len", str(args.seq_len),
-                              "--batch-size", str(args.batch_size), "--threads", str(args.threads),
-                              "--compensation-samples", str(args.compensation_samples)],
-                             capture_output=True, text=True, check=True)
-        memory[child] = json.loads(out.stdout.strip().splitlines()[-1])
-
     from hf_prune import prune
 
     calibration = torch.cat([b["input_ids"] for b in data])
     result = prune(model, None, calibration, [0.5], method="gisp", steps=4, batch_size=args.batch_size,
-                   show_progress=False)
+                   compensation=None, show_progress=False)
     per_step = [{"sparsity_after": round(e.sparsity, 4), "seconds": round(e.seconds, 2)} for e in result.log]
-
     weights_grads_mb = 2 * memory["taylor"]["param_mb"]
-    payload = {
-        "settings": vars(args) | {"torch": torch.__version__, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")},
-        "seconds": median, "time_ratio": median["taylor"] / median["plain"],
-        "memory_mb": memory, "memory_ratio": memory["taylor"]["peak_mb"] / weights_grads_mb,
-        "iterative_rounds": per_step,
-        "compensation": {"seconds": compensation_seconds, "tokens": args.compensation_samples * args.seq_len,
-                         "seconds_vs_scoring_pass": compensation_seconds / median["taylor"],
-                         "peak_mb": memory["compensate"]["peak_mb"],
-                         "peak_vs_scoring_peak": memory["compensate"]["peak_mb"] / memory["taylor"]["peak_mb"]},
-    }
+    return {"seconds": median, "time_ratio": median["taylor"] / median["plain"],
+            "memory_mb": memory, "memory_ratio": memory["taylor"]["peak_mb"] / weights_grads_mb,
+            "plain_memory_ratio": memory["plain"]["peak_mb"] / weights_grads_mb, "iterative_rounds": per_step}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2", choices=MODELS)
+    parser.add_argument("--num-samples", type=int, default=16)
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--compensation-samples", type=int, default=128)
+    parser.add_argument("--compensation-only", action="store_true",
+                        help="measure only compensation (4.) and add it to the model's existing JSON")
+    parser.add_argument("--child", choices=["plain", "taylor", "compensate"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.child:
+        return memory_child(args)
+
     out = ROOT / "benchmarks" / "results" / f"cost_{args.model}_b{args.batch_size}.json"
+    model, _ = load_model(args.model)
+    data = batches(model.config.vocab_size, args.num_samples, args.seq_len, args.batch_size)
+    memory = measure_memory(args, ("taylor", "compensate") if args.compensation_only else ("plain", "taylor", "compensate"))
+    settings = vars(args) | {"torch": torch.__version__, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
+    if args.compensation_only:
+        payload = json.loads(out.read_text()) if out.is_file() else {"settings": settings}
+    else:
+        payload = {"settings": settings, **scoring_cost(model, data, args, memory)}
+        print(f"| measure | value | target |\n|---|---|---|\n"
+              f"| Taylor scoring / plain forward+backward (time, median of {args.rounds}) | {payload['time_ratio']:.2f} | <= 1.25 |\n"
+              f"| scoring peak memory / (weights + gradients) | {payload['memory_ratio']:.2f} | <= 1.5 |\n"
+              f"| plain forward+backward peak memory / (weights + gradients) | {payload['plain_memory_ratio']:.2f} | (reference) |")
+        print("\ngisp to 50% in 4 rounds, seconds per round: " +
+              ", ".join(f"{r['seconds']}s (-> {r['sparsity_after']:.0%})" for r in payload["iterative_rounds"]))
+    comp = payload["compensation"] = compensation_cost(model, data, args, memory) | {"settings": settings}
     out.write_text(json.dumps(payload, indent=1))
-    print(f"| measure | value | target |\n|---|---|---|\n"
-          f"| Taylor scoring / plain forward+backward (time, median of {args.rounds}) | {payload['time_ratio']:.2f} | <= 1.25 |\n"
-          f"| scoring peak memory / (weights + gradients) | {payload['memory_ratio']:.2f} | <= 1.5 |\n"
-          f"| plain forward+backward peak memory / (weights + gradients) | "
-          f"{memory['plain']['peak_mb'] / weights_grads_mb:.2f} | (reference) |")
-    comp = payload["compensation"]
     print(f"\ncompensation of a 50% plan on {comp['tokens']:,} tokens: {comp['seconds']:.1f}s "
-          f"({comp['seconds_vs_scoring_pass']:.2f}x one scoring pass on {args.num_samples * args.seq_len:,} tokens), "
+          f"({comp['seconds_vs_scoring_pass']:.2f}x one scoring pass on {comp['scoring_tokens']:,} tokens), "
           f"peak {comp['peak_mb']:.0f} MB ({comp['peak_vs_scoring_peak']:.2f}x the scoring peak)")
-    print("\ngisp to 50% in 4 rounds, seconds per round: " +
-          ", ".join(f"{r['seconds']}s (-> {r['sparsity_after']:.0%})" for r in per_step))
     print(f"\nwrote {out}")
 
 

@@ -86,8 +86,15 @@ def peer_series(model: str) -> dict[str, dict]:
     return {"torch-pruning (peer)": {"levels": json.loads(path.read_text())["levels"]}}
 
 
+def plotted(results: dict) -> dict:
+    """The methods the plot shows: presets at their defaults, gisp without compensation, the peer (sweep variants
+    stay in the JSON and the README tables; twenty lines make no readable plot)."""
+    return {m: r for m, r in results.items() if ":" not in m or m == "gisp:compensation=none"}
+
+
 def plot(path: Path, results: dict, sparsities: list[float], dense: dict, title: str) -> None:
     """Mean dev perplexity vs sparsity, one line per method (levels a method lacks are skipped)."""
+    results = plotted(results)
     if not results:
         return
     import matplotlib
@@ -130,7 +137,15 @@ def main() -> None:
     parser.add_argument("--out", default=None)
     parser.add_argument("--append", action="store_true",
                         help="keep the methods already in --out and run only the missing ones")
+    parser.add_argument("--plot-only", action="store_true", help="redraw --out's plot from its JSON; run nothing")
     args = parser.parse_args()
+    if args.plot_only:
+        out = Path(args.out or ROOT / "benchmarks" / "results" / f"quality_{args.model}.json")
+        saved = json.loads(out.read_text())
+        levels = [float(s) for s in saved["settings"]["sparsities"].split(",") if s]
+        plot(out.with_suffix(".png"), {**saved["methods"], **peer_series(args.model)}, levels, saved["dense"],
+             f"{args.model}: mean dev perplexity")
+        return
     torch.set_num_threads(args.threads)
     corpus = corpus_dir("bench_quality")
     sparsities = [float(s) for s in args.sparsities.split(",") if s]

@@ -116,8 +116,8 @@ class PruneConfig:
     compensation_damping: float = _option(1e-4, "damping of the refit, a fraction of the mean diagonal of X^T X")
     compensation_samples: int = _option(128, "calibration windows (of seq_len tokens) the refit's statistics use")
     compensation_target: str = _option(
-        "sequential", "sequential (each layer on the pruned, compensated model's own inputs) or dense (on the dense "
-                      "model's inputs)")
+        "sequential", "sequential (each layer on the pruned, compensated model's own inputs), dense (on the dense "
+                      "model's inputs) or stream (the pruned model's inputs fit to the dense model's hidden states)")
     compensation_when: str = _option(
         "level", "level (each saved level refit from the dense weights; the plans are those of no compensation) or "
                  "round (also after every scoring round, so later rounds score the compensated model)")

@@ -90,9 +90,46 @@ def test_sequential_target_fits_the_dense_layer_on_the_pruned_models_own_inputs(
     torch.testing.assert_close(out.model.layers[1].mlp.down_proj.weight, expected, rtol=1e-6, atol=1e-9)
 
 
-def test_nothing_removed_is_the_identity(model):
+def _ridge_to(target, x_kept, x_all, damping):
+    """min ||target - x_kept W'^T||^2 + lam ||W'||^2 (lam from x_all's Gram, as the library scales it) by lstsq."""
+    lam = damping * (x_all * x_all).sum(0).mean()
+    a = torch.cat([x_kept, lam.sqrt() * torch.eye(x_kept.shape[1], dtype=x_kept.dtype)])
+    b = torch.cat([target, torch.zeros(x_kept.shape[1], target.shape[1], dtype=x_kept.dtype)])
+    return torch.linalg.lstsq(a, b).solution.T
+
+
+@pytest.mark.parametrize("damping", [0.0, 0.05])
+def test_stream_target_fits_the_dense_models_hidden_states_from_the_pruned_models_inputs(model, damping):
+    """Layer 1 of the `stream` refit: regressors from the compensated model's own layer-1 input, target the dense
+    model's hidden states after each sublayer minus the pruned residual, solved by lstsq."""
+    out = compensate(model, PLAN, CALIB, compensation_target="stream", compensation_damping=damping,
+                     compensation_samples=16, show_progress=False)
+    h_p = _inputs(out.model.layers[1], lambda: out(CALIB)).reshape(16, 32, -1)
+    h_d = _inputs(model.model.layers[1], lambda: model(CALIB)).reshape(16, 32, -1)
+    dense, layer = model.model.layers[1], out.model.layers[1]
+    rope = model.model.rotary_emb(h_p, torch.arange(32).unsqueeze(0))
+
+    def attention(block, h):
+        return block.self_attn(hidden_states=block.input_layernorm(h), attention_mask=None, position_embeddings=rope)[0]
+
+    heads, channels = _kept_columns(PLAN.layers[1])
+    with torch.no_grad():
+        mid_d = h_d + attention(dense, h_d)
+        x = _inputs(dense.self_attn.o_proj, lambda: attention(dense, h_p))
+        expected = _ridge_to((mid_d - h_p).reshape(-1, 64), x[:, heads], x, damping)
+        torch.testing.assert_close(layer.self_attn.o_proj.weight, expected, rtol=1e-6, atol=1e-9)
+        mid_p = h_p + attention(layer, h_p)
+        after_d = mid_d + dense.mlp(dense.post_attention_layernorm(mid_d))
+        x = _inputs(dense.mlp.down_proj, lambda: dense.mlp(dense.post_attention_layernorm(mid_p)))
+        expected = _ridge_to((after_d - mid_p).reshape(-1, 64), x[:, channels], x, damping)
+    torch.testing.assert_close(layer.mlp.down_proj.weight, expected, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("target", ["sequential", "dense", "stream"])
+def test_nothing_removed_is_the_identity(model, target):
     keep_all = PruningPlan.from_dict({"layers": [{}, {}]})
-    out = compensate(model, keep_all, CALIB, compensation_samples=16, show_progress=False)
+    out = compensate(model, keep_all, CALIB, compensation_samples=16, compensation_target=target,
+                     show_progress=False)
     sliced = apply_plan(model, keep_all)
     assert all(torch.equal(a, b) for a, b in zip(out.state_dict().values(), sliced.state_dict().values()))
 

@@ -12,7 +12,11 @@ memory at a time), never the activations. Targets:
 
 - ``"sequential"`` (SparseGPT / OSSCAR): layer by layer on the *pruned, already compensated* model's own inputs,
   so a layer also corrects what earlier layers could not restore;
-- ``"dense"``: every layer on the dense model's inputs, independently.
+- ``"dense"``: every layer on the dense model's inputs, independently;
+- ``"stream"``: layer by layer on the pruned model's own inputs, fit to the *dense model's* hidden states after
+  the layer (its residual stream included): ``min ||(h_d + f_d(h_d)) - h_p - X_p,S W'^T||``, so each layer also
+  pulls the pruned model's residual stream back toward the dense one's. It needs ``X_p^T T`` (inputs x hidden,
+  with ``T`` that target) beside ``H``, and both models' hidden states.
 
 :func:`compensate` recomputes it for any plan: a saved plan plus the calibration spec reproduce the checkpoint.
 """
@@ -33,7 +37,7 @@ from ..format.plan import PruningPlan, ResolvedLayer
 from ..format.slicing import apply_plan
 from .batches import calibration_batches
 
-__all__ = ["compensate", "refit", "CompensationData", "compensation_batches"]
+__all__ = ["compensate", "refit", "solve", "CompensationData", "compensation_batches"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,15 +47,24 @@ _MAX_DAMPING_RAISES = 6
 def refit(weight: torch.Tensor, gram: torch.Tensor, keep: torch.Tensor, damping: float, *, where: str = "") -> torch.Tensor:
     """``W H[:, keep] (H[keep, keep] + lam I)^-1`` (see the module docstring), in the gram's precision.
 
+    Raises:
+        PruningError: the statistics hold NaN/inf, or no damping makes the system solvable.
+    """
+    _check_finite(gram, where)
+    return solve(gram, gram[keep] @ weight.detach().to(gram.dtype).T, keep, damping, where=where)
+
+
+def solve(gram: torch.Tensor, cross: torch.Tensor, keep: torch.Tensor, damping: float, *, where: str = "") -> torch.Tensor:
+    """The weight ``W'`` [out, len(keep)] of ``min ||T - X_S W'^T||^2 + lam ||W'||^2`` from ``H = X^T X`` and
+    ``cross = X_S^T T`` [len(keep), out]: ``W'^T = (H_SS + lam I)^-1 cross``, ``lam = damping * mean(diag H)``.
+
     A system that is not positive definite raises the damping tenfold (logged) until it is.
 
     Raises:
         PruningError: the statistics hold NaN/inf, or no damping makes the system solvable.
     """
-    if not torch.isfinite(gram).all():
-        raise PruningError(f"{where}: the calibration activations hold NaN or inf; compensation is refused.")
-    w = weight.detach().to(gram.dtype)
-    cross = gram[keep] @ w.T  # (H[:, S])^T W^T = H[S, :] W^T
+    _check_finite(gram, where)
+    _check_finite(cross, where)
     system = gram[keep][:, keep]
     scale = gram.diagonal().mean().clamp_min(torch.finfo(gram.dtype).tiny)
     eye = torch.eye(len(keep), dtype=gram.dtype, device=gram.device)
@@ -70,31 +83,27 @@ def refit(weight: torch.Tensor, gram: torch.Tensor, keep: torch.Tensor, damping:
                        "compensation_samples or a larger compensation_damping.")
 
 
-def _accumulate(gram: torch.Tensor | None, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """``gram + X^T X`` over the real tokens of ``x`` [B, T, d] (fp32, or the input's precision if higher)."""
+def _check_finite(statistics: torch.Tensor, where: str) -> None:
+    if not torch.isfinite(statistics).all():
+        raise PruningError(f"{where}: the calibration activations hold NaN or inf; compensation is refused.")
+
+
+def _rows(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """The real tokens of ``x`` [B, T, d] as rows [N, d], in fp32 (or the input's precision if higher)."""
     if mask is not None:
         x = x[mask.to(x.device).bool()]
     x = x.reshape(-1, x.shape[-1])
-    x = x.to(torch.promote_types(x.dtype, torch.float32))
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def _accumulate(gram: torch.Tensor | None, x: torch.Tensor, mask: torch.Tensor | None,
+                y: torch.Tensor | None = None) -> torch.Tensor:
+    """``gram + X^T X`` (or ``+ X^T Y`` when ``y`` is given) over the real tokens of ``x`` [B, T, d]."""
+    x = _rows(x, mask)
+    y = x if y is None else _rows(y, mask)
     if gram is None:
-        gram = torch.zeros(x.shape[1], x.shape[1], dtype=x.dtype, device=x.device)
-    return gram.addmm_(x.T, x)
-
-
-class _Gram:
-    """Accumulates ``X^T X`` of a module's input (a forward pre-hook), over the real tokens of each batch."""
-
-    def __init__(self, module: torch.nn.Module) -> None:
-        self.gram: torch.Tensor | None = None
-        self.mask: torch.Tensor | None = None  # [B, T] of the current batch; None: every token counts
-        self.handle = module.register_forward_pre_hook(self._hook)
-
-    def _hook(self, module, args) -> None:
-        self.gram = _accumulate(self.gram, args[0].detach(), self.mask)
-
-    def remove(self) -> torch.Tensor:
-        self.handle.remove()
-        return self.gram
+        gram = torch.zeros(x.shape[1], y.shape[1], dtype=x.dtype, device=x.device)
+    return gram.addmm_(x.T, y)
 
 
 class CompensationData:
@@ -155,24 +164,20 @@ class _LayerRefit:
         self.index, self.dense, self.pruned, self.keep = index, dense, pruned, keep
         self.head_dim, self.damping = head_dim, damping
 
-    def _attention_gram(self, hidden, kwargs, masks) -> torch.Tensor:
-        """``X^T X`` of the dense ``o_proj``'s input (every head's output) on ``hidden``."""
-        stats = _Gram(self.dense.self_attn.o_proj)
+    def _o_proj_input(self, h: torch.Tensor, kw: dict[str, Any]) -> torch.Tensor:
+        """The dense ``o_proj``'s input (every head's output) on ``h``, kept by a forward pre-hook."""
+        seen: list[torch.Tensor] = []
+        handle = self.dense.self_attn.o_proj.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
         try:
-            for h, kw, mask in zip(hidden, kwargs, masks):
-                stats.mask = mask
-                self.attention(h, kw, self.dense)
+            self.attention(h, kw, self.dense)
         finally:
-            gram = stats.remove()
-        return gram
+            handle.remove()
+        return seen[0]
 
-    def _mlp_gram(self, hidden, masks) -> torch.Tensor:
-        """``X^T X`` of the dense ``down_proj``'s input (every channel) on ``hidden``; down_proj itself not run."""
-        mlp, norm, gram = self.dense.mlp, self.dense.post_attention_layernorm, None
-        for h, mask in zip(hidden, masks):
-            x = norm(h)
-            gram = _accumulate(gram, mlp.act_fn(mlp.gate_proj(x)) * mlp.up_proj(x), mask)
-        return gram
+    def _down_proj_input(self, h: torch.Tensor) -> torch.Tensor:
+        """The dense ``down_proj``'s input (every channel) on the residual stream ``h``."""
+        mlp, x = self.dense.mlp, self.dense.post_attention_layernorm(h)
+        return mlp.act_fn(mlp.gate_proj(x)) * mlp.up_proj(x)
 
     def attention(self, h: torch.Tensor, kw: dict[str, Any], layer) -> torch.Tensor:
         to = lambda t: t.to(h.device) if isinstance(t, torch.Tensor) else t  # noqa: E731
@@ -185,29 +190,61 @@ class _LayerRefit:
     def mlp(self, h: torch.Tensor, layer) -> torch.Tensor:
         return h + layer.mlp(layer.post_attention_layernorm(h))
 
-    def run(self, hidden: list[torch.Tensor], kwargs: list[dict], masks: list, target: str) -> list[torch.Tensor]:
-        """Refit this layer and return the hidden states after it (of the model the target follows)."""
+    def _fit(self, proj: torch.nn.Module, target: torch.nn.Module, cols: torch.Tensor, inputs, where: str) -> None:
+        """Refit ``target`` (the pruned projection, columns ``cols`` of the dense ``proj``) from ``inputs``:
+        ``(X, T)`` pairs, ``T`` None to fit ``X W^T`` (the dense projection's own output)."""
+        gram = cross = None
+        for x, t, mask in inputs:
+            gram = _accumulate(gram, x, mask)
+            if t is not None:
+                cross = _accumulate(cross, x, mask, t)
+        if cross is None:
+            new = refit(proj.weight, gram, cols, self.damping, where=where)
+        else:
+            new = solve(gram, cross[cols], cols, self.damping, where=where)
+        target.weight.data.copy_(new.to(target.weight.dtype))
+
+    def run(self, hidden: list[torch.Tensor], kwargs: list[dict], masks: list, target: str,
+            dense_hidden: list[torch.Tensor] | None = None, drifted: bool = False):
+        """Refit this layer; returns the hidden states after it (of the model the target follows) and, for the
+        ``stream`` target, the dense model's hidden states after it."""
         dense, pruned, keep = self.dense, self.pruned, self.keep
         device = next(dense.parameters()).device  # layers of a dispatched model may sit on different devices
         hidden = [h.to(device) for h in hidden]
-        follow = pruned if target == "sequential" else dense
+        stream = target == "stream"
+        if stream:
+            dense_hidden = [h.to(device) for h in dense_hidden]
+        follow = dense if target == "dense" else pruned
         where = f"layer {self.index}"
-        dense_heads = dense.self_attn.q_proj.out_features // self.head_dim
-        if pruned.self_attn is not None and len(keep.query_heads) < dense_heads:
-            gram = self._attention_gram(hidden, kwargs, masks)
-            cols = _columns(keep.query_heads, self.head_dim, gram.device)
-            new = refit(dense.self_attn.o_proj.weight, gram, cols, self.damping, where=f"{where} o_proj")
-            pruned.self_attn.o_proj.weight.data.copy_(new.to(pruned.self_attn.o_proj.weight.dtype))
+        heads_removed = len(keep.query_heads) < dense.self_attn.q_proj.out_features // self.head_dim
+        if pruned.self_attn is not None and (heads_removed or (stream and drifted)):
+            cols = _columns(keep.query_heads, self.head_dim, device)
+            after = [self.attention(h, kw, dense) for h, kw in zip(dense_hidden, kwargs)] if stream else None
+            inputs = ((self._o_proj_input(h, kw), (after[i] - h) if stream else None, mask)
+                      for i, (h, kw, mask) in enumerate(zip(hidden, kwargs, masks)))
+            self._fit(dense.self_attn.o_proj, pruned.self_attn.o_proj, cols, inputs, f"{where} o_proj")
+            dense_hidden = after
+        elif stream:
+            dense_hidden = [self.attention(h, kw, dense) for h, kw in zip(dense_hidden, kwargs)]
         if follow.self_attn is not None:
             hidden = [self.attention(h, kw, follow) for h, kw in zip(hidden, kwargs)]
-        if pruned.mlp is not None and len(keep.mlp_channels) < dense.mlp.gate_proj.out_features:
-            gram = self._mlp_gram(hidden, masks)
-            cols = torch.tensor(keep.mlp_channels, dtype=torch.long, device=gram.device)
-            new = refit(dense.mlp.down_proj.weight, gram, cols, self.damping, where=f"{where} down_proj")
-            pruned.mlp.down_proj.weight.data.copy_(new.to(pruned.mlp.down_proj.weight.dtype))
+        channels_removed = len(keep.mlp_channels) < dense.mlp.gate_proj.out_features
+        drifted = drifted or heads_removed  # the MLP's input already differs from the dense model's
+        if stream:
+            dense_hidden = [self.mlp(h, dense) for h in dense_hidden]
+        if pruned.mlp is not None and (channels_removed or (stream and drifted)):
+            cols = torch.tensor(keep.mlp_channels, dtype=torch.long, device=device)
+            inputs = ((self._down_proj_input(h), (dense_hidden[i] - h) if stream else None, mask)
+                      for i, (h, mask) in enumerate(zip(hidden, masks)))
+            self._fit(dense.mlp.down_proj, pruned.mlp.down_proj, cols, inputs, f"{where} down_proj")
         if follow.mlp is not None:
             hidden = [self.mlp(h, follow) for h in hidden]
-        return hidden
+        return hidden, dense_hidden
+
+
+def _removes(keep: ResolvedLayer, dense, head_dim: int) -> bool:
+    return (len(keep.query_heads) < dense.self_attn.q_proj.out_features // head_dim
+            or len(keep.mlp_channels) < dense.mlp.gate_proj.out_features)
 
 
 @torch.no_grad()
@@ -217,12 +254,16 @@ def _refit_layers(model, pruned, plan: PruningPlan, data: CompensationData, *, d
 
     resolved = plan.resolve(layer_shapes(model))
     hidden, kwargs = _layer_inputs(pruned, data.batches)
+    dense_hidden = list(hidden) if target == "stream" else None  # the embeddings are not pruned: same inputs
     masks = [b.get("attention_mask") for b in data.batches]
     head_dim = head_dim_of(model.config)
+    drifted = False  # once a layer removed something, the pruned model's residual stream differs from the dense one's
     layers = zip(model.model.layers, pruned.model.layers, resolved)
     for i, (dense, layer, keep) in enumerate(tqdm(list(layers), desc="compensation", unit="layer", leave=False,
                                                     disable=not show_progress)):
-        hidden = _LayerRefit(i, dense, layer, keep, head_dim, damping).run(hidden, kwargs, masks, target)
+        hidden, dense_hidden = _LayerRefit(i, dense, layer, keep, head_dim, damping).run(
+            hidden, kwargs, masks, target, dense_hidden, drifted)
+        drifted = drifted or _removes(keep, dense, head_dim)
 
 
 def compensate(model, plan: PruningPlan, calibration: Any, *, tokenizer: Any = None,

@@ -23,7 +23,7 @@ OBJECTIVES = ("lm", "margin")
 SCHEDULES = ("linear",)
 #: Weight compensation after removal (:mod:`hf_prune.engine.compensation`); ``None`` is off, ``"auto"`` the method's.
 COMPENSATIONS = ("lsq", "auto")
-COMPENSATION_TARGETS = ("sequential", "dense")
+COMPENSATION_TARGETS = ("sequential", "dense", "stream")
 COMPENSATION_WHEN = ("level", "round")
 
 
