@@ -17,6 +17,7 @@ Writes ``benchmarks/results/recovery_<model>.json`` (after every run) and a PNG 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import sys
@@ -236,11 +237,13 @@ def main() -> None:
     data["prune_seconds"] = round(time.perf_counter() - t0, 1)
     for s in sparsities:
         level = data["levels"].setdefault(str(s), {})
-        level0 = None
+        level0 = built = None
         for name in runs:
             if level.get(name, {}).get("complete"):
                 continue
-            pruned = result.apply(model, s, show_progress=False)
+            # Built (and compensated) once per level; every run trains its own copy.
+            built = built or result.apply(model, s, show_progress=False)
+            pruned = copy.deepcopy(built)
             level0 = level0 or evaluate(pruned)
             print(f"  {s:.0%} {name}: pruned mean {level0['mean']:.2f}", flush=True)
             def save(entry, level=level, name=name):

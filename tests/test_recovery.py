@@ -133,6 +133,16 @@ def test_kd_steps_lower_the_kl_to_the_teacher():
     assert all(torch.equal(v, dense_weights[k]) for k, v in teacher.state_dict().items())
 
 
+def test_bf16_autocast_and_activation_checkpointing_train_and_are_undone():
+    teacher, student = _pair()
+    held_out = _tokens(16, seed=99)
+    before = _kl(student, teacher, held_out)
+    recover(student, teacher, None, _tokens(48, seed=5), _options(bf16=True, gradient_checkpointing=True),
+            show_progress=False)
+    assert _kl(student, teacher, held_out) < 0.9 * before
+    assert next(student.parameters()).dtype == torch.float32 and not student.is_activation_checkpointing
+
+
 def test_lm_method_trains_without_a_teacher():
     _, student = _pair()
     data = _tokens(48, seed=5)
@@ -333,10 +343,10 @@ def test_recovery_lowers_held_out_perplexity_of_smollm2(smollm2, tmp_path):
     pruned = result.apply(model, 0.3, show_progress=False)
 
     def ppl(m):
-        return evaluate_perplexity(m, tokenizer, evals, seq_len=128, max_windows_per_domain=3, progress=False).mean
+        return evaluate_perplexity(m, tokenizer, evals, seq_len=128, max_windows_per_domain=2, progress=False).mean
 
     before = ppl(pruned)
-    result = recover(pruned, model, tokenizer, mix, {"method": "kd", "tokens": 2048, "seq_len": 64, "batch_size": 8,
+    result = recover(pruned, model, tokenizer, mix, {"method": "kd", "tokens": 1024, "seq_len": 64, "batch_size": 8,
                                                      "learning_rate": 2e-4, "warmup": 0}, show_progress=False)
     after = ppl(pruned)
     print(f"SmolLM2 30%: held-out perplexity {before:.2f} -> {after:.2f} after {result.tokens} KD tokens "
