@@ -176,7 +176,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2", choices=MODELS)
     parser.add_argument("--sparsities", default="0.3,0.5")
-    parser.add_argument("--runs", default="kd,lm,kd-lora", help=f"run configurations: {', '.join(RUNS)}")
+    parser.add_argument("--runs", default="kd,lm,kd-lora",
+                        help=f"run configurations: {', '.join(RUNS)}; LEVEL:NAME runs NAME at that level only")
     parser.add_argument("--tokens", default="500k", help="training token budget of every run (sets the schedule)")
     parser.add_argument("--stop-at", default="",
                         help="stop some runs early, e.g. 0.3:lm=62.5k,0.5:kd=125k (the schedule stays --tokens')")
@@ -198,8 +199,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     corpus = corpus_dir("bench_recovery")
-    runs = [r for r in args.runs.split(",") if r]
-    unknown = [r for r in runs if r not in RUNS]
+    runs = [r for r in args.runs.split(",") if r]  # NAME (every level) or LEVEL:NAME (that level only)
+    unknown = [r for r in runs if r.rpartition(":")[2] not in RUNS]
     if unknown:
         sys.exit(f"bench_recovery: unknown run(s) {unknown}; choose from {list(RUNS)}")
     sparsities = [float(s) for s in args.sparsities.split(",") if s]
@@ -238,7 +239,7 @@ def main() -> None:
     for s in sparsities:
         level = data["levels"].setdefault(str(s), {})
         level0 = built = None
-        for name in runs:
+        for name in [r.rpartition(":")[2] for r in runs if r.rpartition(":")[0] in ("", str(s))]:
             if level.get(name, {}).get("complete"):
                 continue
             # Built (and compensated) once per level; every run trains its own copy.

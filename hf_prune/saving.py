@@ -121,7 +121,7 @@ def _method(config: PruneConfig) -> str:
     what = ("distilled from the dense model (KL to its next-token distribution"
             + (f", {r.lm_weight:g} LM loss" if r.lm_weight else "") + ")") if r.method == "kd" else \
         "trained with the next-token (LM) loss"
-    return text + (f" Each level was then {what} on {r.tokens_used:,} calibration-mix tokens, "
+    return text + (f" The level was then {what} on {r.tokens_used:,} calibration-mix tokens, "
                    f"{'LoRA (merged back)' if r.lora else 'all parameters'} (see Recovery).")
 
 
