@@ -6,8 +6,9 @@ transformers is imported, else as soon as it is), so pruned checkpoints load wit
 loads neither torch nor transformers.
 
 Entry points: :class:`PruneConfig` (the options of a run), :func:`prune` / :class:`Pruner` (decide what to remove),
-:func:`compensate` (refit what is kept), :func:`apply_plan` (slice), :func:`prune_and_push` (the whole job), :class:`CalibrationMix` (multi-domain
-calibration data), :func:`evaluate_perplexity`.
+:func:`compensate` (refit what is kept), :func:`apply_plan` (slice), :func:`recover` / :class:`RecoveryConfig` (train a
+pruned model back towards the dense one), :func:`prune_and_push` (the whole job), :class:`CalibrationMix`
+(multi-domain calibration data), :func:`evaluate_perplexity`.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ _EXPORTS = {
     # the engine
     "prune": ".engine.pruner", "Pruner": ".engine.pruner", "PruneResult": ".engine.pruner",
     "compensate": ".engine.compensation",
+    "recover": ".recovery.distill", "RecoveryConfig": ".recovery.config",
     # the model format, plans and slicing
     "PrunedQwen2Config": ".modeling.configuration_pruned_qwen2",
     "PrunedQwen2Model": ".modeling.modeling_pruned_qwen2", "PrunedQwen2ForCausalLM": ".modeling.modeling_pruned_qwen2",
@@ -55,3 +57,5 @@ if TYPE_CHECKING:
     from .modeling.configuration_pruned_qwen2 import PrunedQwen2Config
     from .modeling.modeling_pruned_qwen2 import PrunedQwen2ForCausalLM, PrunedQwen2Model
     from .pipeline import PruneAndPushResult, prune_and_push
+    from .recovery.config import RecoveryConfig
+    from .recovery.distill import recover

@@ -120,6 +120,8 @@ def _config_arguments(group: argparse._ArgumentGroup) -> None:
     for f in dataclasses.fields(PruneConfig):
         if not f.metadata.get("cli", True):
             continue
+        if "nested" in f.metadata:  # recovery: one option per RecoveryConfig field, in their own group
+            continue
         flag = f.metadata.get("flag", "--" + f.name.replace("_", "-"))
         kind = _cli_type(f)
         help_text = f"{f.metadata['help']} (default: {_shown(f.default)})".replace("%", "%%")
@@ -131,10 +133,65 @@ def _config_arguments(group: argparse._ArgumentGroup) -> None:
                            metavar=f.name.upper().replace("TARGET_SPARSITY", "LIST"), help=help_text)
 
 
+def _tokens(text: str) -> int:
+    from .errors import RecoveryError
+    from .recovery.config import parse_tokens
+
+    try:
+        return parse_tokens(text)
+    except RecoveryError as err:
+        raise argparse.ArgumentTypeError(str(err).rstrip(".")) from None
+
+
+_RECOVERY_TYPES: dict[str, Callable[[str], Any]] = {"tokens": _tokens}
+_RECOVERY_PREFIX = "recovery_"
+
+
+def _recovery_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--recovery METHOD`` and one ``--recovery-*`` option per other :class:`RecoveryConfig` field.
+
+    Their defaults are left out of the namespace (``SUPPRESS``): only what is given reaches the config, and a
+    ``--recovery-*`` option without ``--recovery`` is refused instead of silently ignored.
+    """
+    from .recovery.config import RecoveryConfig, cli_flag
+
+    group = parser.add_argument_group("recovery (the fields of RecoveryConfig; training after pruning, off unless "
+                                      "--recovery is given)")
+    for f in dataclasses.fields(RecoveryConfig):
+        shown = "" if f.default is None else f" (default: {f.default})"  # a None default is explained in the help
+        help_text = f"{f.metadata['help']}{shown}".replace("%", "%%")
+        common = {"dest": _RECOVERY_PREFIX + f.name, "default": argparse.SUPPRESS, "help": help_text}
+        kind = _RECOVERY_TYPES.get(f.name) or _cli_type(f)
+        if kind is None:
+            action = argparse.BooleanOptionalAction if f.default else "store_true"
+            group.add_argument(cli_flag(f), action=action, **common)
+        elif f.name == "method":
+            group.add_argument(cli_flag(f), metavar="METHOD", type=str, **{**common, "help": (
+                f"train every level after pruning: {f.metadata['help']}; none: no recovery (default: none)")})
+        else:
+            group.add_argument(cli_flag(f), type=kind, metavar=f.name.upper(), **common)
+
+
+def _recovery_from_args(args: argparse.Namespace) -> Any:
+    """The RecoveryConfig of ``--recovery`` and the ``--recovery-*`` options given (None: no recovery)."""
+    from .errors import RecoveryError
+    from .recovery.config import RecoveryConfig, cli_flag
+
+    given = {k[len(_RECOVERY_PREFIX):]: v for k, v in vars(args).items() if k.startswith(_RECOVERY_PREFIX)}
+    method = given.pop("method", None)
+    if method is None or method == "none":
+        if given:
+            names = ", ".join(sorted(cli_flag(f) for f in dataclasses.fields(RecoveryConfig) if f.name in given))
+            raise RecoveryError(f"{names} need(s) --recovery kd or --recovery lm.")
+        return None
+    return {"method": method, **given}
+
+
 def config_from_args(args: argparse.Namespace) -> PruneConfig:
     """The :class:`PruneConfig` an ``hf-prune prune`` command line describes (checked)."""
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(PruneConfig) if hasattr(args, f.name)}
     values["target_sparsity"] = args.sparsity[0]
+    values["recovery"] = _recovery_from_args(args)
     return PruneConfig(**values)
 
 
@@ -174,6 +231,7 @@ def add_prune_arguments(parser: argparse.ArgumentParser) -> None:
     _config_arguments(group)
     group.add_argument("--calibration", default=None, metavar="SPEC",
                        help=f"calibration mix (see below; default: {DEFAULT_CALIBRATION} from the Hub)")
+    _recovery_arguments(parser)
     group = parser.add_argument_group("evaluation")
     group.add_argument("--evaluation", default=None, metavar="SPEC",
                        help="held-out evaluation domains (same forms as --calibration); omitted: no evaluation")
@@ -194,6 +252,8 @@ def add_prune_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--base-model", default=None, metavar="ID",
                        help="Hub id of the base model, for the model cards (default: the model's id; none for a folder)")
     group.add_argument("--license", default=None, help="licence id for the model cards (default: the base model's)")
+    group.add_argument("--state-dir", default=None, metavar="DIR",
+                       help="keep the run's state here (scoring rounds, recovery checkpoints): a rerun resumes")
     _load_arguments(parser)
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings, errors and the final tables")
 
@@ -208,7 +268,8 @@ def run_prune(args: argparse.Namespace) -> int:
         output_dir=args.output_dir, eval_seq_len=args.eval_seq_len, eval_max_windows=args.eval_max_windows,
         primary=args.primary if args.primary is not None else args.sparsity[1], private=args.private,
         overwrite=args.overwrite, torch_dtype=args.dtype, device_map=args.device_map, revision=args.revision,
-        base_model=args.base_model, license=args.license, tokenizer=args.tokenizer, show_progress=not args.quiet,
+        base_model=args.base_model, license=args.license, tokenizer=args.tokenizer, state_dir=args.state_dir,
+        show_progress=not args.quiet,
     )
     print("\n" + result.summary())
     table = result.perplexity_table()

@@ -32,6 +32,7 @@ from .engine.presets import (
     SCHEDULES,
 )
 from .errors import PruningError
+from .recovery.config import RecoveryConfig
 
 __all__ = ["PruneConfig", "CONFIG_FILE", "level_name"]
 
@@ -123,6 +124,10 @@ class PruneConfig:
                  "round (also after every scoring round, so later rounds score the compensated model)")
     # ---- cost ----
     gradient_checkpointing: bool = _option(False, "trade compute for memory in gradient-based scoring")
+    # ---- recovery ----
+    recovery: RecoveryConfig | None = _option(
+        None, "train every saved level after pruning: a RecoveryConfig, its dict or a method name (kd, lm); None: "
+              "no recovery (command line: --recovery and the --recovery-* options)", nested=RecoveryConfig)
 
     def __post_init__(self) -> None:
         self.target_sparsity = self._levels(self.target_sparsity)
@@ -130,6 +135,7 @@ class PruneConfig:
             self.compensation = None
         if isinstance(self.keep_dense, Sequence) and not isinstance(self.keep_dense, str):
             self.keep_dense = tuple(self.keep_dense)
+        self.recovery = RecoveryConfig.coerce(self.recovery)  # a dict or a method name becomes the dataclass
         self.validate()
 
     # ---- checks -----------------------------------------------------------------------------------------
@@ -232,8 +238,11 @@ class PruneConfig:
         return base.replace(**overrides) if overrides else base
 
     def fingerprint(self) -> str:
-        """Hash of the resolved options: two configs with one fingerprint compute the same plans."""
-        text = json.dumps(self.resolved().to_dict(), sort_keys=True)
+        """Hash of the resolved options: two configs with one fingerprint compute the same plans.
+
+        ``recovery`` is left out: it trains the saved levels and changes no plan, so a pruning run's state is reused
+        when only the recovery options change."""
+        text = json.dumps({**self.resolved().to_dict(), "recovery": None}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     # ---- serialisation ----------------------------------------------------------------------------------
@@ -247,6 +256,8 @@ class PruneConfig:
                 value = f"{_CALLABLE}{target.__module__}.{target.__qualname__}"
             elif isinstance(value, tuple):
                 value = list(value)
+            elif isinstance(value, RecoveryConfig):
+                value = value.to_dict()
             out[f.name] = value
         return out
 

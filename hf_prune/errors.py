@@ -19,6 +19,8 @@ __all__ = [
     "DataOverlapWarning",
     "PruningError",
     "EvaluationError",
+    "RecoveryError",
+    "RecoveryDivergedError",
     "OutputExistsError",
     "AssetNotFoundError",
     "DataFetchError",
@@ -76,6 +78,23 @@ class PruningError(HfPruneError, ValueError):
 
 class EvaluationError(HfPruneError, ValueError):
     """Evaluation options are invalid (window length, stride, batch size...)."""
+
+
+class RecoveryError(PruningError):
+    """Recovery options (a :class:`~hf_prune.recovery.RecoveryConfig`) are invalid or cannot be met (a token budget
+    the data cannot supply, LoRA without PEFT installed)."""
+
+
+class RecoveryDivergedError(HfPruneError, FloatingPointError):
+    """The recovery loss became NaN or infinite; the message names the optimizer step.
+
+    Attributes:
+        step: the optimizer step whose loss was not finite.
+    """
+
+    def __init__(self, message: str, *, step: int) -> None:
+        super().__init__(message)
+        self.step = step
 
 
 # ---- files ---------------------------------------------------------------------------------------------

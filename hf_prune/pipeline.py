@@ -2,6 +2,7 @@
 
 check (everything cheap, before any loading) -> load (:mod:`hf_prune.loading`) -> prune (:func:`hf_prune.prune`,
 one nested run for every level) -> evaluate (:func:`hf_prune.evaluate_perplexity`, dense and each level) ->
+recover (optional, :func:`hf_prune.recover`: each level trained from its own pruned weights, evaluated again) ->
 save (:mod:`hf_prune.saving`, one folder per level) -> push (:func:`hf_prune.hub.push_pruned_folders`, one
 branch per level, ``main`` last). A typo fails in a second and leaves nothing on disk.
 """
@@ -36,7 +37,9 @@ class PruneAndPushResult:
         folders: sparsity -> saved level folder.
         metrics: ``{"dense": {...}, "levels": {sparsity: {...}}}``; each entry holds ``params``, and for
             levels ``target_sparsity``, ``sparsity`` (measured), ``kv_cache_reduction``, ``branch``; plus
-            ``perplexity`` (a :meth:`PerplexityReport.to_dict`) when an evaluation was given.
+            ``perplexity`` (a :meth:`PerplexityReport.to_dict`, before recovery) when an evaluation was given.
+            With recovery, a level also holds ``recovery`` (:meth:`RecoveryResult.to_dict`: settings, tokens,
+            throughput) and ``recovered`` (``{"perplexity": ...}`` after recovery, when evaluated).
         pushes: one :class:`~hf_prune.hub.PushResult` per branch, then ``main`` (empty when not pushed).
         result: the :class:`~hf_prune.PruneResult` of the run.
         primary: the level that is (or would be) on ``main``.
@@ -54,14 +57,18 @@ class PruneAndPushResult:
         """Markdown table: one row for the dense model, one per level (params, sparsity, KV, mean perplexity)."""
         dense = self.metrics["dense"]
         has_ppl = "perplexity" in dense
-        head = "| model | params | sparsity | KV cache removed |" + (" mean ppl |" if has_ppl else "") + " folder |"
-        rows = [head, "|---|---:|---:|---:|" + ("---:|" if has_ppl else "") + "---|"]
+        has_rec = has_ppl and any("recovered" in m for m in self.metrics["levels"].values())
+        head = ("| model | params | sparsity | KV cache removed |" + (" mean ppl |" if has_ppl else "")
+                + (" recovered ppl |" if has_rec else "") + " folder |")
+        rows = [head, "|---|---:|---:|---:|" + ("---:|" if has_ppl else "") + ("---:|" if has_rec else "") + "---|"]
         ppl = lambda m: f" {m['perplexity']['mean']:.2f} |" if has_ppl else ""  # noqa: E731
-        rows.append(f"| dense | {dense['params'] / 1e6:.2f} M | 0% | 0% |{ppl(dense)} |")
+        rec = lambda m: (f" {m['recovered']['perplexity']['mean']:.2f} |" if "recovered" in m else " |") \
+            if has_rec else ""  # noqa: E731
+        rows.append(f"| dense | {dense['params'] / 1e6:.2f} M | 0% | 0% |{ppl(dense)}{rec(dense)} |")
         for s, m in sorted(self.metrics["levels"].items()):
             mark = " (main)" if s == self.primary and self.pushes else ""
             rows.append(f"| {m['branch']}{mark} | {m['params'] / 1e6:.2f} M | {m['sparsity']:.1%} | "
-                        f"{m['kv_cache_reduction']:.1%} |{ppl(m)} {self.folders[s]} |")
+                        f"{m['kv_cache_reduction']:.1%} |{ppl(m)}{rec(m)} {self.folders[s]} |")
         return "\n".join(rows)
 
     def perplexity_table(self) -> str:
@@ -69,13 +76,18 @@ class PruneAndPushResult:
         dense = self.metrics["dense"].get("perplexity")
         if dense is None:
             return ""
-        levels = sorted(self.metrics["levels"].items())
-        head = "| domain | dense | " + " | ".join(m["branch"] for _, m in levels) + " |"
-        rows = [head, "|---|---:|" + "---:|" * len(levels)]
+        # One column per level, and one per recovered level next to it.
+        columns = []
+        for _, m in sorted(self.metrics["levels"].items()):
+            columns.append((m["branch"], m["perplexity"]))
+            if "recovered" in m:
+                columns.append((f"{m['branch']} recovered", m["recovered"]["perplexity"]))
+        head = "| domain | dense | " + " | ".join(name for name, _ in columns) + " |"
+        rows = [head, "|---|---:|" + "---:|" * len(columns)]
         for d, v in dense["per_domain"].items():
-            rows.append(f"| {d} | {v:.2f} | " + " | ".join(f"{m['perplexity']['per_domain'][d]:.2f}" for _, m in levels) + " |")
+            rows.append(f"| {d} | {v:.2f} | " + " | ".join(f"{p['per_domain'][d]:.2f}" for _, p in columns) + " |")
         rows.append(f"| **mean** | **{dense['mean']:.2f}** | "
-                    + " | ".join(f"**{m['perplexity']['mean']:.2f}**" for _, m in levels) + " |")
+                    + " | ".join(f"**{p['mean']:.2f}**" for _, p in columns) + " |")
         return "\n".join(rows)
 
 
@@ -131,6 +143,8 @@ def _check(config: PruneConfig, *, repo_id, push, token, primary, output_dir, ov
     calib = as_mix(DEFAULT_CALIBRATION if calibration is None else calibration)
     evals = as_mix(evaluation)
     check_overlap(calib, evals, documents=False)
+    if config.recovery is not None:
+        config.recovery.check_available()
     parse_dtype(torch_dtype)
     if target is not None:
         resolve_token(token)
@@ -217,11 +231,19 @@ def prune_and_push(
         tokenizer: a tokenizer, or the Hub id / folder to load one from, instead of the model's own.
         calibration_sources: domain -> where its text comes from, for the model cards (default: the file
             name of a local source, the dataset id of a Hub one).
-        state_dir, show_progress: passed to :func:`hf_prune.prune` (resumable runs, progress bars).
+        state_dir, show_progress: passed to :func:`hf_prune.prune` (resumable runs, progress bars); with
+            recovery, each level's training checkpoints go to ``state_dir/recovery/sparsity-XX/`` and resume.
+
+    Recovery (``recovery={"method": "kd", "tokens": 100_000}`` or a :class:`~hf_prune.recovery.RecoveryConfig`,
+    a field of the config): after a level is built (and compensated) and evaluated, it is trained from its own
+    weights towards the dense model on windows drawn from the calibration mix (a seed of their own, drawn once
+    before the model is loaded), evaluated again, and saved recovered; ``eval_results.json`` then holds
+    ``"recovered"`` next to ``"dense"`` and ``"pruned"``.
 
     Raises:
-        PruningError, CalibrationError, EvaluationError, ModelLoadError, UnsupportedModelError, PushArgumentError,
-            HubAuthError, OutputExistsError: bad arguments, all raised before the model is loaded. Errors of
+        PruningError, RecoveryError, CalibrationError, EvaluationError, ModelLoadError, UnsupportedModelError,
+            PushArgumentError, HubAuthError, OutputExistsError: bad arguments, all raised before the model is loaded
+            (a recovery budget the data cannot supply included). Errors of
             :func:`prune` and of the push propagate.
     """
     from .data.mix import CalibrationMix
@@ -232,6 +254,7 @@ def prune_and_push(
                  eval_seq_len=eval_seq_len, eval_max_windows=eval_max_windows, torch_dtype=torch_dtype)
     source, tokenizer = _tokenizer(model_id_or_path, tokenizer, revision=revision, token=token)
     check_overlap(job.calibration, job.evaluation, tokenizer=tokenizer)  # documents, once for the whole run
+    windows = _recovery_windows(job, tokenizer)  # before loading: a budget the data cannot supply fails here
     model, name, local = _model(model_id_or_path, source, revision=revision, token=token, torch_dtype=torch_dtype,
                                 device_map=device_map)
     result = _prune(model, tokenizer, job, state_dir=state_dir, show_progress=show_progress)
@@ -244,6 +267,8 @@ def prune_and_push(
     evaluate = _evaluator(tokenizer, job.evaluation, eval_seq_len, eval_max_windows, show_progress)
     dense_report = evaluate(model, "dense")
     metrics: dict[str, Any] = {"dense": {"params": base.params}, "levels": {}}
+    if job.config.recovery is not None:
+        metrics["recovery"] = job.config.recovery.to_dict()
     if dense_report is not None:
         metrics["dense"]["perplexity"] = dense_report.to_dict()
     folders: dict[float, Path] = {}
@@ -252,7 +277,8 @@ def prune_and_push(
         folders[s], metrics["levels"][s] = _save_level(
             model, tokenizer, result, s, base=base, job=job, evaluate=evaluate, dense_report=dense_report,
             calibration=calib_desc, eval_seq_len=eval_seq_len, overwrite=overwrite, show_progress=show_progress,
-            mix=job.calibration.to_dict() if isinstance(job.calibration, CalibrationMix) else None)
+            mix=job.calibration.to_dict() if isinstance(job.calibration, CalibrationMix) else None,
+            recovery=_Recovery(windows, state_dir) if windows is not None else None)
 
     pushes: list[Any] = []
     if job.repo_id is not None:
@@ -273,6 +299,36 @@ def _prune(model, tokenizer, job: _Job, *, state_dir, show_progress):
     return prune(model, tokenizer, job.calibration, job.config, state_dir=state_dir, show_progress=show_progress)
 
 
+def _recovery_windows(job: _Job, tokenizer):
+    """The training windows of the run's recovery (None without recovery), drawn from the calibration mix."""
+    if job.config.recovery is None:
+        return None
+    from .recovery.data import training_windows
+
+    return training_windows(job.calibration, tokenizer, job.config.recovery)
+
+
+@dataclass(frozen=True)
+class _Recovery:
+    """What recovering a level needs besides the model: the drawn windows and where checkpoints go."""
+
+    windows: Any
+    state_dir: Any
+
+
+def _recover_level(pruned, model, tokenizer, config: PruneConfig, s: float, recovery: _Recovery, evaluate,
+                   show_progress: bool):
+    """(recovered model, RecoveryResult, its PerplexityReport or None): ``pruned`` trained towards ``model``."""
+    from .recovery.distill import recover
+
+    logger.info("recovering %s: %s on %s tokens", level_name(s), config.recovery.method,
+                f"{config.recovery.tokens_used:,}")
+    state = Path(recovery.state_dir) / "recovery" / level_name(s) if recovery.state_dir is not None else None
+    result = recover(pruned, model, tokenizer, None, config.recovery, windows=recovery.windows, state_dir=state,
+                     show_progress=show_progress)
+    return result.model, result, evaluate(result.model, f"{level_name(s)} recovered")
+
+
 def _evaluator(tokenizer, evaluation, seq_len: int, max_windows: int | None, show_progress: bool):
     """``evaluate(model, label) -> PerplexityReport | None`` on the run's evaluation text (None: no evaluation)."""
     from .evaluation import evaluate_perplexity
@@ -288,14 +344,21 @@ def _evaluator(tokenizer, evaluation, seq_len: int, max_windows: int | None, sho
 
 
 def _save_level(model, tokenizer, result, s: float, *, base, job: _Job, evaluate, dense_report, calibration,
-                eval_seq_len: int, overwrite: bool, mix, show_progress: bool) -> tuple[Path, dict[str, Any]]:
-    """Build one level from the dense model, evaluate it, save its folder; returns (folder, its metrics)."""
+                eval_seq_len: int, overwrite: bool, mix, show_progress: bool,
+                recovery: _Recovery | None = None) -> tuple[Path, dict[str, Any]]:
+    """Build one level from the dense model, evaluate it, recover it (if asked) and evaluate it again, save its
+    folder; returns (folder, its metrics)."""
+    import copy
+
     import torch
 
     from .saving import level_card, save_level
 
     top = s == result.config.target_sparsity[-1] and result.model is not None
-    pruned = result.model if top else result.apply(model, s, show_progress=show_progress)
+    if top:  # the run's own top-level model: recovery trains a copy, so result.model stays as pruned
+        pruned = copy.deepcopy(result.model) if recovery is not None else result.model
+    else:
+        pruned = result.apply(model, s, show_progress=show_progress)
     pruned.eval()
     if getattr(pruned, "generation_config", None) is None and getattr(model, "generation_config", None) is not None:
         pruned.generation_config = model.generation_config
@@ -304,6 +367,13 @@ def _save_level(model, tokenizer, result, s: float, *, base, job: _Job, evaluate
              "kv_cache_reduction": result.kv_cache_reduction[s], "params": sum(p.numel() for p in pruned.parameters())}
     if report is not None:
         entry["perplexity"] = report.to_dict()
+    trained = recovered = None
+    if recovery is not None:
+        pruned, trained, recovered = _recover_level(pruned, model, tokenizer, result.config, s, recovery, evaluate,
+                                                    show_progress)
+        entry["recovery"] = trained.to_dict()
+        if recovered is not None:
+            entry["recovered"] = {"perplexity": recovered.to_dict()}
     plan = result.plans[s]
     plan = type(plan)(layers=plan.layers, metadata={
         **plan.metadata, "base_model": base.name, "base_model_path": base.path, "base_model_revision": base.revision,
@@ -311,12 +381,16 @@ def _save_level(model, tokenizer, result, s: float, *, base, job: _Job, evaluate
     })
     card = level_card(base, pruned, config=result.config, sparsity=s, measured=result.sparsity[s],
                       kv_cache_reduction=result.kv_cache_reduction[s], calibration=calibration, dense=dense_report,
-                      pruned=report, eval_seq_len=eval_seq_len, repo_id=job.repo_id)
+                      pruned=report, eval_seq_len=eval_seq_len, repo_id=job.repo_id, recovered=recovered,
+                      recovery=trained)
     evaluation = {"base_model": base.name, "branch": level_name(s), "target_sparsity": s,
                   "sparsity": result.sparsity[s], "kv_cache_reduction": result.kv_cache_reduction[s],
                   "params_before": base.params, "params_after": entry["params"],
                   "dense": dense_report.to_dict() if dense_report is not None else None,
                   "pruned": report.to_dict() if report is not None else None}
+    if trained is not None:
+        evaluation["recovered"] = recovered.to_dict() if recovered is not None else None
+        evaluation["recovery"] = trained.to_dict()
     folder = save_level(job.out / level_name(s), pruned, tokenizer, plan=plan, config=result.config, card=card,
                         evaluation=evaluation, overwrite=overwrite)
     del pruned

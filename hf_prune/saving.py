@@ -20,7 +20,7 @@ from .config import CONFIG_FILE, PruneConfig, level_name
 from .format.plan import PruningPlan
 
 __all__ = ["BaseModelInfo", "describe_base_model", "calibration_description", "level_card", "save_level",
-           "EVAL_FILE"]
+           "recovery_description", "EVAL_FILE"]
 
 logger = logging.getLogger(__name__)
 
@@ -115,13 +115,37 @@ def _method(config: PruneConfig) -> str:
         text += (f" The kept columns of every o_proj and down_proj were then refit to the dense layer's output by damped "
                  f"least squares (`{config.compensation}`, {config.compensation_target} target, damping "
                  f"{config.compensation_damping:g}, {config.compensation_samples} calibration windows).")
-    return text + " No recovery fine-tuning."
+    if config.recovery is None:
+        return text + " No recovery fine-tuning."
+    r = config.recovery
+    what = ("distilled from the dense model (KL to its next-token distribution"
+            + (f", {r.lm_weight:g} LM loss" if r.lm_weight else "") + ")") if r.method == "kd" else \
+        "trained with the next-token (LM) loss"
+    return text + (f" The level was then {what} on {r.tokens_used:,} calibration-mix tokens, "
+                   f"{'LoRA (merged back)' if r.lora else 'all parameters'} (see Recovery).")
+
+
+def recovery_description(recovery: Any) -> dict[str, Any]:
+    """What the card's Recovery section lists, from a :class:`~hf_prune.recovery.RecoveryResult`."""
+    c = recovery.config
+    out: dict[str, Any] = {"method": c.method, "tokens used": f"{recovery.tokens:,}", "optimizer steps": recovery.steps,
+                           "sequence length": c.seq_len, "tokens per step": c.tokens_per_step,
+                           "learning rate": f"{c.lr:g} ({c.lr_scheduler}, warmup {c.warmup:g})",
+                           "parameters trained": f"LoRA r={c.lora_r}, alpha={c.lora_alpha:g}, merged back" if c.lora
+                           else "all"}
+    if c.method == "kd":
+        out["temperature"] = c.temperature
+        out["LM loss weight"] = c.lm_weight
+    out["training data"] = ("windows drawn from the calibration mix with a seed of their own: "
+                            + ", ".join(f"{d} {n}" for d, n in recovery.domain_counts.items()))
+    return out
 
 
 def level_card(base: BaseModelInfo, model: Any, *, config: PruneConfig, sparsity: float, measured: float,
                kv_cache_reduction: float, calibration: Mapping[str, Any], dense: Any = None, pruned: Any = None,
-               eval_seq_len: int = 256, repo_id: str | None = None):
-    """The :class:`~hf_prune.hub.CardInfo` of one level (``dense`` / ``pruned``: its PerplexityReports, or None)."""
+               eval_seq_len: int = 256, repo_id: str | None = None, recovered: Any = None, recovery: Any = None):
+    """The :class:`~hf_prune.hub.CardInfo` of one level (``dense`` / ``pruned`` / ``recovered``: PerplexityReports,
+    or None; ``recovery``: the level's :class:`~hf_prune.recovery.RecoveryResult`, or None)."""
     from .format.geometry import layer_shapes
     from .hub.card import CardInfo
 
@@ -133,6 +157,8 @@ def level_card(base: BaseModelInfo, model: Any, *, config: PruneConfig, sparsity
         layers=[asdict(s) for s in layer_shapes(model)], base_layers=base.layers,
         eval_before=dense.per_domain if dense is not None else {},
         eval_after=pruned.per_domain if pruned is not None else {}, eval_seq_len=eval_seq_len,
+        eval_recovered=recovered.per_domain if recovered is not None else {},
+        recovery=recovery_description(recovery) if recovery is not None else None,
         other_levels=[(s, level_name(s)) for s in config.target_sparsity], branch=level_name(sparsity),
     )
 

@@ -230,6 +230,12 @@ print("EXIT", code, "TORCH", "torch" in sys.modules, "TRANSFORMERS", "transforme
         (["prune", "m", "--importance", "nope"], 1, "Unknown importance criterion 'nope'"),
         (["prune", "m", "--calibration", "a=/nonexistent/data.jsonl"], 1, "'/nonexistent/data.jsonl' does not exist"),
         (["prune", "/no/such/model"], 1, "no such model folder: /no/such/model"),
+        (["prune", "m", "--recovery", "kd", "--recovery-tokens", "lots"], 2,
+         "recovery tokens must be a number of tokens like 100000, '100k' or '2M', got 'lots'"),
+        (["prune", "m", "--recovery", "kd", "--recovery-tokens", "0"], 2, "recovery tokens must be > 0, got '0'"),
+        (["prune", "m", "--recovery", "kd", "--recovery-lr", "5"], 1, "recovery learning_rate must be a number in (0, 1)"),
+        (["prune", "m", "--recovery", "distill"], 1, "Unknown recovery method 'distill'"),
+        (["prune", "m", "--recovery-tokens", "100k"], 1, "--recovery-tokens need(s) --recovery kd or --recovery lm."),
         (["evaluate", "/no/such/model", "--evaluation", "a=/nonexistent.jsonl"], 1, "does not exist"),
     ],
 )

@@ -84,6 +84,8 @@ def test_every_option_is_on_the_command_line_with_its_default():
         if not f.metadata["cli"]:
             assert f.name == "objective"  # callables and multiple-choice data have no command-line form
             continue
+        if f.name == "recovery":  # a nested config: one option per RecoveryConfig field (next test)
+            continue
         action = by_dest["sparsity" if f.name == "target_sparsity" else f.name]
         assert f.metadata["help"].replace("%", "%%") in action.help
         if f.name != "target_sparsity":
@@ -100,3 +102,27 @@ def test_readme_reference_is_the_dataclass():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     assert PruneConfig.reference() in readme, "regenerate the README's PruneConfig table with PruneConfig.reference()"
     assert re.search(r"\| `target_sparsity` \| `0\.2, 0\.3, 0\.4, 0\.5` \|", PruneConfig.reference())
+
+
+def test_every_recovery_option_is_on_the_command_line():
+    from hf_prune import RecoveryConfig
+    from hf_prune.errors import RecoveryError
+    from hf_prune.recovery.config import cli_flag
+
+    prune = argparse.ArgumentParser()
+    add_prune_arguments(prune)
+    by_flag = {s: a for a in prune._actions for s in a.option_strings}
+    for f in dataclasses.fields(RecoveryConfig):
+        action = by_flag[cli_flag(f)]
+        assert action.dest == "recovery_" + f.name and f.metadata["help"].replace("%", "%%") in action.help
+    parser = build_parser()
+    assert config_from_args(parser.parse_args(["prune", "m", "--recovery", "none"])).recovery is None
+    args = parser.parse_args(["prune", "m", "--recovery", "kd", "--recovery-tokens", "62.5k", "--recovery-lr", "2e-4",
+                              "--recovery-lora", "--recovery-lora-r", "8", "--no-recovery-allow-repeat",
+                              "--recovery-seq-len", "128"])
+    assert config_from_args(args).recovery == RecoveryConfig(tokens=62_500, learning_rate=2e-4, lora=True, lora_r=8,
+                                                             allow_repeat=False, seq_len=128)
+    # Nothing but --recovery: the RecoveryConfig defaults.
+    assert config_from_args(parser.parse_args(["prune", "m", "--recovery", "lm"])).recovery == RecoveryConfig(method="lm")
+    with pytest.raises(RecoveryError, match="--recovery-lr, --recovery-tokens need.s. --recovery kd or --recovery lm"):
+        config_from_args(parser.parse_args(["prune", "m", "--recovery-tokens", "1M", "--recovery-lr", "1e-4"]))

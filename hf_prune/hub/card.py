@@ -58,6 +58,8 @@ class CardInfo:
         base_layers: the same for the dense model (drawn as the reference in the chart); empty if unknown.
         eval_before: perplexity of the base model per evaluation domain.
         eval_after: perplexity of the pruned model per evaluation domain.
+        eval_recovered: perplexity of the pruned model after recovery training per domain (empty: not recovered).
+        recovery: how it was recovered (method, tokens, learning rate...; rendered as a list), ``None`` if not.
         eval_seq_len: sequence length of the evaluation.
         speed: optional measurement vs the dense model, e.g. ``{"device": "cpu", "dense_tokens_per_s": 10.0,
             "pruned_tokens_per_s": 14.2, "batch_size": 1}``.
@@ -81,6 +83,8 @@ class CardInfo:
     base_layers: Sequence[Mapping[str, Any]] = ()
     eval_before: Mapping[str, float]
     eval_after: Mapping[str, float]
+    eval_recovered: Mapping[str, float] = field(default_factory=dict)
+    recovery: Mapping[str, Any] | None = None
     eval_seq_len: int
     speed: Mapping[str, Any] | None = None
     other_levels: Sequence[tuple[float, str]] = field(default_factory=list)
@@ -113,7 +117,7 @@ class CardInfo:
             for i, layer in enumerate(getattr(self, name)):
                 if not isinstance(layer, Mapping):
                     raise ModelCardError(f"{name}[{i}] must be a dict, got {type(layer).__name__}")
-        for name in ("eval_before", "eval_after"):
+        for name in ("eval_before", "eval_after", "eval_recovered"):
             for domain, ppl in getattr(self, name).items():
                 if not isinstance(ppl, (int, float)) or (isinstance(ppl, float) and math.isnan(ppl)) or ppl <= 0:
                     raise ModelCardError(f"{name}[{domain!r}] must be a positive perplexity, got {ppl!r}")
@@ -251,13 +255,30 @@ def _size_rows(info: CardInfo) -> list[list[str]]:
     ])
 
 
-def _eval_rows(info: CardInfo) -> list[list[str]]:
+def _change(before: float | None, after: float | None) -> str:
+    return ("+" if after >= before else "") + _pct(after / before - 1) if before and after else "—"
+
+
+def _eval_table(info: CardInfo) -> dict[str, Any]:
+    """``eval_header`` and ``eval_rows``: dense, pruned (and recovered) perplexity per domain, change vs dense."""
+    recovered = dict(info.eval_recovered)
+    header = ["domain", "dense (before)", "pruned (after)"]
+    header += ["pruned + recovered", "change (recovered vs dense)"] if recovered else ["change"]
+    ppl = lambda v: f"{v:.2f}" if v else "—"  # noqa: E731
     rows = []
-    for domain in dict.fromkeys([*info.eval_before, *info.eval_after]):
+    for domain in dict.fromkeys([*info.eval_before, *info.eval_after, *recovered]):
         before, after = info.eval_before.get(domain), info.eval_after.get(domain)
-        change = ("+" if after >= before else "") + _pct(after / before - 1) if before and after else "—"
-        rows.append((domain, f"{before:.2f}" if before else "—", f"{after:.2f}" if after else "—", change))
-    return _cells(rows)
+        row = [domain, ppl(before), ppl(after)]
+        if recovered:
+            row += [ppl(recovered.get(domain)), _change(before, recovered.get(domain))]
+        else:
+            row.append(_change(before, after))
+        rows.append(row)
+    return {"eval_header": header, "eval_rows": _cells(rows)}
+
+
+def _recovery_bullets(recovery: Mapping[str, Any] | None) -> list[tuple[str, str]]:
+    return [(str(k).replace("_", " "), _cell(v)) for k, v in (recovery or {}).items()]
 
 
 def _speed(speed: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -335,7 +356,8 @@ def render_model_card(info: CardInfo, *, template: str | Path | None = None) -> 
             repo_id=repo, branch=info.branch, transformers_range=SUPPORTED_TRANSFORMERS_SPEC,
             origin=f"Pruned from {reference}{revision}", method=info.method.strip(),
             calibration_bullets=bullets, calibration_tables=tables, size_rows=_size_rows(info),
-            chart_file=CHART_FILENAME, layer_rows=_layer_rows(info.layers), eval_rows=_eval_rows(info),
+            chart_file=CHART_FILENAME, layer_rows=_layer_rows(info.layers), **_eval_table(info),
+            recovery_bullets=_recovery_bullets(info.recovery),
             eval_seq_len=info.eval_seq_len, **_speed(info.speed), level_rows=_level_rows(info),
             base_model_ref=reference,
         )

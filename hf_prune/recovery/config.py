@@ -1,0 +1,235 @@
+"""``RecoveryConfig``: the options of healing a pruned model by training, with their defaults and meanings.
+
+Like :class:`~hf_prune.PruneConfig`, one documented dataclass: :func:`hf_prune.recover` takes it,
+``PruneConfig.recovery`` holds it (so ``prune_and_push(..., recovery={...})`` and ``prune_config.json`` carry
+it), and the ``hf-prune prune`` command line generates its ``--recovery-*`` options from its fields. This module
+imports nothing heavy: a config is built and checked without torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import math
+import numbers
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import RecoveryError
+
+__all__ = ["RecoveryConfig", "parse_tokens", "RECOVERY_METHODS", "LR_SCHEDULERS"]
+
+#: ``kd``: KL divergence of the student's next-token distribution to the dense teacher's (optionally mixed with
+#: the LM loss); ``lm``: the next-token cross-entropy alone (no teacher: the baseline).
+RECOVERY_METHODS = ("kd", "lm")
+#: Learning-rate schedules (transformers' ``lr_scheduler_type`` names) offered here.
+LR_SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
+#: Learning rate when ``learning_rate`` is None: LoRA adapters start at zero and take larger steps.
+DEFAULT_LR = {False: 1e-4, True: 1e-3}
+_SUFFIXES = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "b": 10**9}
+_TOKENS = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([kmgb]?)\s*$", re.IGNORECASE)
+
+
+def parse_tokens(value: Any) -> int:
+    """A token budget as an int: ``100_000``, ``"100k"``, ``"2M"``, ``"62.5k"``, ``"1e6"`` (must be a whole number > 0).
+
+    Raises:
+        RecoveryError: not a number, not whole, or not positive.
+    """
+    if isinstance(value, bool):
+        raise RecoveryError(f"recovery tokens must be a number of tokens like 100000, '100k' or '2M', got {value!r}.")
+    if isinstance(value, numbers.Real):
+        number = float(value)
+    else:
+        match = _TOKENS.match(str(value))
+        if not match:
+            raise RecoveryError(f"recovery tokens must be a number of tokens like 100000, '100k' or '2M', got {value!r}.")
+        number = float(match.group(1)) * _SUFFIXES[match.group(2).lower()]
+    if not math.isfinite(number) or number != int(number):
+        raise RecoveryError(f"recovery tokens must be a whole number of tokens, got {value!r}.")
+    if number <= 0:
+        raise RecoveryError(f"recovery tokens must be > 0, got {value!r}.")
+    return int(number)
+
+
+def _option(default: Any, help: str, **extra: Any) -> Any:
+    """A field with its help text (used by the reference table and by the command line's ``--recovery-*``)."""
+    return field(default=default, metadata={"help": help, **extra})
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@dataclass
+class RecoveryConfig:
+    """Options of a recovery run (see :func:`hf_prune.recover`). Invalid values raise
+    :class:`~hf_prune.errors.RecoveryError` at construction.
+
+    Example::
+
+        RecoveryConfig(method="kd", tokens="2M", lora=True)
+        PruneConfig(target_sparsity=0.3, recovery={"method": "kd", "tokens": 100_000})
+    """
+
+    method: str = _option("kd", "kd (KL to the dense model's next-token distribution, optionally mixed with the LM "
+                                "loss) or lm (next-token cross-entropy alone)", flag="--recovery")
+    tokens: int = _option(1_000_000, "training token budget (e.g. 100k, 2M); rounded up to whole optimizer steps")
+    seq_len: int = _option(256, "tokens per training window")
+    temperature: float = _option(1.0, "kd: softmax temperature of teacher and student (the KL is scaled by T^2)")
+    lm_weight: float = _option(0.0, "kd: share of the LM loss in the objective, (1 - w) KL + w CE")
+    learning_rate: float | None = _option(
+        None, f"peak learning rate (default: {DEFAULT_LR[False]:g} full-parameter, {DEFAULT_LR[True]:g} LoRA)",
+        flag="--recovery-lr")
+    lr_scheduler: str = _option("cosine", f"learning-rate schedule after warmup: {', '.join(LR_SCHEDULERS)}")
+    warmup: float = _option(0.05, "fraction of the optimizer steps spent warming the learning rate up from 0")
+    weight_decay: float = _option(0.0, "AdamW weight decay")
+    max_grad_norm: float = _option(1.0, "gradient clipping norm (0 disables it)")
+    batch_size: int = _option(8, "windows per forward/backward pass")
+    gradient_accumulation_steps: int = _option(1, "passes per optimizer step (tokens per step = batch x this x "
+                                                  "seq_len)")
+    lora: bool = _option(False, "train LoRA adapters (PEFT, pip install 'hf-prune[lora]') on every linear layer and "
+                                "merge them back, instead of all parameters")
+    lora_r: int = _option(16, "LoRA rank")
+    lora_alpha: float = _option(32.0, "LoRA scaling numerator (the update is scaled by alpha / r)")
+    lora_dropout: float = _option(0.0, "dropout on the LoRA input")
+    seed: int = _option(0, "seed of the training windows (drawn apart from the scoring windows), the window "
+                           "order and the adapters' init")
+    allow_repeat: bool = _option(True, "reuse windows (another epoch) when the mix holds fewer than the budget "
+                                       "needs; off: such a budget is refused before loading")
+    save_steps: int = _option(200, "with a state dir: checkpoint every N optimizer steps, resumed after an "
+                                   "interruption (0: no checkpoints)")
+    bf16: bool = _option(False, "bfloat16 autocast for the student (and the teacher's forward)")
+    gradient_checkpointing: bool = _option(False, "recompute activations in the backward pass (less memory)")
+    teacher_device: str | None = _option(None, "device of the dense teacher, e.g. cuda:1 (default: the student's)")
+
+    def __post_init__(self) -> None:
+        self.tokens = parse_tokens(self.tokens)
+        self.validate()
+
+    # ---- checks -----------------------------------------------------------------------------------------
+    def validate(self) -> None:
+        """Run every ``validate_*`` check (done at construction and by :meth:`replace`)."""
+        for name in sorted(dir(self)):
+            if name.startswith("validate_"):
+                getattr(self, name)()
+
+    def validate_names(self) -> None:
+        if self.method not in RECOVERY_METHODS:
+            raise RecoveryError(f"Unknown recovery method {self.method!r}; choose one of {list(RECOVERY_METHODS)}.")
+        if self.lr_scheduler not in LR_SCHEDULERS:
+            raise RecoveryError(f"Unknown recovery lr_scheduler {self.lr_scheduler!r}; choose one of "
+                                f"{list(LR_SCHEDULERS)}.")
+        if self.teacher_device is not None and not isinstance(self.teacher_device, str):
+            raise RecoveryError(f"recovery teacher_device must be a device name like 'cuda:1', got "
+                                f"{self.teacher_device!r}.")
+
+    def validate_counts(self) -> None:
+        for name in ("batch_size", "gradient_accumulation_steps", "lora_r"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 1:
+                raise RecoveryError(f"recovery {name} must be a positive integer, got {value!r}.")
+        if not _is_int(self.seq_len) or self.seq_len < 2:
+            raise RecoveryError(f"recovery seq_len must be an integer >= 2, got {self.seq_len!r}.")
+        if not _is_int(self.save_steps) or self.save_steps < 0:
+            raise RecoveryError(f"recovery save_steps must be an integer >= 0, got {self.save_steps!r}.")
+        if not _is_int(self.seed):
+            raise RecoveryError(f"recovery seed must be an integer, got {self.seed!r}.")
+
+    def validate_rates(self) -> None:
+        lr = self.learning_rate
+        if lr is not None and (not _is_number(lr) or not 0 < lr < 1):
+            raise RecoveryError(f"recovery learning_rate must be a number in (0, 1), e.g. 1e-4; got {lr!r}.")
+        checks = (("temperature", lambda v: v > 0, "> 0"), ("lm_weight", lambda v: 0 <= v <= 1, "in [0, 1]"),
+                  ("warmup", lambda v: 0 <= v < 1, "in [0, 1)"), ("weight_decay", lambda v: v >= 0, ">= 0"),
+                  ("max_grad_norm", lambda v: v >= 0, ">= 0"), ("lora_alpha", lambda v: v > 0, "> 0"),
+                  ("lora_dropout", lambda v: 0 <= v < 1, "in [0, 1)"))
+        for name, ok, rule in checks:
+            value = getattr(self, name)
+            if not _is_number(value) or not ok(value):
+                raise RecoveryError(f"recovery {name} must be a number {rule}, got {value!r}.")
+        if self.method == "lm" and self.lm_weight not in (0, 1):
+            raise RecoveryError("recovery lm_weight mixes the LM loss into kd; method 'lm' uses the LM loss alone.")
+
+    def check_available(self) -> None:
+        """Refuse options whose libraries are missing (cheap: nothing is imported)."""
+        if self.lora and importlib.util.find_spec("peft") is None:
+            raise RecoveryError("recovery with lora=True needs PEFT: pip install 'hf-prune[lora]'.")
+
+    # ---- derived ----------------------------------------------------------------------------------------
+    @property
+    def lr(self) -> float:
+        """The learning rate used: ``learning_rate``, else the default for full-parameter or LoRA training."""
+        return float(self.learning_rate) if self.learning_rate is not None else DEFAULT_LR[bool(self.lora)]
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.gradient_accumulation_steps * self.seq_len
+
+    @property
+    def max_steps(self) -> int:
+        """Optimizer steps: the budget rounded up to whole steps (at least one)."""
+        return max(1, math.ceil(self.tokens / self.tokens_per_step))
+
+    @property
+    def num_windows(self) -> int:
+        """Training windows the steps consume."""
+        return self.max_steps * self.batch_size * self.gradient_accumulation_steps
+
+    @property
+    def tokens_used(self) -> int:
+        return self.num_windows * self.seq_len
+
+    def replace(self, **overrides: Any) -> RecoveryConfig:
+        """A copy with some fields changed (checked); an unknown name raises :class:`RecoveryError`."""
+        _known(overrides)
+        return dataclasses.replace(self, **overrides)
+
+    # ---- serialisation ----------------------------------------------------------------------------------
+    @classmethod
+    def coerce(cls, value: RecoveryConfig | Mapping[str, Any] | str | None) -> RecoveryConfig | None:
+        """``None``, a RecoveryConfig, its dict (same field names), or a method name (``"kd"``) -> a config."""
+        if value is None or isinstance(value, cls):
+            return value
+        if isinstance(value, str):
+            return None if value == "none" else cls(method=value)
+        if isinstance(value, Mapping):
+            return cls.from_dict(value)
+        raise RecoveryError(f"recovery must be a RecoveryConfig, a dict, a method name or None, got "
+                            f"{type(value).__name__}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RecoveryConfig:
+        """The inverse of :meth:`to_dict`; unknown keys are refused."""
+        _known(data)
+        return cls(**dict(data))
+
+    @classmethod
+    def reference(cls) -> str:
+        """Markdown table of every field: name, command-line option, default, meaning (checked against the README)."""
+        rows = ["| option | command line | default | meaning |", "|---|---|---|---|"]
+        for f in dataclasses.fields(cls):
+            rows.append(f"| `{f.name}` | `{cli_flag(f)}` | `{f.default}` | {f.metadata['help']} |")
+        return "\n".join(rows)
+
+
+def cli_flag(f: dataclasses.Field) -> str:
+    """The ``hf-prune prune`` option of a RecoveryConfig field: ``--recovery-<name>`` unless the field names one."""
+    return f.metadata.get("flag", "--recovery-" + f.name.replace("_", "-"))
+
+
+def _known(values: Mapping[str, Any]) -> None:
+    known = {f.name for f in dataclasses.fields(RecoveryConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise RecoveryError(f"unknown recovery option(s) {unknown}; known: {sorted(known)}.")

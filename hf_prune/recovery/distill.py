@@ -1,0 +1,339 @@
+"""``recover``: train a pruned model back towards the dense one with transformers' ``Trainer``.
+
+The objective (:class:`DistillationTrainer.compute_loss`) is, per predicted token,
+
+- ``kd``: ``(1 - w) T^2 KL(softmax(t / T) || softmax(s / T)) + w CE(s, next token)``, with ``t`` the dense
+  teacher's logits (eval mode, no gradients, optionally on another device) and ``s`` the student's;
+- ``lm``: ``CE(s, next token)`` alone (a plain training step, the baseline).
+
+Everything else is the ecosystem's: the Trainer's optimizer (AdamW), schedule, clipping, autocast, activation
+checkpointing and checkpoints (``state_dir``: every ``save_steps``, resumed by the next call); PEFT's LoRA adapters
+(merged back with ``merge_and_unload``, so the model keeps its class and shapes). Two callbacks are ours: a
+progress bar with tokens/s and ETA, and a stop naming the step when the loss is NaN or infinite.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import tempfile
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
+from transformers.trainer_utils import get_last_checkpoint
+
+from ..data.windows import CalibrationWindows
+from ..errors import RecoveryDivergedError, RecoveryError
+from ..fileio import write_text_atomic
+from .config import RecoveryConfig
+from .data import training_windows
+
+__all__ = ["recover", "RecoveryResult", "DistillationTrainer", "kd_loss", "NonFiniteLossCallback",
+           "TokenProgressCallback"]
+
+logger = logging.getLogger(__name__)
+
+#: The options a state dir was written with (a resumed run must use the same).
+STATE_CONFIG = "recovery_config.json"
+#: Linear layers LoRA adapts (those a pruned layer lacks are skipped by PEFT's suffix match).
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Mean over tokens of ``T^2 KL(softmax(t / T) || softmax(s / T))`` (fp32); logits ``[..., vocab]``."""
+    s = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    kl = F.kl_div(s, t, log_target=True, reduction="none").sum(-1)
+    return kl.mean() * temperature**2
+
+
+class _Windows(torch.utils.data.Dataset):
+    """Training windows as the Trainer's dataset: ``{"input_ids": [seq_len]}`` rows."""
+
+    def __init__(self, input_ids: torch.Tensor) -> None:
+        self.input_ids = input_ids
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.input_ids[i]}
+
+
+class DistillationTrainer(Trainer):
+    """A ``Trainer`` whose loss is the distillation objective of the module docstring.
+
+    Args:
+        teacher: the dense model (``None`` only for ``method="lm"``); used in eval mode under ``no_grad``.
+        recovery: the :class:`RecoveryConfig` (``method``, ``temperature``, ``lm_weight``, ``teacher_device``).
+    """
+
+    def __init__(self, *args: Any, teacher: torch.nn.Module | None, recovery: RecoveryConfig, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.teacher, self.recovery = teacher, recovery
+        # compute_loss returns a per-batch mean: the Trainer divides it by the accumulation steps (every 5.x).
+        self.model_accepts_loss_kwargs = False
+        self.loss_is_scaled_for_ga = False
+
+    def _teacher_logits(self, ids: torch.Tensor, device: torch.device) -> torch.Tensor:
+        teacher_device = next(self.teacher.parameters()).device
+        with torch.no_grad():
+            logits = self.teacher(input_ids=ids.to(teacher_device), use_cache=False).logits
+        return logits[:, :-1].to(device)
+
+    def compute_loss(self, model: torch.nn.Module, inputs: Mapping[str, Any], return_outputs: bool = False,
+                     num_items_in_batch: torch.Tensor | int | None = None):
+        ids = inputs["input_ids"]
+        outputs = model(input_ids=ids, use_cache=False)
+        logits = outputs.logits[:, :-1]
+        config = self.recovery
+        ce = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+        if config.method == "lm":
+            loss = ce
+        else:
+            kd = kd_loss(logits, self._teacher_logits(ids, logits.device), config.temperature)
+            loss = (1 - config.lm_weight) * kd + config.lm_weight * ce if config.lm_weight else kd
+        return (loss, outputs) if return_outputs else loss
+
+
+class NonFiniteLossCallback(TrainerCallback):
+    """Stops training with :class:`RecoveryDivergedError` naming the step when a logged loss is NaN or inf.
+
+    Needs ``logging_steps=1`` and ``logging_nan_inf_filter=False`` (what :func:`recover` sets): every step's loss is
+    then logged as it was.
+    """
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(loss):
+            raise RecoveryDivergedError(
+                f"recovery loss became {loss} at step {state.global_step} of {state.max_steps}; lower the learning "
+                f"rate (was {args.learning_rate:g}) or use bf16=False.", step=state.global_step)
+
+
+class TokenProgressCallback(TrainerCallback):
+    """A tqdm bar over optimizer steps with the loss and student tokens/s (the bar gives the ETA).
+
+    ``tokens_per_second`` is measured over the steps this call ran (a resumed run's earlier steps excluded).
+    """
+
+    def __init__(self, tokens_per_step: int, show: bool = True) -> None:
+        self.tokens_per_step, self.show = tokens_per_step, show
+        self.bar: tqdm | None = None
+        self.loss: float | None = None
+        self.start_step, self.start_time, self.seconds = 0, 0.0, 0.0
+        self.steps_run = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start_step, self.start_time = state.global_step, time.perf_counter()
+        self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="recovery", unit="step",
+                        disable=not self.show, dynamic_ncols=True, leave=False)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        self.loss = (logs or {}).get("loss", self.loss)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.seconds = time.perf_counter() - self.start_time
+        self.steps_run = state.global_step - self.start_step
+        self.bar.update(state.global_step - self.bar.n)
+        postfix = {"tok/s": f"{self.tokens_per_second:.0f}"}
+        if self.loss is not None:
+            postfix["loss"] = f"{self.loss:.3f}"
+        self.bar.set_postfix(postfix, refresh=False)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.close()
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.steps_run * self.tokens_per_step / self.seconds if self.seconds > 0 else 0.0
+
+
+class _LossHistory(TrainerCallback):
+    """Every logged training loss, as ``(step, loss)``."""
+
+    def __init__(self) -> None:
+        self.losses: list[tuple[int, float]] = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.losses.append((state.global_step, float(logs["loss"])))
+
+
+@dataclass
+class RecoveryResult:
+    """What :func:`recover` returns.
+
+    Attributes:
+        model: the trained student (LoRA merged in), in eval mode; the same object that was passed in.
+        config: the :class:`RecoveryConfig` used.
+        steps: optimizer steps run in all (a resumed run counts the steps before the interruption).
+        tokens: training tokens of those steps (``config.tokens_used``: the budget rounded up to whole steps).
+        seconds, tokens_per_second: wall time and student tokens/s of the steps this call ran.
+        losses: ``(step, loss)`` of the steps this call ran.
+        domain_counts: training windows per domain.
+        resumed_from: the checkpoint resumed from, if any.
+    """
+
+    model: Any = field(repr=False)
+    config: RecoveryConfig
+    steps: int
+    tokens: int
+    seconds: float
+    tokens_per_second: float
+    losses: list[tuple[int, float]] = field(default_factory=list, repr=False)
+    domain_counts: dict[str, int] = field(default_factory=dict)
+    resumed_from: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (for ``eval_results.json`` and the metrics), without the model and losses."""
+        final = self.losses[-1][1] if self.losses else None
+        return {"config": self.config.to_dict(), "steps": self.steps, "tokens": self.tokens,
+                "seconds": round(self.seconds, 2), "tokens_per_second": round(self.tokens_per_second, 1),
+                "final_loss": final, "domain_counts": self.domain_counts, "resumed_from": self.resumed_from}
+
+
+def _with_lora(model: torch.nn.Module, config: RecoveryConfig) -> torch.nn.Module:
+    """The model wrapped with LoRA adapters on its linear layers (PEFT), seeded by ``config.seed``."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(config.seed)  # the adapters' A matrices are random: make them reproducible
+    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                      target_modules=list(LORA_TARGETS), bias="none", task_type="CAUSAL_LM")
+    with warnings.catch_warnings():
+        # PEFT (0.21) still reads transformers' deprecated `is_gradient_checkpointing`; not ours to fix.
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(model, lora)
+
+
+def _arguments(config: RecoveryConfig, out: Path, checkpoints: bool, device: torch.device) -> TrainingArguments:
+    """The ``TrainingArguments`` of a recovery run (one place that maps RecoveryConfig onto them)."""
+    checkpointing = ("activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__
+                     else "gradient_checkpointing")  # the name before transformers 5.24
+    return TrainingArguments(
+        output_dir=str(out), max_steps=config.max_steps, per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps, learning_rate=config.lr,
+        lr_scheduler_type=config.lr_scheduler, warmup_steps=round(config.warmup * config.max_steps),
+        weight_decay=config.weight_decay, max_grad_norm=config.max_grad_norm, seed=config.seed, data_seed=config.seed,
+        # Windows are drawn in a seeded random order already; reading them in order makes a resume exact.
+        train_sampling_strategy="sequential", dataloader_num_workers=0, remove_unused_columns=False,
+        logging_steps=1, logging_nan_inf_filter=False, report_to="none", disable_tqdm=True,
+        save_strategy="steps" if checkpoints else "no", save_steps=max(config.save_steps, 1), save_total_limit=1,
+        bf16=config.bf16, use_cpu=device.type == "cpu", **{checkpointing: config.gradient_checkpointing},
+    )
+
+
+def _state_dir(state_dir: str | Any | None, config: RecoveryConfig) -> tuple[Path, bool]:
+    """(folder for the Trainer's files, whether it keeps checkpoints); a state dir must hold the same options."""
+    if state_dir is None:
+        return Path(tempfile.mkdtemp(prefix="hf-prune-recovery-")), False
+    path = Path(state_dir)
+    saved = path / STATE_CONFIG
+    if saved.is_file():
+        before = json.loads(saved.read_text(encoding="utf-8"))
+        if before != config.to_dict():
+            changed = sorted(k for k in config.to_dict() if before.get(k) != config.to_dict()[k])
+            raise RecoveryError(f"{path} holds a recovery run with other options ({', '.join(changed)}); use another "
+                                "state dir or the same options.")
+    else:
+        path.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(saved, json.dumps(config.to_dict(), indent=1) + "\n")
+    return path, config.save_steps > 0
+
+
+def recover(student: torch.nn.Module, teacher: torch.nn.Module | None, tokenizer: Any, calibration: Any,
+            config: RecoveryConfig | Mapping[str, Any] | str | None = None, *, state_dir: str | Path | None = None,
+            show_progress: bool = True, callbacks: Sequence[TrainerCallback] = (),
+            windows: CalibrationWindows | None = None, **overrides: Any) -> RecoveryResult:
+    """Train ``student`` (a pruned model) towards ``teacher`` (the dense model) on windows of ``calibration``.
+
+    Args:
+        student: the model to train, in place (full-parameter, or LoRA merged back in).
+        teacher: the dense model for ``method="kd"`` (``None`` for ``"lm"``); left unchanged.
+        tokenizer: the tokenizer (needed when ``calibration`` is a mix).
+        calibration: a :class:`~hf_prune.CalibrationMix` (windows drawn by :func:`training_windows`),
+            :class:`~hf_prune.CalibrationWindows` or a ``[N, seq_len]`` token tensor.
+        config: a :class:`RecoveryConfig`, its dict or a method name; ``overrides`` replace fields.
+        state_dir: folder for checkpoints every ``save_steps``; a call with the same folder and options resumes
+            from its last checkpoint. ``None``: no checkpoints.
+        callbacks: extra ``TrainerCallback``s (e.g. to evaluate at some steps).
+        windows: training windows already drawn (skips the draw from ``calibration``).
+
+    Raises:
+        RecoveryError: bad options, PEFT missing for LoRA, no teacher for ``kd``, data that cannot supply the budget.
+        RecoveryDivergedError: the loss became NaN/inf (names the step).
+    """
+    config = RecoveryConfig.coerce(config) or RecoveryConfig()
+    config = config.replace(**overrides) if overrides else config
+    config.check_available()
+    if config.method == "kd" and teacher is None:
+        raise RecoveryError("recovery method 'kd' needs the dense teacher model; pass it or use method='lm'.")
+    if windows is None:
+        windows = training_windows(calibration, tokenizer, config)
+    out, checkpoints = _state_dir(state_dir, config)
+    device = next(student.parameters()).device
+    if teacher is not None and config.teacher_device is not None:
+        teacher.to(config.teacher_device)
+    teacher_was_training = teacher.training if teacher is not None else False
+    if teacher is not None:
+        teacher.eval()
+    model = _with_lora(student, config) if config.lora else student
+    trainer, progress, history = _trainer(model, teacher, config, windows, out, checkpoints, device, show_progress,
+                                          callbacks)
+    resume = get_last_checkpoint(str(out)) if checkpoints and out.is_dir() else None
+    if resume:
+        logger.info("resuming recovery from %s", resume)
+    try:
+        trainer.train(resume_from_checkpoint=resume)
+    finally:
+        if teacher is not None:
+            teacher.train(teacher_was_training)
+        _cleanup(out, keep=state_dir is not None)
+    trained = model.merge_and_unload() if config.lora else model
+    _disable_checkpointing(trained)
+    trained.eval()
+    return RecoveryResult(model=trained, config=config, steps=trainer.state.global_step, tokens=config.tokens_used,
+                          seconds=progress.seconds, tokens_per_second=progress.tokens_per_second,
+                          losses=history.losses, domain_counts=windows.domain_counts, resumed_from=resume)
+
+
+def _trainer(model, teacher, config: RecoveryConfig, windows: CalibrationWindows, out: Path, checkpoints: bool,
+             device: torch.device, show_progress: bool, callbacks: Sequence[TrainerCallback]):
+    """(DistillationTrainer with our callbacks instead of the printing ones, progress callback, loss history)."""
+    ids = windows.input_ids[: config.num_windows]
+    progress, history = TokenProgressCallback(config.tokens_per_step, show_progress), _LossHistory()
+    trainer = DistillationTrainer(model=model, args=_arguments(config, out, checkpoints, device),
+                                  train_dataset=_Windows(ids), teacher=teacher, recovery=config,
+                                  callbacks=[NonFiniteLossCallback(), progress, history, *callbacks])
+    # The Trainer's own bar / printer would print every step's log line (we log every step for the NaN check).
+    trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)
+    return trainer, progress, history
+
+
+def _disable_checkpointing(model: torch.nn.Module) -> None:
+    """Leave the returned model as it came: the Trainer turned activation checkpointing on if asked."""
+    if hasattr(type(model), "is_activation_checkpointing"):
+        if model.is_activation_checkpointing:
+            model.activation_checkpointing_disable()
+    elif getattr(model, "is_gradient_checkpointing", False):  # transformers before 5.24
+        model.gradient_checkpointing_disable()
+
+
+def _cleanup(out: Path, keep: bool) -> None:
+    """Remove the Trainer's scratch folder when the caller gave no state dir."""
+    if not keep:
+        import shutil
+
+        shutil.rmtree(out, ignore_errors=True)
