@@ -20,7 +20,7 @@ from .errors import PruningError, PushArgumentError
 from .saving import EVAL_FILE
 
 __all__ = ["prune_and_push", "PruneAndPushResult", "DEFAULT_CALIBRATION", "EVAL_FILE", "level_name",
-           "resolve_primary"]
+           "resolve_primary", "check_memory", "model_config"]
 
 logger = logging.getLogger(__name__)
 
@@ -153,14 +153,15 @@ def _tokenizer(model_id_or_path: Any, tokenizer: Any, *, revision, token):
     return source, tokenizer
 
 
-def _model(model_id_or_path: Any, source, *, revision, token, torch_dtype, device_map):
+def _model(model_id_or_path: Any, source, *, revision, token, torch_dtype, device_map, max_memory=None):
     """(model as a Qwen2-family causal LM in eval mode, name it came from, local?)."""
     from .loading import load_model, to_qwen2_family
 
     if source is None:  # an already loaded model
         name = str(getattr(model_id_or_path.config, "_name_or_path", "") or "model")
         return to_qwen2_family(model_id_or_path).eval(), name, True
-    model = load_model(source, dtype=torch_dtype, device_map=device_map, revision=revision, token=token)
+    model = load_model(source, dtype=torch_dtype, device_map=device_map, revision=revision, token=token,
+                       max_memory=max_memory)
     return model, source.name, source.local
 
 
@@ -189,6 +190,7 @@ def prune_and_push(
     calibration_sources: Mapping[str, str] | None = None,
     state_dir: str | os.PathLike | None = None,
     show_progress: bool = True,
+    max_memory: Mapping[Any, Any] | None = None,
     **overrides: Any,
 ) -> PruneAndPushResult:
     """Prune a model to several sparsities, evaluate, save one checkpoint folder per level, and push them.
@@ -218,23 +220,44 @@ def prune_and_push(
         calibration_sources: domain -> where its text comes from, for the model cards (default: the file
             name of a local source, the dataset id of a Hub one).
         state_dir, show_progress: passed to :func:`hf_prune.prune` (resumable runs, progress bars).
+        max_memory: accelerate's ``{device: size}`` (``{0: "75GiB", 1: "75GiB"}``), passed to ``from_pretrained``
+            and used by the memory plan; without it the plan checks what the devices report (free GPU memory,
+            the CPU's available RAM). The plan is logged before loading; a run that cannot fit is refused then.
+
+    Under ``torchrun --nproc-per-node N`` (``WORLD_SIZE`` > 1) the run is data parallel: every rank loads the
+    model (on GPU ``cuda:LOCAL_RANK`` unless ``device_map`` says otherwise), scores its share of the calibration
+    windows and takes part in every reduction and refit; rank 0 alone evaluates, writes and pushes, and the
+    others return an empty result after a barrier.
 
     Raises:
         PruningError, CalibrationError, EvaluationError, ModelLoadError, UnsupportedModelError, PushArgumentError,
-            HubAuthError, OutputExistsError: bad arguments, all raised before the model is loaded. Errors of
-            :func:`prune` and of the push propagate.
+            HubAuthError, OutputExistsError, InsufficientMemoryError: bad arguments or a run that cannot fit, all
+            raised before the model is loaded. Errors of :func:`prune` and of the push propagate.
     """
     from .data.mix import CalibrationMix
     from .data.spec import check_overlap
+    from .engine.distributed import barrier, init_from_env, is_main, world_size
 
+    if init_from_env():
+        device_map = _rank_device_map(device_map)
+        show_progress = show_progress and is_main()
     job = _check(PruneConfig.coerce(config, **overrides), repo_id=repo_id, push=push, token=token, primary=primary,
                  output_dir=output_dir, overwrite=overwrite, calibration=calibration, evaluation=evaluation,
                  eval_seq_len=eval_seq_len, eval_max_windows=eval_max_windows, torch_dtype=torch_dtype)
     source, tokenizer = _tokenizer(model_id_or_path, tokenizer, revision=revision, token=token)
     check_overlap(job.calibration, job.evaluation, tokenizer=tokenizer)  # documents, once for the whole run
+    if source is not None:  # refused here, before any weights are read, if the devices cannot hold the run
+        check_memory(model_config(source, revision=revision, token=token), job.config, device_map=device_map,
+                     max_memory=max_memory, dtype=torch_dtype)
     model, name, local = _model(model_id_or_path, source, revision=revision, token=token, torch_dtype=torch_dtype,
-                                device_map=device_map)
+                                device_map=device_map, max_memory=max_memory)
     result = _prune(model, tokenizer, job, state_dir=state_dir, show_progress=show_progress)
+    if not is_main():  # rank > 0: take part in every level's refit (collectives), write nothing
+        for s in result.config.target_sparsity:
+            if not (s == result.config.target_sparsity[-1] and result.model is not None):
+                result.apply(model, s)
+        barrier()
+        return PruneAndPushResult(folders={}, metrics={}, result=result, primary=job.primary)
 
     from .saving import calibration_description, describe_base_model
 
@@ -262,8 +285,49 @@ def prune_and_push(
         pushes = push_pruned_folders(job.repo_id, {level_name(s): f for s, f in folders.items()},
                                      primary=level_name(job.primary), token=token, private=private,
                                      overwrite=overwrite, endpoint=endpoint)
+    if world_size() > 1:
+        barrier()
     return PruneAndPushResult(folders=folders, metrics=metrics, pushes=pushes, result=result, primary=job.primary,
                               repo_id=job.repo_id)
+
+
+def _rank_device_map(device_map: Any) -> Any:
+    """A data-parallel rank's device: ``cuda:LOCAL_RANK`` on GPUs when no ``device_map`` is given."""
+    import torch
+
+    if device_map is None and torch.cuda.is_available():
+        return {"": int(os.environ.get("LOCAL_RANK", "0"))}
+    return device_map
+
+
+def model_config(source: Any, *, revision: str | None = None, token: str | None = None) -> dict[str, Any]:
+    """The full ``config.json`` of a checked model source (a Hub model's is read from the Hub: one small file)."""
+    needed = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size")
+    config = dict(source.config)
+    if source.local or all(k in config for k in needed):
+        return config
+    import json
+
+    from huggingface_hub import hf_hub_download
+
+    path = hf_hub_download(source.name, "config.json", revision=revision, token=token)
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def check_memory(config_json: Mapping[str, Any], config: PruneConfig, *, device_map: Any = None,
+                 max_memory: Mapping[Any, Any] | None = None, dtype: Any = "auto"):
+    """Log the memory plan and refuse a run that cannot fit (:class:`~hf_prune.InsufficientMemoryError`)."""
+    from .engine.distributed import is_main, world_size
+    from .engine.memory import check_fits
+    from .loading import parse_dtype
+
+    name = parse_dtype(dtype)
+    plan = check_fits(config_json, config, device_map=device_map, max_memory=max_memory,
+                      dtype=name if isinstance(name, str) else str(name), world_size=world_size())
+    if is_main():
+        for line in str(plan).splitlines():
+            logger.info("%s", line)
+    return plan
 
 
 def _prune(model, tokenizer, job: _Job, *, state_dir, show_progress):

@@ -32,6 +32,8 @@ from ..format.geometry import head_dim_of
 from ..format.plan import PruningPlan, ResolvedLayer
 from ..format.slicing import apply_plan
 from .batches import calibration_batches
+from .dispatch import redispatch
+from .distributed import all_reduce_tensor, shard, world_size
 
 __all__ = ["compensate", "refit", "CompensationData", "compensation_batches"]
 
@@ -97,19 +99,32 @@ class _Gram:
         return self.gram
 
 
+def _reduced(gram: torch.Tensor) -> torch.Tensor:
+    """``X^T X`` summed over the data-parallel ranks (each saw its own windows); unchanged in one process."""
+    return all_reduce_tensor(gram)
+
+
+def _tokens(batches: list[dict[str, Any]]) -> int:
+    return int(sum(b["attention_mask"].sum() if b.get("attention_mask") is not None else b["input_ids"].numel()
+                   for b in batches))
+
+
 class CompensationData:
-    """The calibration batches compensation runs on (drawn once, so every level is refit on the same text)."""
+    """The calibration batches compensation runs on (drawn once, so every level is refit on the same text).
+
+    In a data-parallel run each rank keeps its share of the batches (:func:`~hf_prune.engine.distributed.shard`);
+    ``num_tokens`` still counts every rank's.
+    """
 
     def __init__(self, batches: list[dict[str, Any]]) -> None:
         if not batches or any("input_ids" not in b for b in batches):
             raise PruningError("compensation needs calibration batches with input_ids (token windows or "
                                "multiple-choice sequences).")
-        self.batches = batches
-
-    @property
-    def num_tokens(self) -> int:
-        return int(sum(b["attention_mask"].sum() if b.get("attention_mask") is not None else b["input_ids"].numel()
-                       for b in self.batches))
+        if len(batches) < world_size():
+            raise PruningError(f"compensation has {len(batches)} calibration batches for {world_size()} processes; "
+                               "raise compensation_samples or lower batch_size.")
+        self.num_tokens = _tokens(batches)
+        self.batches = shard(batches)
 
 
 def compensation_batches(calibration: Any, tokenizer: Any, config: PruneConfig, device: torch.device) -> CompensationData:
@@ -189,24 +204,27 @@ class _LayerRefit:
         """Refit this layer and return the hidden states after it (of the model the target follows)."""
         dense, pruned, keep = self.dense, self.pruned, self.keep
         device = next(dense.parameters()).device  # layers of a dispatched model may sit on different devices
-        hidden = [h.to(device) for h in hidden]
+        for j, h in enumerate(hidden):  # in place, here and below: one batch's states more at a time, not a list
+            hidden[j] = h.to(device)
         follow = pruned if target == "sequential" else dense
         where = f"layer {self.index}"
         dense_heads = dense.self_attn.q_proj.out_features // self.head_dim
         if pruned.self_attn is not None and len(keep.query_heads) < dense_heads:
-            gram = self._attention_gram(hidden, kwargs, masks)
+            gram = _reduced(self._attention_gram(hidden, kwargs, masks))
             cols = _columns(keep.query_heads, self.head_dim, gram.device)
             new = refit(dense.self_attn.o_proj.weight, gram, cols, self.damping, where=f"{where} o_proj")
             pruned.self_attn.o_proj.weight.data.copy_(new.to(pruned.self_attn.o_proj.weight.dtype))
         if follow.self_attn is not None:
-            hidden = [self.attention(h, kw, follow) for h, kw in zip(hidden, kwargs)]
+            for j, kw in enumerate(kwargs):
+                hidden[j] = self.attention(hidden[j], kw, follow)
         if pruned.mlp is not None and len(keep.mlp_channels) < dense.mlp.gate_proj.out_features:
-            gram = self._mlp_gram(hidden, masks)
+            gram = _reduced(self._mlp_gram(hidden, masks))
             cols = torch.tensor(keep.mlp_channels, dtype=torch.long, device=gram.device)
             new = refit(dense.mlp.down_proj.weight, gram, cols, self.damping, where=f"{where} down_proj")
             pruned.mlp.down_proj.weight.data.copy_(new.to(pruned.mlp.down_proj.weight.dtype))
         if follow.mlp is not None:
-            hidden = [self.mlp(h, follow) for h in hidden]
+            for j, h in enumerate(hidden):
+                hidden[j] = self.mlp(h, follow)
         return hidden
 
 
@@ -247,10 +265,10 @@ def compensate(model, plan: PruningPlan, calibration: Any, *, tokenizer: Any = N
     model.eval()
     try:
         if data is None:
-            data = compensation_batches(calibration, tokenizer, config, next(model.parameters()).device)
+            data = compensation_batches(calibration, tokenizer, config, model.get_input_embeddings().weight.device)
         pruned = apply_plan(model, plan).eval()
         _refit_layers(model, pruned, plan, data, damping=config.compensation_damping,
                       target=config.compensation_target, show_progress=show_progress)
     finally:
         model.train(was_training)
-    return pruned
+    return redispatch(pruned, model)

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from ..errors import PruningError
 from ..format.geometry import head_dim_of
+from .distributed import all_reduce_sums
 from .objectives import Objective
 from .structures import LayerScores
 
@@ -85,6 +86,16 @@ class Importance:
         raise NotImplementedError
 
 
+def _keep_checkpointing(model) -> None:
+    """Layers with gradient checkpointing on go back to training mode: transformers checkpoints a layer only while
+    it trains. Their attention dropout is 0 (checked), so the forward is the same as in eval mode."""
+    if getattr(model.config, "attention_dropout", 0.0):
+        return
+    for layer in model.model.layers:
+        if getattr(layer, "gradient_checkpointing", False):
+            layer.train()
+
+
 @contextlib.contextmanager
 def _only_structured_grads(model) -> Iterator[list[torch.nn.Parameter]]:
     """Gradients only for the prunable projections; flags, grads and train/eval mode restored afterwards."""
@@ -103,6 +114,7 @@ def _only_structured_grads(model) -> Iterator[list[torch.nn.Parameter]]:
             p.requires_grad_(p in chosen)
             p.grad = None
         model.eval()  # Qwen2 has no dropout; eval keeps scoring deterministic
+        _keep_checkpointing(model)
         yield params
     finally:
         for p, flag in flags.items():
@@ -126,25 +138,45 @@ class TaylorImportance(Importance):
             raise PruningError("taylor importance needs an objective")
         with _only_structured_grads(model) as params:
             # fp32/fp64 models accumulate in .grad directly; half precision gets fp32 buffers (bf16 sums lose the
-            # small terms).
+            # small terms), each weight's gradient added in as soon as backward has produced it and then freed, so
+            # the half-precision gradients of the whole model never exist at once. Buffers sit on their weight's
+            # device (a model dispatched over several devices keeps each layer's on its own).
             buffers = {p: torch.zeros_like(p, dtype=torch.float32) for p in params if p.dtype in (torch.bfloat16, torch.float16)}
+            handles = [p.register_post_accumulate_grad_hook(_add_into(buf)) for p, buf in buffers.items()]
             count = 0
-            for batch in _progress(batches, "taylor scores", not show_progress):
-                size = batch["input_ids"].shape[0]
-                loss = objective(model, batch)
-                (loss * size).backward()  # loss x batch size: the gradient of the summed per-sample losses
-                count += size
-                for p, buf in buffers.items():
-                    buf.add_(p.grad)
-                    p.grad = None
+            try:
+                for batch in _progress(batches, "taylor scores", not show_progress):
+                    size = batch["input_ids"].shape[0]
+                    loss = objective(model, batch)
+                    (loss * size).backward()  # loss x batch size: the gradient of the summed per-sample losses
+                    count += size
+            finally:
+                for handle in handles:
+                    handle.remove()
+            sums = {p: buffers[p] if p in buffers else p.grad if p.grad is not None else torch.zeros_like(p)
+                    for p in params}
+            # Data parallel: every rank scored its own windows; the sums and the count are added up once here.
+            count = all_reduce_sums(list(sums.values()), count)
             if count == 0:
                 raise PruningError("The calibration set produced no batches.")
-            mean_grad = {p: (buffers[p] if p in buffers else p.grad) / count for p in params}
+            for t in sums.values():
+                t.div_(count)  # in place: no second copy of the buffers
+            mean_grad = sums
 
             def elementwise(module, kind, tensor):
                 return (_acc(tensor.detach()) * mean_grad[getattr(module, kind)]).abs()
 
             return _structure_sums(model, elementwise)
+
+
+def _add_into(buffer: torch.Tensor) -> Callable[[torch.Tensor], None]:
+    """A post-accumulate-grad hook that adds the weight's gradient into ``buffer`` (fp32) and frees it."""
+
+    def hook(param: torch.Tensor) -> None:
+        buffer.add_(param.grad)
+        param.grad = None
+
+    return hook
 
 
 def _split(batch: Batch, size: int) -> Iterator[Batch]:
@@ -192,6 +224,10 @@ class FisherImportance(Importance):
                     count += 1
                     for p in params:
                         p.grad = None
+            if totals is None:  # a rank without batches still takes part in the reduction
+                totals = [s.map(torch.zeros_like) for s in _structure_sums(model, lambda m, k, t: torch.zeros_like(t))]
+            count = all_reduce_sums([t for s in totals for t in (s.query_heads, s.kv_heads, s.mlp_channels)
+                                     if t is not None], count)
             if count == 0:
                 raise PruningError("The calibration set produced no batches.")
             return [t.map(lambda x: x / (2 * count)) for t in totals]
@@ -215,6 +251,16 @@ class _ActivationStats:
         entry[0] = entry[0] + x.sum(0)
         entry[1] = entry[1] + x.pow(2).sum(0)
         entry[2] += x.shape[0]
+
+    def reduce(self, batches: int) -> int:
+        """Sums over the data-parallel ranks (once per round); returns the total batch count."""
+        for module, entry in self.stats.items():
+            width = module.in_features
+            for j in (0, 1):
+                if not isinstance(entry[j], torch.Tensor):  # this rank saw no batch
+                    entry[j] = torch.zeros(width, device=module.weight.device)
+            entry[2] = all_reduce_sums(entry[:2], entry[2])
+        return all_reduce_sums([], batches)
 
     def remove(self):
         for handle in self.handles:
@@ -245,6 +291,7 @@ class _ActivationImportance(Importance):
                     count += 1
         finally:
             stats.remove()
+        count = stats.reduce(count)
         if count == 0:
             raise PruningError("The calibration set produced no batches.")
         d = head_dim_of(model.config)
