@@ -9,6 +9,7 @@ run on the copy as they did on the original.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 __all__ = ["redispatch", "is_dispatched"]
@@ -32,5 +33,12 @@ def redispatch(copy: Any, original: Any) -> Any:
         except AttributeError:  # a removed sublayer
             continue
         device_map[name] = device
-    # force_hooks: keep the hooks even when every entry names one device (as in the CPU tests).
-    return dispatch_model(copy, device_map=device_map, force_hooks=True)
+    # force_hooks: keep the hooks even when every entry names one device (as in the CPU tests). accelerate warns
+    # about "cpu" entries on every dispatch; the original's dispatch warned once already.
+    quiet = logging.getLogger("accelerate.big_modeling")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        return dispatch_model(copy, device_map=device_map, force_hooks=True)
+    finally:
+        quiet.setLevel(level)

@@ -300,7 +300,7 @@ class Pruner:
             recorder.reduce()
         sent, calls = TRAFFIC.reset()
         if calls:
-            logger.info("round %d: all-reduced %.1f MB in %d calls", step + 1, sent / 1e6, calls)
+            logger.info("round %d: all-reduced %d bytes in %d calls", step + 1, sent, calls)
         c = self.config
         plan = allocate(self.scores, geometry, budget, allocation=c.allocation, normalization=c.normalization,
                         constraints=self.constraints, tolerance=int(0.002 * self.base_params)).explicit(geometry.shapes)
