@@ -202,3 +202,19 @@ def test_torchrun_two_processes_write_what_one_process_writes(base, tmp_path):
     tensors = [p for layer in model.model.layers for name, p in layer.named_parameters() if "proj" in name]
     first = rounds[0].split("all-reduced ")[1].split()
     assert int(first[0]) == 4 * sum(p.numel() for p in tensors) + 8 and int(first[3]) == len(tensors) + 1
+
+
+# ---- the GPU benchmark, as a CPU smoke test -------------------------------------------------------------------
+def test_bench_scale_runs_a_scaled_down_shape_on_cpu(capsys):
+    """benchmarks/bench_scale.py end to end on a tiny shape (not timed): scoring, plain pass, one layer's refit."""
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    try:
+        from bench_scale import SHAPES, config_of, main
+    finally:
+        sys.path.pop(0)
+    result = main(["--shape", "smoke", "--device", "cpu", "--seq-len", "32", "--num-samples", "4", "--batch-size", "2",
+                   "--compensation-samples", "4"])
+    assert result["params"] == memory_plan(config_of("smoke"), PruneConfig()).model.total_params()
+    assert result["scoring_seconds_per_round"] > 0 and result["compensation_one_layer"]["refit_seconds"] > 0
+    assert set(SHAPES) >= {"qwen2.5-7b", "qwen2.5-14b", "qwen2.5-32b", "qwen2.5-72b"}
+    assert "one scoring round" in capsys.readouterr().out
