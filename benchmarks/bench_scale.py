@@ -57,12 +57,12 @@ def config_of(shape: str, dtype: str = "bfloat16") -> dict:
             "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0}}
 
 
-def device_map_for(num_layers: int, devices: list[str]) -> dict[str, str]:
-    """Consecutive layers per device (as even as possible); embeddings first, norm and lm_head last."""
-    from hf_prune.engine.memory import _split_layers
+def device_map_for(shape: str, devices: list[str]) -> dict[str, str]:
+    """The memory plan's split: consecutive layers balanced by weight, embeddings first, norm and lm_head last."""
+    from hf_prune.engine.memory import ModelDims, split_layers
 
     dmap = {"model.embed_tokens": devices[0], "model.rotary_emb": devices[0]}
-    for dev, layers in zip(devices, _split_layers(num_layers, len(devices))):
+    for dev, layers in zip(devices, split_layers(ModelDims.from_config(config_of(shape)), len(devices))):
         dmap.update({f"model.layers.{i}": dev for i in layers})
     dmap.update({"model.norm": devices[-1], "lm_head": devices[-1]})
     return dmap
@@ -77,7 +77,7 @@ def build(shape: str, devices: list[str], dtype: torch.dtype, seed: int = 0):
     config = Qwen2Config(**{k: v for k, v in config_of(shape).items() if k not in ("model_type", "architectures", "dtype")})
     with torch.device("meta"):
         model = Qwen2ForCausalLM(config).to(dtype)
-    dmap = device_map_for(config.num_hidden_layers, devices)
+    dmap = device_map_for(shape, devices)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     for name, dev in dmap.items():
         module = model.get_submodule(name)

@@ -218,3 +218,31 @@ def test_bench_scale_runs_a_scaled_down_shape_on_cpu(capsys):
     assert result["scoring_seconds_per_round"] > 0 and result["compensation_one_layer"]["refit_seconds"] > 0
     assert set(SHAPES) >= {"qwen2.5-7b", "qwen2.5-14b", "qwen2.5-32b", "qwen2.5-72b"}
     assert "one scoring round" in capsys.readouterr().out
+
+
+# ---- activation-based first-order scores ----------------------------------------------------------------------
+def test_activation_taylor_equals_the_signed_taylor_sum_over_each_output_projection_column():
+    """sum over tokens of x * dL/dx at a structure's output = sum of W * dL/dW over its output-projection column
+    (and over its k/v rows for a KV head): checked against weight gradients, in float64, without weight grads."""
+    from hf_prune.engine.importance import ActivationTaylorImportance
+
+    model = tiny_qwen2().double()
+    ids = torch.randint(0, 128, (4, 32), generator=torch.Generator().manual_seed(0))
+    batches = [{"input_ids": ids[:2]}, {"input_ids": ids[2:]}]
+    scores = ActivationTaylorImportance()(model, batches, lm_loss, show_progress=False)
+    assert all(p.grad is None for p in model.parameters())  # no weight gradient was computed
+    for p in model.parameters():
+        p.requires_grad_(True)
+    for batch in batches:
+        (lm_loss(model, batch) * 2).backward()
+    d = 8
+    for layer, s in zip(model.model.layers, scores):
+        a, down = layer.self_attn, layer.mlp.down_proj
+        signed = lambda m: (m.weight * m.weight.grad / 4)  # noqa: E731 - the mean gradient over 4 windows
+        torch.testing.assert_close(s.mlp_channels.double(), signed(down).sum(0).abs(), rtol=1e-4, atol=1e-9)
+        torch.testing.assert_close(s.query_heads.double(), signed(a.o_proj).view(64, -1, d).sum((0, 2)).abs(),
+                                   rtol=1e-4, atol=1e-9)
+        kv = sum(signed(p).sum(1) + p.bias * p.bias.grad / 4 for p in (a.k_proj, a.v_proj))
+        torch.testing.assert_close(s.kv_heads.double(), kv.view(-1, d).sum(1).abs(), rtol=1e-4, atol=1e-9)
+    plan = memory_plan(model.config.to_dict(), PruneConfig(importance="activation-taylor"), dtype="bfloat16")
+    assert "score buffers (fp32)" not in plan.devices[0].stages["scoring, round 1"]

@@ -35,7 +35,7 @@ from ..errors import InsufficientMemoryError, PruningError
 from .schedule import get_schedule
 
 __all__ = ["ModelDims", "MemoryPlan", "DevicePlan", "memory_plan", "parse_size", "check_fits", "format_bytes",
-           "device_capacities", "fit_options", "plan_for_devices"]
+           "device_capacities", "fit_options", "plan_for_devices", "split_layers"]
 
 GiB = 2**30
 _DTYPE_BYTES = {"float32": 4, "float": 4, "fp32": 4, "bfloat16": 2, "bf16": 2, "float16": 2, "fp16": 2, "half": 2,
@@ -239,7 +239,7 @@ _ORDER = ["weights (dense)", "weights (sliced copy)", "score buffers (fp32)", "g
 
 def _needs_grad(config: PruneConfig) -> bool:
     """Whether the (resolved) criterion runs backward (taylor, fisher, or a callable, which may)."""
-    return not isinstance(config.importance, str) or config.importance in ("taylor", "fisher")
+    return not isinstance(config.importance, str) or config.importance in ("taylor", "activation-taylor", "fisher")
 
 
 def _first_round_keep(config: PruneConfig) -> float:
@@ -248,9 +248,16 @@ def _first_round_keep(config: PruneConfig) -> float:
     return 1.0 - float(points[0])
 
 
-def _split_layers(num_layers: int, parts: int) -> list[range]:
-    """Layers per device when a model is split over ``parts`` devices (consecutive, as even as possible)."""
-    bounds = [round(num_layers * k / parts) for k in range(parts + 1)]
+def split_layers(m: ModelDims, parts: int) -> list[range]:
+    """Consecutive layers per device, balancing weights with the embeddings on the first device and the lm_head
+    on the last (how accelerate's ``device_map="auto"`` places a model: by weight size, in order)."""
+    sizes = [m.embedding_params] + [m.layer_params(i) for i in range(len(m.layers))] + [m.head_params]
+    total, bounds, running, start = sum(sizes), [0], 0, 0
+    for i, size in enumerate(sizes[1:-1]):
+        running += size if i else size + sizes[0]
+        while len(bounds) < parts and running >= total * len(bounds) / parts:
+            bounds.append(i + 1)
+    bounds += [len(m.layers)] * (parts + 1 - len(bounds))
     return [range(bounds[k], bounds[k + 1]) for k in range(parts)]
 
 
@@ -261,16 +268,17 @@ def _scoring(m: ModelDims, c: PruneConfig, layers: range, first: bool, last: boo
     weights = sum(m.layer_params(i) for i in layers) + (m.embedding_params if first else 0) + (m.head_params if last else 0)
     copy = sum(m.layer_params(i, keep) for i in layers) + (m.embedding_params if first else 0) + (m.head_params if last else 0)
     per_layer = [m.layer_activations(i, eager, c.seq_len) for i in layers] or [0]
-    if c.gradient_checkpointing:  # each layer's input is kept; one layer is recomputed during backward
+    if c.gradient_checkpointing and c.importance != "activation-taylor":  # inputs kept, one layer recomputed
         activations = tokens * (len(layers) * m.hidden_size * b + max(per_layer))
     else:
         activations = tokens * sum(per_layer)
     parts = {"weights (dense)": b * weights}
     if dense_kept:
         parts["weights (sliced copy)"] = b * copy
-    parts["score buffers (fp32)"] = 4 * sum(m.layer_prunable(i, keep) for i in layers)
-    if b < 4:  # a layer's weight gradients exist in the dtype until they are added into the buffers
-        parts["gradients in flight"] = b * max((m.layer_prunable(i, keep) for i in layers), default=0)
+    if c.importance != "activation-taylor":  # that criterion keeps per-column sums only, no weight gradients
+        parts["score buffers (fp32)"] = 4 * sum(m.layer_prunable(i, keep) for i in layers)
+        if b < 4:  # a layer's weight gradients exist in the dtype until they are added into the buffers
+            parts["gradients in flight"] = b * max((m.layer_prunable(i, keep) for i in layers), default=0)
     parts["activations"] = activations
     if last:  # fp32 log-softmax kept for backward, its gradient, the logits' gradient (+ the half-precision one)
         parts["logits and loss"] = tokens * m.vocab_size * (12 + (b if b < 4 else 0))
@@ -338,7 +346,7 @@ def memory_plan(model_or_config: Any, config: PruneConfig | Mapping[str, Any] | 
     split = len(devs) > 1 if split is None else split
     layout = f"layers split over {len(devs)} devices" if split else "one device" if len(devs) == 1 else \
         f"{len(devs)} devices, each with the whole model"
-    ranges = _split_layers(len(m.layers), len(devs)) if split else [range(len(m.layers))] * len(devs)
+    ranges = split_layers(m, len(devs)) if split else [range(len(m.layers))] * len(devs)
     keep, eager = _first_round_keep(c), attn_implementation == "eager"
     level_keep = 1.0 - c.target_sparsity[0]
     plans = []
@@ -414,6 +422,9 @@ def fit_options(model: Any, config: PruneConfig, plan: MemoryPlan, kwargs: dict[
         tries.append(("batch_size 1", config.replace(batch_size=1)))
     if not config.gradient_checkpointing:
         tries.append(("gradient_checkpointing", config.replace(gradient_checkpointing=True)))
+    if _needs_grad(config.resolved()) and config.resolved().importance == "taylor":
+        tries.append(("importance activation-taylor (no fp32 buffer per weight)",
+                      config.replace(importance="activation-taylor")))
         if config.batch_size > 1:
             tries.append(("batch_size 1 and gradient_checkpointing",
                           config.replace(batch_size=1, gradient_checkpointing=True)))

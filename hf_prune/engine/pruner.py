@@ -275,7 +275,8 @@ class Pruner:
         batches = self.batches
         if self.config.resample_each_step and step and self.criterion.needs_data:
             batches = self._draw(self.config.seed + step)
-        checkpointing = self.config.gradient_checkpointing and self.criterion.needs_grad
+        checkpointing = (self.config.gradient_checkpointing and self.criterion.needs_grad
+                         and getattr(self.criterion, "supports_checkpointing", True))
         if checkpointing:
             self.current.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         try:
