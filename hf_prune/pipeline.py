@@ -236,11 +236,12 @@ def prune_and_push(
     """
     from .data.mix import CalibrationMix
     from .data.spec import check_overlap
-    from .engine.distributed import barrier, init_from_env, is_main, world_size
+    if _world_size() > 1:  # torchrun: join the process group (torch is imported only then, before the checks)
+        from .engine.distributed import init_from_env
 
-    if init_from_env():
+        init_from_env()
         device_map = _rank_device_map(device_map)
-        show_progress = show_progress and is_main()
+        show_progress = show_progress and _rank() == 0
     job = _check(PruneConfig.coerce(config, **overrides), repo_id=repo_id, push=push, token=token, primary=primary,
                  output_dir=output_dir, overwrite=overwrite, calibration=calibration, evaluation=evaluation,
                  eval_seq_len=eval_seq_len, eval_max_windows=eval_max_windows, torch_dtype=torch_dtype)
@@ -252,6 +253,8 @@ def prune_and_push(
     model, name, local = _model(model_id_or_path, source, revision=revision, token=token, torch_dtype=torch_dtype,
                                 device_map=device_map, max_memory=max_memory)
     result = _prune(model, tokenizer, job, state_dir=state_dir, show_progress=show_progress)
+    from .engine.distributed import barrier, is_main, world_size
+
     if not is_main():  # rank > 0: take part in every level's refit (collectives), write nothing
         for s in result.config.target_sparsity:
             if not (s == result.config.target_sparsity[-1] and result.model is not None):
@@ -291,6 +294,15 @@ def prune_and_push(
                               repo_id=job.repo_id)
 
 
+def _world_size() -> int:
+    """Processes of this run as torchrun describes them (read from the environment: no torch needed)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
 def _rank_device_map(device_map: Any) -> Any:
     """A data-parallel rank's device: ``cuda:LOCAL_RANK`` on GPUs when no ``device_map`` is given."""
     import torch
@@ -317,14 +329,13 @@ def model_config(source: Any, *, revision: str | None = None, token: str | None 
 def check_memory(config_json: Mapping[str, Any], config: PruneConfig, *, device_map: Any = None,
                  max_memory: Mapping[Any, Any] | None = None, dtype: Any = "auto"):
     """Log the memory plan and refuse a run that cannot fit (:class:`~hf_prune.InsufficientMemoryError`)."""
-    from .engine.distributed import is_main, world_size
     from .engine.memory import check_fits
     from .loading import parse_dtype
 
     name = parse_dtype(dtype)
     plan = check_fits(config_json, config, device_map=device_map, max_memory=max_memory,
-                      dtype=name if isinstance(name, str) else str(name), world_size=world_size())
-    if is_main():
+                      dtype=name if isinstance(name, str) else str(name), world_size=_world_size())
+    if _rank() == 0:
         for line in str(plan).splitlines():
             logger.info("%s", line)
     return plan

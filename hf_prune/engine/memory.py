@@ -314,12 +314,6 @@ def _compensation(m: ModelDims, c: PruneConfig, layers: range, first: bool, last
     }
 
 
-def _device_names(devices: Sequence[tuple[str, int | None]] | None, parts: int) -> list[tuple[str, int | None]]:
-    if devices:
-        return list(devices)
-    return [("device", None)] * parts if parts > 1 else [("device", None)]
-
-
 def memory_plan(model_or_config: Any, config: PruneConfig | Mapping[str, Any] | None = None, *,
                 dtype: str | None = None, devices: Sequence[tuple[str, int | None]] | None = None,
                 split: bool | None = None, world_size: int = 1, attn_implementation: str = "sdpa") -> MemoryPlan:
@@ -342,7 +336,7 @@ def memory_plan(model_or_config: Any, config: PruneConfig | Mapping[str, Any] | 
     c = PruneConfig.coerce(config).resolved()
     m = ModelDims.from_model(model_or_config) if hasattr(model_or_config, "parameters") else \
         ModelDims.from_config(model_or_config, dtype)
-    devs = _device_names(devices, 1)
+    devs = list(devices) if devices else [("device", None)]  # no devices given: one of unknown capacity
     split = len(devs) > 1 if split is None else split
     layout = f"layers split over {len(devs)} devices" if split else "one device" if len(devs) == 1 else \
         f"{len(devs)} devices, each with the whole model"
