@@ -104,6 +104,7 @@ def main() -> None:
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--stage", default="scoring", choices=["scoring", "compensation"])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rows", default=None, help="indices of SETTINGS to run, e.g. 0,4 (default: all)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -113,7 +114,8 @@ def main() -> None:
     rows = []
     print("| stage | batch x seq_len | checkpointing | planned | measured (fixed mmap threshold) | ratio | "
           "measured (default glibc) | ratio |\n|---|---|---|---:|---:|---:|---:|---:|")
-    for batch, seq, gc, stage in SETTINGS:
+    chosen = SETTINGS if args.rows is None else [SETTINGS[int(i)] for i in args.rows.split(",")]
+    for batch, seq, gc, stage in chosen:
         # A fixed mmap threshold returns every large freed block to the system at once: VmHWM then measures the
         # tensors held. glibc's default (a threshold that grows) keeps freed blocks: the RSS a user sees.
         fixed = run_child(args.model, batch, seq, gc, stage, args.dtype, threads=args.threads,
