@@ -252,7 +252,7 @@ def split_layers(m: ModelDims, parts: int) -> list[range]:
     """Consecutive layers per device, balancing weights with the embeddings on the first device and the lm_head
     on the last (how accelerate's ``device_map="auto"`` places a model: by weight size, in order)."""
     sizes = [m.embedding_params] + [m.layer_params(i) for i in range(len(m.layers))] + [m.head_params]
-    total, bounds, running, start = sum(sizes), [0], 0, 0
+    total, bounds, running = sum(sizes), [0], 0
     for i, size in enumerate(sizes[1:-1]):
         running += size if i else size + sizes[0]
         while len(bounds) < parts and running >= total * len(bounds) / parts:
@@ -298,8 +298,10 @@ def _forward_only(m: ModelDims, c: PruneConfig, layers: range, first: bool, last
     return parts
 
 
-def _compensation(m: ModelDims, c: PruneConfig, layers: range, first: bool, last: bool, keep: float) -> dict[str, int]:
-    b, tokens = m.dtype_bytes, c.compensation_samples * c.seq_len
+def _compensation(m: ModelDims, c: PruneConfig, layers: range, first: bool, last: bool, keep: float,
+                  world_size: int = 1) -> dict[str, int]:
+    # each data-parallel rank keeps the hidden states of its own share of the windows
+    b, tokens = m.dtype_bytes, math.ceil(c.compensation_samples / world_size) * c.seq_len
     ends = (m.embedding_params if first else 0) + (m.head_params if last else 0)
     widest = max((max(heads * m.head_dim, inter) for heads, _, inter in (m.layers[i] for i in layers)), default=0)
     inter = max((m.layers[i][2] for i in layers), default=0)
@@ -353,7 +355,7 @@ def memory_plan(model_or_config: Any, config: PruneConfig | Mapping[str, Any] | 
         else:  # forward passes only: the weights, and one layer's outputs and the logits at a time
             stages = {"scoring (forward only)": _forward_only(m, c, layers, first, last, keep, c.steps > 1)}
         if c.compensation:
-            stages["compensation"] = _compensation(m, c, layers, first, last, level_keep)
+            stages["compensation"] = _compensation(m, c, layers, first, last, level_keep, world_size)
         overhead = CUDA_OVERHEAD if name.startswith("cuda") else 0
         plans.append(DevicePlan(name, capacity, stages, overhead))
     return MemoryPlan(m, c.batch_size, c.seq_len, c.gradient_checkpointing, layout, plans, world_size)
