@@ -30,6 +30,7 @@ _EXPORTS = {
     "prune": ".engine.pruner", "Pruner": ".engine.pruner", "PruneResult": ".engine.pruner",
     "compensate": ".engine.compensation",
     "recover": ".recovery.distill", "RecoveryConfig": ".recovery.config",
+    "memory_plan": ".engine.memory", "MemoryPlan": ".engine.memory",
     # the model format, plans and slicing
     "PrunedQwen2Config": ".modeling.configuration_pruned_qwen2",
     "PrunedQwen2Model": ".modeling.modeling_pruned_qwen2", "PrunedQwen2ForCausalLM": ".modeling.modeling_pruned_qwen2",
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
     from .data.mix import CalibrationMix
     from .data.windows import CalibrationWindows
     from .engine.compensation import compensate
+    from .engine.memory import MemoryPlan, memory_plan
     from .engine.pruner import PruneResult, Pruner, prune
     from .evaluation import PerplexityReport, evaluate_perplexity
     from .format.convert import llama_to_qwen2

@@ -255,22 +255,65 @@ def add_prune_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--state-dir", default=None, metavar="DIR",
                        help="keep the run's state here (scoring rounds, recovery checkpoints): a rerun resumes")
     _load_arguments(parser)
+    group = parser.add_argument_group("memory and devices (README: Scaling)")
+    group.add_argument("--max-memory", type=_max_memory, default=None, metavar="MAP",
+                       help="memory per device for the plan and from_pretrained, e.g. 0=75GiB,1=75GiB or cpu=20GiB "
+                            "(default: what the devices report)")
+    group.add_argument("--dry-run", action="store_true",
+                       help="print the memory plan (per device: scoring, compensation) and exit without loading weights")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings, errors and the final tables")
 
 
+def _max_memory(text: str) -> dict[int | str, str]:
+    """``"0=75GiB,1=75GiB,cpu=100GiB"`` -> accelerate's ``max_memory`` (GPU indices as integers)."""
+    out: dict[int | str, str] = {}
+    for item in (p.strip() for p in text.split(",") if p.strip()):
+        device, sep, size = item.partition("=")
+        if not sep or not size.strip():
+            raise argparse.ArgumentTypeError(f"not DEVICE=SIZE: {item!r} (e.g. 0=75GiB,1=75GiB or cpu=20GiB)")
+        device = device.strip()
+        out[int(device) if device.isdigit() else device] = size.strip()
+    return out
+
+
 # ---- commands ------------------------------------------------------------------------------------------
+def _dry_run(args: argparse.Namespace, config: PruneConfig) -> int:
+    """Print the memory plan from the model's config.json alone (no weights loaded) and the options that fit."""
+    from .engine.memory import fit_options, format_bytes, plan_for_devices
+    from .loading import check_model_source, parse_dtype
+    from .pipeline import model_config
+
+    source = check_model_source(args.model, revision=args.revision)
+    plan, kwargs = plan_for_devices(model_config(source, revision=args.revision), config, device_map=args.device_map,
+                                    max_memory=args.max_memory, dtype=parse_dtype(args.dtype),
+                                    world_size=int(os.environ.get("WORLD_SIZE", "1")))
+    print(plan)
+    if not plan.fits:
+        print("\nThe run would be refused. Options: " + "; ".join(
+            fit_options(model_config(source, revision=args.revision), config, plan, kwargs) or ["more devices"]))
+    print(f"\ndry run: nothing loaded (largest per-device peak {format_bytes(plan.peak)})")
+    return 0
+
+
 def run_prune(args: argparse.Namespace) -> int:
     from .pipeline import prune_and_push
 
     config = config_from_args(args)  # invalid values fail here, before anything is loaded
+    if getattr(args, "dry_run", False):
+        return _dry_run(args, config)
+    main_rank = os.environ.get("RANK", "0") == "0"
+    if not main_rank:  # torchrun: rank 0 alone logs and prints
+        configure_output(True)
     result = prune_and_push(
         args.model, args.push_to, config=config, calibration=args.calibration, evaluation=args.evaluation,
         output_dir=args.output_dir, eval_seq_len=args.eval_seq_len, eval_max_windows=args.eval_max_windows,
         primary=args.primary if args.primary is not None else args.sparsity[1], private=args.private,
         overwrite=args.overwrite, torch_dtype=args.dtype, device_map=args.device_map, revision=args.revision,
         base_model=args.base_model, license=args.license, tokenizer=args.tokenizer, state_dir=args.state_dir,
-        show_progress=not args.quiet,
+        show_progress=not args.quiet, max_memory=getattr(args, "max_memory", None),
     )
+    if not main_rank:
+        return 0
     print("\n" + result.summary())
     table = result.perplexity_table()
     if table:

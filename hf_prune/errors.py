@@ -30,6 +30,7 @@ __all__ = [
     "HubAuthError",
     "RepoExistsError",
     "PushIncompleteError",
+    "InsufficientMemoryError",
 ]
 
 
@@ -145,3 +146,10 @@ class PushIncompleteError(HubError):
         self.landed = list(landed)
         self.failed_branch = failed_branch
         self.status_code = status_code
+
+
+class InsufficientMemoryError(HfPruneError, MemoryError):
+    """The memory plan says the run cannot fit the devices it was given (raised before any weights are loaded).
+
+    The message names the device, what the run needs and has, and the options that would make it fit.
+    """

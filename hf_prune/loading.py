@@ -207,7 +207,7 @@ def to_qwen2_family(model: Any):
 
 
 def load_model(source: ModelSource, *, dtype: Any = "auto", device_map: Any = None, revision: str | None = None,
-               token: str | None = None):
+               token: str | None = None, max_memory: Any = None):
     """Load a checked :class:`ModelSource` as a ``Qwen2ForCausalLM`` (or ``PrunedQwen2ForCausalLM``), in eval mode.
 
     A Llama model is converted exactly to Qwen2 (:func:`hf_prune.llama_to_qwen2`).
@@ -220,6 +220,8 @@ def load_model(source: ModelSource, *, dtype: Any = "auto", device_map: Any = No
     kwargs: dict[str, Any] = {"revision": revision}
     if token is not None and not source.local:
         kwargs["token"] = token
+    if max_memory:
+        kwargs["max_memory"] = max_memory
     logger.info("loading %s", source.name)
     model = AutoModelForCausalLM.from_pretrained(source.name, dtype=parse_dtype(dtype), device_map=device_map,
                                                  **kwargs)

@@ -21,7 +21,7 @@ from .errors import PruningError, PushArgumentError
 from .saving import EVAL_FILE
 
 __all__ = ["prune_and_push", "PruneAndPushResult", "DEFAULT_CALIBRATION", "EVAL_FILE", "level_name",
-           "resolve_primary"]
+           "resolve_primary", "check_memory", "model_config"]
 
 logger = logging.getLogger(__name__)
 
@@ -167,14 +167,15 @@ def _tokenizer(model_id_or_path: Any, tokenizer: Any, *, revision, token):
     return source, tokenizer
 
 
-def _model(model_id_or_path: Any, source, *, revision, token, torch_dtype, device_map):
+def _model(model_id_or_path: Any, source, *, revision, token, torch_dtype, device_map, max_memory=None):
     """(model as a Qwen2-family causal LM in eval mode, name it came from, local?)."""
     from .loading import load_model, to_qwen2_family
 
     if source is None:  # an already loaded model
         name = str(getattr(model_id_or_path.config, "_name_or_path", "") or "model")
         return to_qwen2_family(model_id_or_path).eval(), name, True
-    model = load_model(source, dtype=torch_dtype, device_map=device_map, revision=revision, token=token)
+    model = load_model(source, dtype=torch_dtype, device_map=device_map, revision=revision, token=token,
+                       max_memory=max_memory)
     return model, source.name, source.local
 
 
@@ -203,6 +204,7 @@ def prune_and_push(
     calibration_sources: Mapping[str, str] | None = None,
     state_dir: str | os.PathLike | None = None,
     show_progress: bool = True,
+    max_memory: Mapping[Any, Any] | None = None,
     **overrides: Any,
 ) -> PruneAndPushResult:
     """Prune a model to several sparsities, evaluate, save one checkpoint folder per level, and push them.
@@ -233,6 +235,9 @@ def prune_and_push(
             name of a local source, the dataset id of a Hub one).
         state_dir, show_progress: passed to :func:`hf_prune.prune` (resumable runs, progress bars); with
             recovery, each level's training checkpoints go to ``state_dir/recovery/sparsity-XX/`` and resume.
+        max_memory: accelerate's ``{device: size}`` (``{0: "75GiB", 1: "75GiB"}``), passed to ``from_pretrained``
+            and used by the memory plan; without it the plan checks what the devices report (free GPU memory,
+            the CPU's available RAM). The plan is logged before loading; a run that cannot fit is refused then.
 
     Recovery (``recovery={"method": "kd", "tokens": 100_000}`` or a :class:`~hf_prune.recovery.RecoveryConfig`,
     a field of the config): after a level is built (and compensated) and evaluated, it is trained from its own
@@ -240,24 +245,45 @@ def prune_and_push(
     before the model is loaded), evaluated again, and saved recovered; ``eval_results.json`` then holds
     ``"recovered"`` next to ``"dense"`` and ``"pruned"``.
 
+    Under ``torchrun --nproc-per-node N`` (``WORLD_SIZE`` > 1) the run is data parallel: every rank loads the
+    model (on GPU ``cuda:LOCAL_RANK`` unless ``device_map`` says otherwise), scores its share of the calibration
+    windows and takes part in every reduction and refit; rank 0 alone evaluates, writes and pushes, and the
+    others return an empty result after a barrier.
+
     Raises:
         PruningError, RecoveryError, CalibrationError, EvaluationError, ModelLoadError, UnsupportedModelError,
-            PushArgumentError, HubAuthError, OutputExistsError: bad arguments, all raised before the model is loaded
-            (a recovery budget the data cannot supply included). Errors of
-            :func:`prune` and of the push propagate.
+            PushArgumentError, HubAuthError, OutputExistsError, InsufficientMemoryError: bad arguments or a run
+            that cannot fit, all raised before the model is loaded (a recovery budget the data cannot supply
+            included). Errors of :func:`prune` and of the push propagate.
     """
     from .data.mix import CalibrationMix
     from .data.spec import check_overlap
+    if _world_size() > 1:  # torchrun: join the process group (torch is imported only then, before the checks)
+        from .engine.distributed import init_from_env
 
+        init_from_env()
+        device_map = _rank_device_map(device_map)
+        show_progress = show_progress and _rank() == 0
     job = _check(PruneConfig.coerce(config, **overrides), repo_id=repo_id, push=push, token=token, primary=primary,
                  output_dir=output_dir, overwrite=overwrite, calibration=calibration, evaluation=evaluation,
                  eval_seq_len=eval_seq_len, eval_max_windows=eval_max_windows, torch_dtype=torch_dtype)
     source, tokenizer = _tokenizer(model_id_or_path, tokenizer, revision=revision, token=token)
     check_overlap(job.calibration, job.evaluation, tokenizer=tokenizer)  # documents, once for the whole run
     windows = _recovery_windows(job, tokenizer)  # before loading: a budget the data cannot supply fails here
+    if source is not None:  # refused here, before any weights are read, if the devices cannot hold the run
+        check_memory(model_config(source, revision=revision, token=token), job.config, device_map=device_map,
+                     max_memory=max_memory, dtype=torch_dtype)
     model, name, local = _model(model_id_or_path, source, revision=revision, token=token, torch_dtype=torch_dtype,
-                                device_map=device_map)
+                                device_map=device_map, max_memory=max_memory)
     result = _prune(model, tokenizer, job, state_dir=state_dir, show_progress=show_progress)
+    from .engine.distributed import barrier, is_main, world_size
+
+    if not is_main():  # rank > 0: take part in every level's refit (collectives), write nothing
+        for s in result.config.target_sparsity:
+            if not (s == result.config.target_sparsity[-1] and result.model is not None):
+                result.apply(model, s)
+        barrier()
+        return PruneAndPushResult(folders={}, metrics={}, result=result, primary=job.primary)
 
     from .saving import calibration_description, describe_base_model
 
@@ -288,8 +314,57 @@ def prune_and_push(
         pushes = push_pruned_folders(job.repo_id, {level_name(s): f for s, f in folders.items()},
                                      primary=level_name(job.primary), token=token, private=private,
                                      overwrite=overwrite, endpoint=endpoint)
+    if world_size() > 1:
+        barrier()
     return PruneAndPushResult(folders=folders, metrics=metrics, pushes=pushes, result=result, primary=job.primary,
                               repo_id=job.repo_id)
+
+
+def _world_size() -> int:
+    """Processes of this run as torchrun describes them (read from the environment: no torch needed)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def _rank_device_map(device_map: Any) -> Any:
+    """A data-parallel rank's device: ``cuda:LOCAL_RANK`` on GPUs when no ``device_map`` is given."""
+    import torch
+
+    if device_map is None and torch.cuda.is_available():
+        return {"": int(os.environ.get("LOCAL_RANK", "0"))}
+    return device_map
+
+
+def model_config(source: Any, *, revision: str | None = None, token: str | None = None) -> dict[str, Any]:
+    """The full ``config.json`` of a checked model source (a Hub model's is read from the Hub: one small file)."""
+    needed = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size")
+    config = dict(source.config)
+    if source.local or all(k in config for k in needed):
+        return config
+    import json
+
+    from huggingface_hub import hf_hub_download
+
+    path = hf_hub_download(source.name, "config.json", revision=revision, token=token)
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def check_memory(config_json: Mapping[str, Any], config: PruneConfig, *, device_map: Any = None,
+                 max_memory: Mapping[Any, Any] | None = None, dtype: Any = "auto"):
+    """Log the memory plan and refuse a run that cannot fit (:class:`~hf_prune.InsufficientMemoryError`)."""
+    from .engine.memory import check_fits
+    from .loading import parse_dtype
+
+    name = parse_dtype(dtype)
+    plan = check_fits(config_json, config, device_map=device_map, max_memory=max_memory,
+                      dtype=name if isinstance(name, str) else str(name), world_size=_world_size())
+    if _rank() == 0:
+        for line in str(plan).splitlines():
+            logger.info("%s", line)
+    return plan
 
 
 def _prune(model, tokenizer, job: _Job, *, state_dir, show_progress):

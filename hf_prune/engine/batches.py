@@ -55,7 +55,8 @@ def describe_calibration(calibration: Any) -> Any:
 def _window_losses(model, ids: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy of each window (fp32)."""
     logits = model(input_ids=ids, use_cache=False).logits
-    return F.cross_entropy(logits[:, :-1].float().transpose(1, 2), ids[:, 1:], reduction="none").mean(1)
+    targets = ids[:, 1:].to(logits.device)  # a model split over devices gives its logits on the last one
+    return F.cross_entropy(logits[:, :-1].float().transpose(1, 2), targets, reduction="none").mean(1)
 
 
 class LossRecorder:
@@ -78,6 +79,16 @@ class LossRecorder:
         self.sums["all"] = self.sums.get("all", 0.0) + float(loss.detach())
         self.counts["all"] = self.counts.get("all", 0) + 1
         return loss
+
+    def reduce(self) -> None:
+        """Add up the losses of every data-parallel rank (once per round), so each logs the whole set's."""
+        from .distributed import all_reduce_floats, is_distributed
+
+        if is_distributed():
+            both = all_reduce_floats({**{f"s:{k}": v for k, v in self.sums.items()},
+                                      **{f"c:{k}": float(v) for k, v in self.counts.items()}})
+            self.sums = {k[2:]: v for k, v in both.items() if k.startswith("s:")}
+            self.counts = {k[2:]: int(v) for k, v in both.items() if k.startswith("c:")}
 
     def per_domain(self) -> dict[str, float]:
         return {d: self.sums[d] / self.counts[d] for d in sorted(self.sums)}

@@ -36,6 +36,8 @@ from ..format.geometry import head_dim_of
 from ..format.plan import PruningPlan, ResolvedLayer
 from ..format.slicing import apply_plan
 from .batches import calibration_batches
+from .dispatch import redispatch
+from .distributed import all_reduce_tensor, shard, world_size
 
 __all__ = ["compensate", "refit", "solve", "CompensationData", "compensation_batches"]
 
@@ -106,19 +108,32 @@ def _accumulate(gram: torch.Tensor | None, x: torch.Tensor, mask: torch.Tensor |
     return gram.addmm_(x.T, y)
 
 
+def _reduced(gram: torch.Tensor) -> torch.Tensor:
+    """``X^T X`` summed over the data-parallel ranks (each saw its own windows); unchanged in one process."""
+    return all_reduce_tensor(gram)
+
+
+def _tokens(batches: list[dict[str, Any]]) -> int:
+    return int(sum(b["attention_mask"].sum() if b.get("attention_mask") is not None else b["input_ids"].numel()
+                   for b in batches))
+
+
 class CompensationData:
-    """The calibration batches compensation runs on (drawn once, so every level is refit on the same text)."""
+    """The calibration batches compensation runs on (drawn once, so every level is refit on the same text).
+
+    In a data-parallel run each rank keeps its share of the batches (:func:`~hf_prune.engine.distributed.shard`);
+    ``num_tokens`` still counts every rank's.
+    """
 
     def __init__(self, batches: list[dict[str, Any]]) -> None:
         if not batches or any("input_ids" not in b for b in batches):
             raise PruningError("compensation needs calibration batches with input_ids (token windows or "
                                "multiple-choice sequences).")
-        self.batches = batches
-
-    @property
-    def num_tokens(self) -> int:
-        return int(sum(b["attention_mask"].sum() if b.get("attention_mask") is not None else b["input_ids"].numel()
-                       for b in self.batches))
+        if len(batches) < world_size():
+            raise PruningError(f"compensation has {len(batches)} calibration batches for {world_size()} processes; "
+                               "raise compensation_samples or lower batch_size.")
+        self.num_tokens = _tokens(batches)
+        self.batches = shard(batches)
 
 
 def compensation_batches(calibration: Any, tokenizer: Any, config: PruneConfig, device: torch.device) -> CompensationData:
@@ -198,10 +213,11 @@ class _LayerRefit:
             gram = _accumulate(gram, x, mask)
             if t is not None:
                 cross = _accumulate(cross, x, mask, t)
+        gram = _reduced(gram)  # each data-parallel rank saw its own windows
         if cross is None:
             new = refit(proj.weight, gram, cols, self.damping, where=where)
         else:
-            new = solve(gram, cross[cols], cols, self.damping, where=where)
+            new = solve(gram, _reduced(cross)[cols], cols, self.damping, where=where)
         target.weight.data.copy_(new.to(target.weight.dtype))
 
     def run(self, hidden: list[torch.Tensor], kwargs: list[dict], masks: list, target: str,
@@ -210,10 +226,10 @@ class _LayerRefit:
         ``stream`` target, the dense model's hidden states after it."""
         dense, pruned, keep = self.dense, self.pruned, self.keep
         device = next(dense.parameters()).device  # layers of a dispatched model may sit on different devices
-        hidden = [h.to(device) for h in hidden]
         stream = target == "stream"
+        _move(hidden, device)
         if stream:
-            dense_hidden = [h.to(device) for h in dense_hidden]
+            _move(dense_hidden, device)
         follow = dense if target == "dense" else pruned
         where = f"layer {self.index}"
         heads_removed = len(keep.query_heads) < dense.self_attn.q_proj.out_features // self.head_dim
@@ -225,26 +241,36 @@ class _LayerRefit:
             self._fit(dense.self_attn.o_proj, pruned.self_attn.o_proj, cols, inputs, f"{where} o_proj")
             dense_hidden = after
         elif stream:
-            dense_hidden = [self.attention(h, kw, dense) for h, kw in zip(dense_hidden, kwargs)]
+            _update(dense_hidden, lambda j, h: self.attention(h, kwargs[j], dense))
         if follow.self_attn is not None:
-            hidden = [self.attention(h, kw, follow) for h, kw in zip(hidden, kwargs)]
+            _update(hidden, lambda j, h: self.attention(h, kwargs[j], follow))
         channels_removed = len(keep.mlp_channels) < dense.mlp.gate_proj.out_features
         drifted = drifted or heads_removed  # the MLP's input already differs from the dense model's
         if stream:
-            dense_hidden = [self.mlp(h, dense) for h in dense_hidden]
+            _update(dense_hidden, lambda j, h: self.mlp(h, dense))
         if pruned.mlp is not None and (channels_removed or (stream and drifted)):
             cols = torch.tensor(keep.mlp_channels, dtype=torch.long, device=device)
             inputs = ((self._down_proj_input(h), (dense_hidden[i] - h) if stream else None, mask)
                       for i, (h, mask) in enumerate(zip(hidden, masks)))
             self._fit(dense.mlp.down_proj, pruned.mlp.down_proj, cols, inputs, f"{where} down_proj")
         if follow.mlp is not None:
-            hidden = [self.mlp(h, follow) for h in hidden]
+            _update(hidden, lambda j, h: self.mlp(h, follow))
         return hidden, dense_hidden
 
 
 def _removes(keep: ResolvedLayer, dense, head_dim: int) -> bool:
     return (len(keep.query_heads) < dense.self_attn.q_proj.out_features // head_dim
             or len(keep.mlp_channels) < dense.mlp.gate_proj.out_features)
+
+
+def _move(states: list[torch.Tensor], device) -> None:
+    _update(states, lambda j, h: h.to(device))
+
+
+def _update(states: list[torch.Tensor], step) -> None:
+    """``states[j] = step(j, states[j])`` in place: one batch's states more in memory at a time, not a second list."""
+    for j, h in enumerate(states):
+        states[j] = step(j, h)
 
 
 @torch.no_grad()
@@ -288,10 +314,10 @@ def compensate(model, plan: PruningPlan, calibration: Any, *, tokenizer: Any = N
     model.eval()
     try:
         if data is None:
-            data = compensation_batches(calibration, tokenizer, config, next(model.parameters()).device)
+            data = compensation_batches(calibration, tokenizer, config, model.get_input_embeddings().weight.device)
         pruned = apply_plan(model, plan).eval()
         _refit_layers(model, pruned, plan, data, damping=config.compensation_damping,
                       target=config.compensation_target, show_progress=show_progress)
     finally:
         model.train(was_training)
-    return pruned
+    return redispatch(pruned, model)

@@ -16,12 +16,14 @@ from tqdm.auto import tqdm
 
 from ..errors import PruningError
 from ..format.geometry import head_dim_of
+from .distributed import all_reduce_sums
 from .objectives import Objective
 from .structures import LayerScores
 
 __all__ = [
     "Importance",
     "TaylorImportance",
+    "ActivationTaylorImportance",
     "FisherImportance",
     "WandaSPImportance",
     "FlapImportance",
@@ -85,6 +87,16 @@ class Importance:
         raise NotImplementedError
 
 
+def _keep_checkpointing(model) -> None:
+    """Layers with gradient checkpointing on go back to training mode: transformers checkpoints a layer only while
+    it trains. Their attention dropout is 0 (checked), so the forward is the same as in eval mode."""
+    if getattr(model.config, "attention_dropout", 0.0):
+        return
+    for layer in model.model.layers:
+        if getattr(layer, "gradient_checkpointing", False):
+            layer.train()
+
+
 @contextlib.contextmanager
 def _only_structured_grads(model) -> Iterator[list[torch.nn.Parameter]]:
     """Gradients only for the prunable projections; flags, grads and train/eval mode restored afterwards."""
@@ -103,6 +115,7 @@ def _only_structured_grads(model) -> Iterator[list[torch.nn.Parameter]]:
             p.requires_grad_(p in chosen)
             p.grad = None
         model.eval()  # Qwen2 has no dropout; eval keeps scoring deterministic
+        _keep_checkpointing(model)
         yield params
     finally:
         for p, flag in flags.items():
@@ -126,25 +139,150 @@ class TaylorImportance(Importance):
             raise PruningError("taylor importance needs an objective")
         with _only_structured_grads(model) as params:
             # fp32/fp64 models accumulate in .grad directly; half precision gets fp32 buffers (bf16 sums lose the
-            # small terms).
+            # small terms), each weight's gradient added in as soon as backward has produced it and then freed, so
+            # the half-precision gradients of the whole model never exist at once. Buffers sit on their weight's
+            # device (a model dispatched over several devices keeps each layer's on its own).
             buffers = {p: torch.zeros_like(p, dtype=torch.float32) for p in params if p.dtype in (torch.bfloat16, torch.float16)}
+            handles = [p.register_post_accumulate_grad_hook(_add_into(buf)) for p, buf in buffers.items()]
             count = 0
-            for batch in _progress(batches, "taylor scores", not show_progress):
-                size = batch["input_ids"].shape[0]
-                loss = objective(model, batch)
-                (loss * size).backward()  # loss x batch size: the gradient of the summed per-sample losses
-                count += size
-                for p, buf in buffers.items():
-                    buf.add_(p.grad)
-                    p.grad = None
+            try:
+                for batch in _progress(batches, "taylor scores", not show_progress):
+                    size = batch["input_ids"].shape[0]
+                    loss = objective(model, batch)
+                    (loss * size).backward()  # loss x batch size: the gradient of the summed per-sample losses
+                    count += size
+            finally:
+                for handle in handles:
+                    handle.remove()
+            sums = {p: buffers[p] if p in buffers else p.grad if p.grad is not None else torch.zeros_like(p)
+                    for p in params}
+            # Data parallel: every rank scored its own windows; the sums and the count are added up once here.
+            count = all_reduce_sums(list(sums.values()), count)
             if count == 0:
                 raise PruningError("The calibration set produced no batches.")
-            mean_grad = {p: (buffers[p] if p in buffers else p.grad) / count for p in params}
+            for t in sums.values():
+                t.div_(count)  # in place: no second copy of the buffers
+            mean_grad = sums
 
             def elementwise(module, kind, tensor):
                 return (_acc(tensor.detach()) * mean_grad[getattr(module, kind)]).abs()
 
             return _structure_sums(model, elementwise)
+
+
+def _add_into(buffer: torch.Tensor) -> Callable[[torch.Tensor], None]:
+    """A post-accumulate-grad hook that adds the weight's gradient into ``buffer`` (fp32) and frees it."""
+
+    def hook(param: torch.Tensor) -> None:
+        buffer.add_(param.grad)
+        param.grad = None
+
+    return hook
+
+
+class _OutputGradients:
+    """Per-column sums over tokens of ``x * dL/dx``: ``x`` an o_proj / down_proj input or a k_proj / v_proj output.
+
+    A forward hook registers a gradient hook on the tensor; the sum over the batch's tokens is added into an fp32
+    vector of the tensor's width when backward reaches it. Only those vectors are kept across batches.
+    """
+
+    def __init__(self, model) -> None:
+        self.sums: dict[torch.nn.Module, torch.Tensor] = {}
+        self.handles = []
+        for layer in model.model.layers:
+            if layer.self_attn is not None:
+                attn = layer.self_attn
+                self.handles.append(attn.o_proj.register_forward_pre_hook(lambda m, args: self._watch(m, args[0])))
+                for proj in (attn.k_proj, attn.v_proj):
+                    self.handles.append(proj.register_forward_hook(lambda m, args, out: self._watch(m, out)))
+            if layer.mlp is not None:
+                self.handles.append(layer.mlp.down_proj.register_forward_pre_hook(lambda m, args: self._watch(m, args[0])))
+
+    def _watch(self, module: torch.nn.Module, x: torch.Tensor) -> None:
+        if not x.requires_grad:
+            return
+        kept = x.detach()
+
+        def add(grad: torch.Tensor) -> None:
+            column = (_acc(kept) * _acc(grad)).reshape(-1, kept.shape[-1]).sum(0)
+            self.sums[module] = self.sums[module] + column if module in self.sums else column
+
+        x.register_hook(add)
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+class ActivationTaylorImportance(Importance):
+    """First-order Taylor of removing each structure's *output*: ``|sum over tokens of x * dL/dx|``.
+
+    ``x`` is what the structure contributes: a query head's slice of the o_proj input, an MLP channel's
+    down_proj input, a KV head's k and v outputs (added to its query heads' when a whole group is priced).
+    Collected with hooks during backward; no weight gets a gradient, so no score buffer per weight is kept (the
+    memory plan drops the fp32 buffers: about 4 bytes per prunable parameter). Signed sums are averaged over
+    the calibration set before the absolute value, as for ``taylor``.
+    """
+
+    name = "activation-taylor"
+    needs_grad = True
+    #: The gradient hooks sit on the forward's tensors; a checkpointed layer's recomputed ones would miss them.
+    supports_checkpointing = False
+
+    def __call__(self, model, batches, objective=None, *, show_progress=True):
+        if objective is None:
+            raise PruningError("activation-taylor importance needs an objective")
+        flags = {p: p.requires_grad for p in model.parameters()}
+        was_training = model.training
+        # No weight needs a gradient: backward runs because the embeddings' output is made to require one.
+        embed = model.get_input_embeddings().register_forward_hook(lambda m, args, out: out.requires_grad_(True))
+        watch = _OutputGradients(model)
+        count = 0
+        try:
+            for p in model.parameters():
+                p.requires_grad_(False)
+            model.eval()
+            for batch in _progress(batches, "activation-taylor scores", not show_progress):
+                size = batch["input_ids"].shape[0]
+                (objective(model, batch) * size).backward()
+                count += size
+        finally:
+            embed.remove()
+            watch.remove()
+            for p, flag in flags.items():
+                p.requires_grad_(flag)
+            model.train(was_training)
+        return self._scores(model, watch.sums, count)
+
+    def _scores(self, model, sums: dict, count: int) -> list[LayerScores]:
+        d = head_dim_of(model.config)
+        modules = [m for layer in model.model.layers for m in ((layer.self_attn.o_proj, layer.self_attn.k_proj,
+                   layer.self_attn.v_proj) if layer.self_attn is not None else ()) + ((layer.mlp.down_proj,)
+                   if layer.mlp is not None else ())]
+        for layer in model.model.layers:  # a rank without batches still takes part in the reduction
+            if layer.self_attn is not None:
+                a = layer.self_attn
+                for m, width in ((a.o_proj, a.o_proj.in_features), (a.k_proj, a.k_proj.out_features),
+                                 (a.v_proj, a.v_proj.out_features)):
+                    sums.setdefault(m, torch.zeros(width, device=m.weight.device))
+            if layer.mlp is not None:
+                sums.setdefault(layer.mlp.down_proj, torch.zeros(layer.mlp.down_proj.in_features,
+                                                                 device=layer.mlp.down_proj.weight.device))
+        count = all_reduce_sums([sums[m] for m in modules], count)
+        if count == 0:
+            raise PruningError("The calibration set produced no batches.")
+        out = []
+        for layer in model.model.layers:
+            heads = kv = channels = None
+            if layer.self_attn is not None:
+                a = layer.self_attn
+                heads = (sums[a.o_proj] / count).view(-1, d).sum(1).abs()
+                kv = ((sums[a.k_proj] + sums[a.v_proj]) / count).view(-1, d).sum(1).abs()
+            if layer.mlp is not None:
+                channels = (sums[layer.mlp.down_proj] / count).abs()
+            out.append(LayerScores(heads, kv, channels).to(torch.float32))
+        return out
 
 
 def _split(batch: Batch, size: int) -> Iterator[Batch]:
@@ -192,6 +330,10 @@ class FisherImportance(Importance):
                     count += 1
                     for p in params:
                         p.grad = None
+            if totals is None:  # a rank without batches still takes part in the reduction
+                totals = [s.map(torch.zeros_like) for s in _structure_sums(model, lambda m, k, t: torch.zeros_like(t))]
+            count = all_reduce_sums([t for s in totals for t in (s.query_heads, s.kv_heads, s.mlp_channels)
+                                     if t is not None], count)
             if count == 0:
                 raise PruningError("The calibration set produced no batches.")
             return [t.map(lambda x: x / (2 * count)) for t in totals]
@@ -215,6 +357,16 @@ class _ActivationStats:
         entry[0] = entry[0] + x.sum(0)
         entry[1] = entry[1] + x.pow(2).sum(0)
         entry[2] += x.shape[0]
+
+    def reduce(self, batches: int) -> int:
+        """Sums over the data-parallel ranks (once per round); returns the total batch count."""
+        for module, entry in self.stats.items():
+            width = module.in_features
+            for j in (0, 1):
+                if not isinstance(entry[j], torch.Tensor):  # this rank saw no batch
+                    entry[j] = torch.zeros(width, device=module.weight.device)
+            entry[2] = all_reduce_sums(entry[:2], entry[2])
+        return all_reduce_sums([], batches)
 
     def remove(self):
         for handle in self.handles:
@@ -245,6 +397,7 @@ class _ActivationImportance(Importance):
                     count += 1
         finally:
             stats.remove()
+        count = stats.reduce(count)
         if count == 0:
             raise PruningError("The calibration set produced no batches.")
         d = head_dim_of(model.config)
@@ -325,7 +478,7 @@ class CallableImportance(Importance):
 
 
 _CRITERIA: dict[str, type[Importance]] = {
-    c.name: c for c in (TaylorImportance, FisherImportance, WandaSPImportance, FlapImportance, MagnitudeImportance,
+    c.name: c for c in (TaylorImportance, ActivationTaylorImportance, FisherImportance, WandaSPImportance, FlapImportance, MagnitudeImportance,
                         RandomImportance)
 }
 

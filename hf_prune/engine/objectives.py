@@ -37,8 +37,8 @@ def margin_loss(model, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
     ``is_correct``.
     """
     logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"), use_cache=False).logits
-    ce = _sequence_ce(logits, batch["labels"])
-    correct = batch["is_correct"].bool()
+    ce = _sequence_ce(logits, batch["labels"].to(logits.device))  # logits: on the last device of a split model
+    correct = batch["is_correct"].bool().to(ce.device)
     parts = []
     if correct.any():
         parts.append(ce[correct].mean())

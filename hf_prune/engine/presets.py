@@ -12,7 +12,7 @@ __all__ = ["Method", "METHODS", "CRITERIA", "ALLOCATIONS", "NORMALIZATIONS", "OB
            "COMPENSATION_TARGETS", "COMPENSATION_WHEN"]
 
 #: Importance criteria (:mod:`hf_prune.engine.importance`).
-CRITERIA = ("taylor", "fisher", "wanda-sp", "flap", "magnitude", "random")
+CRITERIA = ("taylor", "activation-taylor", "fisher", "wanda-sp", "flap", "magnitude", "random")
 #: Allocation of a removal budget over layers (:mod:`hf_prune.engine.allocation`).
 ALLOCATIONS = ("global", "uniform")
 #: How global allocation makes head and channel scores comparable.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import time
@@ -28,12 +29,16 @@ from ..format.slicing import apply_plan
 from .allocation import Constraints, allocate
 from .batches import LossRecorder, calibration_batches, describe_calibration
 from .compensation import CompensationData, compensate, compensation_batches
+from .dispatch import redispatch
+from .distributed import TRAFFIC, is_main, shard, world_size
 from .importance import get_importance
 from .objectives import get_objective
 from .schedule import check_schedule, get_schedule
 from .structures import LayerScores, ModelGeometry, kv_cache_per_token
 
 __all__ = ["Pruner", "prune", "PruneResult", "StepLog", "STATE_FILE"]
+
+logger = logging.getLogger(__name__)
 
 STATE_FILE = "prune_state.json"
 _STATE_VERSION = 2
@@ -87,7 +92,7 @@ class PruneResult:
         if self.config.compensation:
             return compensate(model, self.plans[sparsity], None, config=self.config, data=self.compensation_data,
                               show_progress=show_progress)
-        return apply_plan(model, self.plans[sparsity])
+        return redispatch(apply_plan(model, self.plans[sparsity]), model)
 
     def summary(self) -> str:
         """A markdown table: level, measured sparsity, KV-cache reduction."""
@@ -217,11 +222,10 @@ class Pruner:
         self.base_params = geometry.total_params()
         self.constraints = _constraints(c, geometry)
         self.schedule = check_schedule(get_schedule(c.schedule)(list(c.target_sparsity), c.steps), c.target_sparsity)
-        self.device = next(model.parameters()).device
+        # Where inputs go: the embeddings' device (a model dispatched by accelerate moves them on from there).
+        self.device = model.get_input_embeddings().weight.device
         # Drawn once, before any model work: spec errors (empty domain, missing file...) surface here.
         self.batches = self._draw(c.seed) if self.criterion.needs_data else []
-        if self.criterion.needs_data and not self.batches:
-            raise PruningError("The calibration set has no tokens.")
         self.compensation_data = self._compensation_data(geometry) if c.compensation else None
         self.key = hashlib.sha256(json.dumps(
             {"config": c.fingerprint(), "schedule": self.schedule, "base_params": self.base_params,
@@ -251,9 +255,16 @@ class Pruner:
                           show_progress=self.show_progress)
 
     def _draw(self, seed: int) -> list[dict[str, Any]]:
+        """The calibration batches (every rank draws the same) and this rank's share of them."""
         c = self.config
-        return calibration_batches(self.calibration, self.tokenizer, c.num_samples, c.seq_len, seed, c.batch_size,
-                                   self.device)
+        batches = calibration_batches(self.calibration, self.tokenizer, c.num_samples, c.seq_len, seed, c.batch_size,
+                                      self.device)
+        if not batches:
+            raise PruningError("The calibration set has no tokens.")
+        if len(batches) < world_size():
+            raise PruningError(f"{len(batches)} calibration batches cannot be split over {world_size()} processes; "
+                               "raise num_samples or lower batch_size.")
+        return shard(batches)
 
     @property
     def done(self) -> bool:
@@ -264,7 +275,8 @@ class Pruner:
         batches = self.batches
         if self.config.resample_each_step and step and self.criterion.needs_data:
             batches = self._draw(self.config.seed + step)
-        checkpointing = self.config.gradient_checkpointing and self.criterion.needs_grad
+        checkpointing = (self.config.gradient_checkpointing and self.criterion.needs_grad
+                         and getattr(self.criterion, "supports_checkpointing", True))
         if checkpointing:
             self.current.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         try:
@@ -283,8 +295,13 @@ class Pruner:
 
         recorder = LossRecorder(self.objective)
         fresh = self.scores is None or self.config.steps > 1
+        TRAFFIC.reset()
         if fresh:
             self.scores = self._score(step, recorder)
+            recorder.reduce()
+        sent, calls = TRAFFIC.reset()
+        if calls:
+            logger.info("round %d: all-reduced %d bytes in %d calls", step + 1, sent, calls)
         c = self.config
         plan = allocate(self.scores, geometry, budget, allocation=c.allocation, normalization=c.normalization,
                         constraints=self.constraints, tolerance=int(0.002 * self.base_params)).explicit(geometry.shapes)
@@ -293,7 +310,7 @@ class Pruner:
         if c.compensation and c.compensation_when == "round":  # later rounds score the compensated model
             self.current = self._compensated(self.cumulative)
         else:
-            self.current = apply_plan(self.current, plan)
+            self.current = redispatch(apply_plan(self.current, plan), self.model)
 
         after = ModelGeometry.of(self.current)
         sparsity = 1 - after.total_params() / self.base_params
@@ -337,7 +354,7 @@ class Pruner:
         elif self.config.compensation and self.config.compensation_when == "round":
             self.current = self._compensated(self.cumulative)
         else:
-            self.current = apply_plan(self.model, self.cumulative)
+            self.current = redispatch(apply_plan(self.model, self.cumulative), self.model)
 
     def result(self) -> PruneResult:
         """The plans of every level reached so far, with the run's log and settings."""
@@ -393,10 +410,10 @@ def prune(
     if state_path is not None and state_path.is_file():
         pruner.load_state_dict(json.loads(state_path.read_text(encoding="utf-8")))
     bar = tqdm(total=len(pruner.schedule), initial=pruner.next_step, desc=f"pruning ({pruner.config.method})",
-               disable=not show_progress, unit="step")
+               disable=not show_progress or not is_main(), unit="step")
     while not pruner.done:
         entry = pruner.step()
-        if state_path is not None:  # after every round: a crash keeps the previous state
+        if state_path is not None and is_main():  # after every round: a crash keeps the previous state
             state_path.parent.mkdir(parents=True, exist_ok=True)
             write_text_atomic(state_path, json.dumps(pruner.state_dict(), indent=1))
         bar.set_postfix(sparsity=f"{entry.sparsity:.1%}", loss=None if entry.loss is None else f"{entry.loss:.3f}")
