@@ -153,19 +153,28 @@ def plain_round(model, batches, devices) -> float:
 @torch.no_grad()
 def one_layer_compensation(model, batches, devices) -> dict:
     """Gram matrices of the middle layer's o_proj / down_proj inputs, then the two refits (half kept)."""
-    from hf_prune.engine.compensation import _Gram, refit
+    from hf_prune.engine.compensation import _accumulate, refit
 
     layer = model.model.layers[len(model.model.layers) // 2]
     attn, mlp = layer.self_attn.o_proj, layer.mlp.down_proj
     _reset(devices)
     _sync(devices)
     t0 = time.perf_counter()
-    grams = [_Gram(attn), _Gram(mlp)]
+    grams: dict[str, torch.Tensor] = {}
+
+    def keep(name):  # X^T X of the projection's input, as compensation accumulates it
+        def hook(module, args):
+            grams[name] = _accumulate(grams.get(name), args[0].detach(), None)
+        return hook
+
+    handles = [attn.register_forward_pre_hook(keep("attn")), mlp.register_forward_pre_hook(keep("mlp"))]
     try:
         for batch in batches:
             model(input_ids=batch["input_ids"], use_cache=False)
     finally:
-        h_attn, h_mlp = (g.remove() for g in grams)
+        for handle in handles:
+            handle.remove()
+    h_attn, h_mlp = grams["attn"], grams["mlp"]
     _sync(devices)
     t1 = time.perf_counter()
     head_dim = attn.in_features // model.config.num_attention_heads
