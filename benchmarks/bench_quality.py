@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import DOMAINS, MODELS, ROOT, calib_file, corpus_dir, dev_files, load_model
+from common import DOMAINS, MODELS, ROOT, calib_file, corpus_dir, dev_files, finish_perplexity_plot, load_model
 
 from hf_prune import CalibrationMix, evaluate_perplexity, prune
 from hf_prune.format.geometry import layer_shapes
@@ -109,14 +109,7 @@ def plot(path: Path, results: dict, sparsities: list[float], dense: dict, title:
         ax.plot([s * 100 for s in have], [res["levels"][str(s)]["mean"] for s in have], marker="o", label=method,
                 linestyle=":" if "peer" in method else "-", color=colors[k % len(colors)],
                 linewidth=2.5 if method == "gisp" else 1.2)
-    ax.axhline(dense["mean"], color="grey", linestyle="--", label="dense")
-    ax.set_yscale("log")
-    ax.set_xlabel("decoder parameters removed (%)")
-    ax.set_ylabel("mean dev perplexity (log)")
-    ax.set_title(title)
-    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    finish_perplexity_plot(fig, ax, path, dense=dense["mean"], xlabel="decoder parameters removed (%)", title=title)
 
 
 def main() -> None:

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import DOMAINS, MODELS, ROOT, calib_file, corpus_dir, dev_files, load_model
+from common import DOMAINS, MODELS, ROOT, calib_file, corpus_dir, dev_files, finish_perplexity_plot, load_model
 from transformers import TrainerCallback
 
 from hf_prune import CalibrationMix, evaluate_perplexity, prune, recover
@@ -162,14 +162,8 @@ def plot(path: Path, data: dict, title: str) -> None:
             ax.plot([t / 1000 for t, _ in points], [v for _, v in points], marker="o", markersize=3,
                     linestyle=styles.get(name, "-"), color=colors[k % len(colors)],
                     label=f"{float(level):.0%} {name}")
-    ax.axhline(data["dense"]["mean"], color="grey", linestyle="--", label="dense")
-    ax.set_yscale("log")
-    ax.set_xlabel("recovery training tokens (thousands)")
-    ax.set_ylabel("mean dev perplexity (log)")
-    ax.set_title(title)
-    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    finish_perplexity_plot(fig, ax, path, dense=data["dense"]["mean"], xlabel="recovery training tokens (thousands)",
+                           title=title)
 
 
 def main() -> None:

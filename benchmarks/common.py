@@ -57,3 +57,15 @@ def status_kb(key: str) -> int:
         if line.startswith(key + ":"):
             return int(line.split()[1])
     raise KeyError(key)
+
+
+def finish_perplexity_plot(fig, ax, path, *, dense: float, xlabel: str, title: str) -> None:
+    """The end of every perplexity plot: the dense line, a log y axis, labels, the legend outside, saved."""
+    ax.axhline(dense, color="grey", linestyle="--", label="dense")
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("mean dev perplexity (log)")
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
