@@ -13,10 +13,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import numbers
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ from .engine.presets import (
     SCHEDULES,
 )
 from .errors import PruningError
+from .options import Options, is_int, is_number, option
 from .recovery.config import RecoveryConfig
 
 __all__ = ["PruneConfig", "CONFIG_FILE", "level_name"]
@@ -48,20 +48,12 @@ def level_name(sparsity: float) -> str:
 
 
 def _option(default: Any, help: str, *, cli: bool = True, **extra: Any) -> Any:
-    """A field with its help text (used by the docstring reference and by the command line)."""
-    return field(default=default, metadata={"help": help, "cli": cli, **extra})
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    """A field with its help text; ``cli=False``: no command-line option (e.g. callables)."""
+    return option(default, help, cli=cli, **extra)
 
 
 @dataclass
-class PruneConfig:
+class PruneConfig(Options):
     """Options of a pruning run. Every field has a default; ``None`` means "the method's" (see ``method``).
 
     Example::
@@ -74,6 +66,9 @@ class PruneConfig:
     (layer indices, KV heads divisible by ``tp_degree``, whether the sparsity is reachable) run when pruning
     starts, before any scoring.
     """
+
+    error = PruningError
+    title = "PruneConfig option"
 
     # ---- what to reach ----
     target_sparsity: tuple[float, ...] = _option(
@@ -141,11 +136,11 @@ class PruneConfig:
     # ---- checks -----------------------------------------------------------------------------------------
     @staticmethod
     def _levels(value: Any) -> tuple[float, ...]:
-        values = [value] if _is_number(value) or isinstance(value, (str, bool)) else list(value)
+        values = [value] if is_number(value) or isinstance(value, (str, bool)) else list(value)
         if not values:
             raise PruningError("target_sparsity names no level; give e.g. (0.2, 0.3).")
         for v in values:
-            if not _is_number(v) or not 0 < v < 1:
+            if not is_number(v) or not 0 < v < 1:
                 raise PruningError(f"target_sparsity must be in (0, 1): give each level as a fraction in (0, 1) of the "
                                    f"decoder parameters, e.g. 0.3; got {v!r}.")
         levels = tuple(sorted({round(float(v), 6) for v in values}))
@@ -153,12 +148,6 @@ class PruneConfig:
         if len(set(names)) != len(names):
             raise PruningError(f"sparsity levels {list(levels)} are too close: they would share a folder name.")
         return levels
-
-    def validate(self) -> None:
-        """Run every ``validate_*`` check (done at construction and by :meth:`replace`)."""
-        for name in sorted(dir(self)):
-            if name.startswith("validate_"):
-                getattr(self, name)()
 
     def validate_names(self) -> None:
         if self.method not in METHODS:
@@ -179,32 +168,21 @@ class PruneConfig:
                 raise PruningError(f"{name} must be a name or a callable, got {type(value).__name__}.")
 
     def validate_counts(self) -> None:
-        for name in ("num_samples", "seq_len", "batch_size", "channel_multiple", "tp_degree", "compensation_samples"):
-            value = getattr(self, name)
-            if not _is_int(value) or value < 1:
-                raise PruningError(f"{name} must be a positive integer, got {value!r}.")
-        if self.steps is not None and (not _is_int(self.steps) or self.steps < 1):
-            raise PruningError(f"steps must be >= 1, got {self.steps!r}.")
-        for name in ("min_heads", "min_channels"):
-            value = getattr(self, name)
-            if not _is_int(value) or value < 0:
-                raise PruningError(f"{name} must be an integer >= 0, got {value!r}.")
-        if not _is_int(self.seed):
-            raise PruningError(f"seed must be an integer, got {self.seed!r}.")
+        self.check_ints(("num_samples", "seq_len", "batch_size", "channel_multiple", "tp_degree",
+                         "compensation_samples", "steps"), minimum=1, optional=("steps",))
+        self.check_ints(("min_heads", "min_channels"), minimum=0)
+        self.check_ints(("seed",), minimum=None)
 
     def validate_weights(self) -> None:
-        if self.attention_weight is not None and (not _is_number(self.attention_weight) or not self.attention_weight > 0):
-            raise PruningError(f"attention_weight must be a positive number, got {self.attention_weight!r}.")
-        if self.layer_balance is not None and (not _is_number(self.layer_balance) or not self.layer_balance >= 0):
-            raise PruningError(f"layer_balance must be a number >= 0, got {self.layer_balance!r}.")
-        if not _is_number(self.compensation_damping) or not self.compensation_damping >= 0:
-            raise PruningError(f"compensation_damping must be a number >= 0, got {self.compensation_damping!r}.")
+        self.check_numbers((("attention_weight", lambda v: v > 0, "> 0"), ("layer_balance", lambda v: v >= 0, ">= 0"),
+                            ("compensation_damping", lambda v: v >= 0, ">= 0")),
+                           optional=("attention_weight", "layer_balance"))  # None: the method's
 
     def validate_keep_dense(self) -> None:
         value = self.keep_dense
         if value is None or value == "gisp":
             return
-        if isinstance(value, str) or not all(_is_int(i) and i >= 0 for i in value):
+        if isinstance(value, str) or not all(is_int(i) and i >= 0 for i in value):
             raise PruningError(f"keep_dense must be a list of layer indices or 'gisp', got {value!r}.")
 
     # ---- derived ----------------------------------------------------------------------------------------
@@ -216,13 +194,6 @@ class PruneConfig:
         if self.compensation == "auto":
             values["compensation"] = preset.compensation
         return self.replace(**values)
-
-    def replace(self, **overrides: Any) -> PruneConfig:
-        """A copy with some fields changed (checked); an unknown name raises :class:`PruningError`."""
-        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(self)})
-        if unknown:
-            raise PruningError(f"unknown PruneConfig option(s) {unknown}; known: {sorted(f.name for f in dataclasses.fields(self))}.")
-        return dataclasses.replace(self, **overrides)
 
     @classmethod
     def coerce(cls, config: PruneConfig | Mapping[str, Any] | None = None, **overrides: Any) -> PruneConfig:
@@ -270,10 +241,7 @@ class PruneConfig:
         for key, value in values.items():
             if isinstance(value, str) and value.startswith(_CALLABLE):
                 raise PruningError(f"{key} was a callable ({value[len(_CALLABLE):]}); pass it again to restore the config.")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise PruningError(f"unknown PruneConfig option(s) {unknown}; known: {sorted(known)}.")
+        cls.check_known(values)
         return cls(**values)
 
     def save(self, path: str | os.PathLike) -> Path:

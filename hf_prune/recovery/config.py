@@ -14,10 +14,12 @@ import math
 import numbers
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ..errors import RecoveryError
+from ..options import Options
+from ..options import option as _option
 
 __all__ = ["RecoveryConfig", "parse_tokens", "RECOVERY_METHODS", "LR_SCHEDULERS"]
 
@@ -54,21 +56,8 @@ def parse_tokens(value: Any) -> int:
     return int(number)
 
 
-def _option(default: Any, help: str, **extra: Any) -> Any:
-    """A field with its help text (used by the reference table and by the command line's ``--recovery-*``)."""
-    return field(default=default, metadata={"help": help, **extra})
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-
-
 @dataclass
-class RecoveryConfig:
+class RecoveryConfig(Options):
     """Options of a recovery run (see :func:`hf_prune.recover`). Invalid values raise
     :class:`~hf_prune.errors.RecoveryError` at construction.
 
@@ -77,6 +66,10 @@ class RecoveryConfig:
         RecoveryConfig(method="kd", tokens="2M", lora=True)
         PruneConfig(target_sparsity=0.3, recovery={"method": "kd", "tokens": 100_000})
     """
+
+    error = RecoveryError
+    label = "recovery "
+    title = "recovery option"
 
     method: str = _option("kd", "kd (KL to the dense model's next-token distribution, optionally mixed with the LM "
                                 "loss) or lm (next-token cross-entropy alone)", flag="--recovery")
@@ -114,12 +107,6 @@ class RecoveryConfig:
         self.validate()
 
     # ---- checks -----------------------------------------------------------------------------------------
-    def validate(self) -> None:
-        """Run every ``validate_*`` check (done at construction and by :meth:`replace`)."""
-        for name in sorted(dir(self)):
-            if name.startswith("validate_"):
-                getattr(self, name)()
-
     def validate_names(self) -> None:
         if self.method not in RECOVERY_METHODS:
             raise RecoveryError(f"Unknown recovery method {self.method!r}; choose one of {list(RECOVERY_METHODS)}.")
@@ -131,29 +118,18 @@ class RecoveryConfig:
                                 f"{self.teacher_device!r}.")
 
     def validate_counts(self) -> None:
-        for name in ("batch_size", "gradient_accumulation_steps", "lora_r"):
-            value = getattr(self, name)
-            if not _is_int(value) or value < 1:
-                raise RecoveryError(f"recovery {name} must be a positive integer, got {value!r}.")
-        if not _is_int(self.seq_len) or self.seq_len < 2:
-            raise RecoveryError(f"recovery seq_len must be an integer >= 2, got {self.seq_len!r}.")
-        if not _is_int(self.save_steps) or self.save_steps < 0:
-            raise RecoveryError(f"recovery save_steps must be an integer >= 0, got {self.save_steps!r}.")
-        if not _is_int(self.seed):
-            raise RecoveryError(f"recovery seed must be an integer, got {self.seed!r}.")
+        self.check_ints(("batch_size", "gradient_accumulation_steps", "lora_r"), minimum=1)
+        self.check_ints(("seq_len",), minimum=2)
+        self.check_ints(("save_steps",), minimum=0)
+        self.check_ints(("seed",), minimum=None)
 
     def validate_rates(self) -> None:
-        lr = self.learning_rate
-        if lr is not None and (not _is_number(lr) or not 0 < lr < 1):
-            raise RecoveryError(f"recovery learning_rate must be a number in (0, 1), e.g. 1e-4; got {lr!r}.")
-        checks = (("temperature", lambda v: v > 0, "> 0"), ("lm_weight", lambda v: 0 <= v <= 1, "in [0, 1]"),
-                  ("warmup", lambda v: 0 <= v < 1, "in [0, 1)"), ("weight_decay", lambda v: v >= 0, ">= 0"),
-                  ("max_grad_norm", lambda v: v >= 0, ">= 0"), ("lora_alpha", lambda v: v > 0, "> 0"),
-                  ("lora_dropout", lambda v: 0 <= v < 1, "in [0, 1)"))
-        for name, ok, rule in checks:
-            value = getattr(self, name)
-            if not _is_number(value) or not ok(value):
-                raise RecoveryError(f"recovery {name} must be a number {rule}, got {value!r}.")
+        self.check_numbers((
+            ("learning_rate", lambda v: 0 < v < 1, "in (0, 1) (e.g. 1e-4)"), ("temperature", lambda v: v > 0, "> 0"),
+            ("lm_weight", lambda v: 0 <= v <= 1, "in [0, 1]"), ("warmup", lambda v: 0 <= v < 1, "in [0, 1)"),
+            ("weight_decay", lambda v: v >= 0, ">= 0"), ("max_grad_norm", lambda v: v >= 0, ">= 0"),
+            ("lora_alpha", lambda v: v > 0, "> 0"), ("lora_dropout", lambda v: 0 <= v < 1, "in [0, 1)")),
+            optional=("learning_rate",))  # None: the default of full-parameter or LoRA training
         if self.method == "lm" and self.lm_weight not in (0, 1):
             raise RecoveryError("recovery lm_weight mixes the LM loss into kd; method 'lm' uses the LM loss alone.")
 
@@ -186,11 +162,6 @@ class RecoveryConfig:
     def tokens_used(self) -> int:
         return self.num_windows * self.seq_len
 
-    def replace(self, **overrides: Any) -> RecoveryConfig:
-        """A copy with some fields changed (checked); an unknown name raises :class:`RecoveryError`."""
-        _known(overrides)
-        return dataclasses.replace(self, **overrides)
-
     # ---- serialisation ----------------------------------------------------------------------------------
     @classmethod
     def coerce(cls, value: RecoveryConfig | Mapping[str, Any] | str | None) -> RecoveryConfig | None:
@@ -211,7 +182,7 @@ class RecoveryConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RecoveryConfig:
         """The inverse of :meth:`to_dict`; unknown keys are refused."""
-        _known(data)
+        cls.check_known(data)
         return cls(**dict(data))
 
     @classmethod
@@ -227,9 +198,3 @@ def cli_flag(f: dataclasses.Field) -> str:
     """The ``hf-prune prune`` option of a RecoveryConfig field: ``--recovery-<name>`` unless the field names one."""
     return f.metadata.get("flag", "--recovery-" + f.name.replace("_", "-"))
 
-
-def _known(values: Mapping[str, Any]) -> None:
-    known = {f.name for f in dataclasses.fields(RecoveryConfig)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise RecoveryError(f"unknown recovery option(s) {unknown}; known: {sorted(known)}.")
