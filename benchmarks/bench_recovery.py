@@ -37,6 +37,7 @@ RUNS = {
     "lm": {"method": "lm"},
     "kd-lora": {"method": "kd", "lora": True},
     "kd+lm": {"method": "kd", "lm_weight": 0.5},
+    "local": {"method": "local"},
 }
 
 
@@ -112,7 +113,7 @@ def run_one(model, pruned, tokenizer, calibration, name: str, args, evaluate, le
     callback = EvalAt(marks, evaluate, save_partial, stop_step, per_step)
     windows = training_windows(calibration, tokenizer, config)
     t = time.perf_counter()
-    result = recover(pruned, model if config.method == "kd" else None, tokenizer, None, config, windows=windows,
+    result = recover(pruned, model if config.needs_teacher else None, tokenizer, None, config, windows=windows,
                      show_progress=False, callbacks=[callback])
     wall = time.perf_counter() - t
     curve = {0: level0, **callback.points}
@@ -154,7 +155,7 @@ def plot(path: Path, data: dict, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    styles = {"kd": "-", "lm": "--", "kd-lora": ":", "kd+lm": "-."}
+    styles = {"kd": "-", "lm": "--", "kd-lora": ":", "kd+lm": "-.", "local": (0, (5, 1, 1, 1))}
     colors = plt.get_cmap("tab10").colors
     for k, (level, runs) in enumerate(data["levels"].items()):
         for name, run in runs.items():

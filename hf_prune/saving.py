@@ -118,9 +118,10 @@ def _method(config: PruneConfig) -> str:
     if config.recovery is None:
         return text + " No recovery fine-tuning."
     r = config.recovery
-    what = ("distilled from the dense model (KL to its next-token distribution"
-            + (f", {r.lm_weight:g} LM loss" if r.lm_weight else "") + ")") if r.method == "kd" else \
-        "trained with the next-token (LM) loss"
+    what = {"kd": "distilled from the dense model (KL to its next-token distribution"
+                  + (f", {r.lm_weight:g} LM loss" if r.lm_weight else "") + ")",
+            "lm": "trained with the next-token (LM) loss",
+            "local": "trained layer by layer to reproduce the dense model's layer outputs"}[r.method]
     return text + (f" The level was then {what} on {r.tokens_used:,} calibration-mix tokens, "
                    f"{'LoRA (merged back)' if r.lora else 'all parameters'} (see Recovery).")
 

@@ -14,7 +14,7 @@ from hf_prune import PruneConfig, PruningPlan, RecoveryConfig, apply_plan, prune
 from hf_prune.errors import RecoveryDivergedError, RecoveryError
 from hf_prune.recovery import recover, training_windows
 from hf_prune.recovery.config import parse_tokens
-from hf_prune.recovery.distill import kd_loss
+from hf_prune.recovery.distill import kd_loss, local_loss
 from transformers import TrainerCallback
 
 SEQ = 32
@@ -154,6 +154,50 @@ def test_lm_method_trains_without_a_teacher():
         assert ce() < before
     with pytest.raises(RecoveryError, match="needs the dense teacher"):
         recover(student, None, None, data, _options(), show_progress=False)
+
+
+def _layer_error(student, teacher, ids, layer: int) -> torch.Tensor:
+    """Relative squared error of one layer's output, from the models' own ``output_hidden_states`` (not the last
+    layer: its hidden state is taken after the final norm)."""
+    s = student(input_ids=ids, output_hidden_states=True).hidden_states[layer + 1]
+    with torch.no_grad():
+        t = teacher(input_ids=ids, output_hidden_states=True).hidden_states[layer + 1]
+    return (s - t).pow(2).mean() / t.pow(2).mean()
+
+
+def test_local_loss_is_per_layer_and_its_gradient_stays_in_the_layer():
+    teacher, student = _pair()
+    ids = _tokens(4, seed=3)
+    n = len(student.model.layers)
+    with torch.no_grad():
+        assert float(local_loss(teacher, teacher, ids)) == pytest.approx(0.0, abs=1e-10)
+    # layer 0 sees the same input (the embeddings) in both models: its term is the error computed independently
+    loss = local_loss(student, teacher, ids)
+    loss.backward()
+    got = [p.grad.clone() for p in student.model.layers[0].parameters()]
+    student.zero_grad()
+    (_layer_error(student, teacher, ids, 0) / n).backward()
+    want = [p.grad for p in student.model.layers[0].parameters()]
+    # later layers' terms send no gradient back into layer 0 (their inputs are detached), nor into the embeddings
+    assert all(torch.allclose(g, w, rtol=1e-4, atol=1e-8) for g, w in zip(got, want))
+    student.zero_grad()
+    local_loss(student, teacher, ids).backward()
+    assert student.model.embed_tokens.weight.grad is None and student.lm_head.weight.grad is None
+
+
+def test_local_steps_lower_the_layer_errors_and_the_kl():
+    teacher, student = _pair()
+    held_out = _tokens(16, seed=99)
+    with torch.no_grad():
+        before, kl_before = float(local_loss(student, teacher, held_out)), _kl(student, teacher, held_out)
+    lm_head = student.lm_head.weight.clone()
+    recover(student, teacher, None, _tokens(48, seed=5), _options(method="local"), show_progress=False)
+    with torch.no_grad():
+        after, kl_after = float(local_loss(student, teacher, held_out)), _kl(student, teacher, held_out)
+    assert after < 0.9 * before and kl_after < kl_before, (before, after, kl_before, kl_after)
+    assert torch.equal(student.lm_head.weight, lm_head)  # only decoder layers train
+    with pytest.raises(RecoveryError, match="needs the dense teacher"):
+        recover(student, None, None, _tokens(8, seed=5), _options(method="local"), show_progress=False)
 
 
 class _Capture(TrainerCallback):

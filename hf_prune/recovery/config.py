@@ -21,11 +21,15 @@ from ..errors import RecoveryError
 from ..options import Options
 from ..options import option as _option
 
-__all__ = ["RecoveryConfig", "parse_tokens", "RECOVERY_METHODS", "LR_SCHEDULERS"]
+__all__ = ["RecoveryConfig", "parse_tokens", "RECOVERY_METHODS", "TEACHER_METHODS", "LR_SCHEDULERS"]
 
 #: ``kd``: KL divergence of the student's next-token distribution to the dense teacher's (optionally mixed with
-#: the LM loss); ``lm``: the next-token cross-entropy alone (no teacher: the baseline).
-RECOVERY_METHODS = ("kd", "lm")
+#: the LM loss); ``lm``: the next-token cross-entropy alone (no teacher: the baseline); ``local``: every decoder
+#: layer, on the pruned model's own inputs, trained to reproduce the dense layer's output (no lm_head, gradients
+#: stop at each layer's input).
+RECOVERY_METHODS = ("kd", "lm", "local")
+#: Methods that need the dense teacher model.
+TEACHER_METHODS = ("kd", "local")
 #: Learning-rate schedules (transformers' ``lr_scheduler_type`` names) offered here.
 LR_SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
 #: Learning rate when ``learning_rate`` is None: LoRA adapters start at zero and take larger steps.
@@ -72,7 +76,8 @@ class RecoveryConfig(Options):
     title = "recovery option"
 
     method: str = _option("kd", "kd (KL to the dense model's next-token distribution, optionally mixed with the LM "
-                                "loss) or lm (next-token cross-entropy alone)", flag="--recovery")
+                                "loss), lm (next-token cross-entropy alone) or local (each decoder layer trained to "
+                                "reproduce the dense layer's output)", flag="--recovery")
     tokens: int = _option(1_000_000, "training token budget (e.g. 100k, 2M); rounded up to whole optimizer steps")
     seq_len: int = _option(256, "tokens per training window")
     temperature: float = _option(1.0, "kd: softmax temperature of teacher and student (the KL is scaled by T^2)")
@@ -130,8 +135,8 @@ class RecoveryConfig(Options):
             ("weight_decay", lambda v: v >= 0, ">= 0"), ("max_grad_norm", lambda v: v >= 0, ">= 0"),
             ("lora_alpha", lambda v: v > 0, "> 0"), ("lora_dropout", lambda v: 0 <= v < 1, "in [0, 1)")),
             optional=("learning_rate",))  # None: the default of full-parameter or LoRA training
-        if self.method == "lm" and self.lm_weight not in (0, 1):
-            raise RecoveryError("recovery lm_weight mixes the LM loss into kd; method 'lm' uses the LM loss alone.")
+        if self.method != "kd" and self.lm_weight not in (0, 1):
+            raise RecoveryError(f"recovery lm_weight mixes the LM loss into kd; method {self.method!r} does not use it.")
 
     def check_available(self) -> None:
         """Refuse options whose libraries are missing (cheap: nothing is imported)."""
@@ -143,6 +148,11 @@ class RecoveryConfig(Options):
     def lr(self) -> float:
         """The learning rate used: ``learning_rate``, else the default for full-parameter or LoRA training."""
         return float(self.learning_rate) if self.learning_rate is not None else DEFAULT_LR[bool(self.lora)]
+
+    @property
+    def needs_teacher(self) -> bool:
+        """Whether the method trains towards the dense model (``kd``, ``local``)."""
+        return self.method in TEACHER_METHODS
 
     @property
     def tokens_per_step(self) -> int:

@@ -4,7 +4,11 @@ The objective (:class:`DistillationTrainer.compute_loss`) is, per predicted toke
 
 - ``kd``: ``(1 - w) T^2 KL(softmax(t / T) || softmax(s / T)) + w CE(s, next token)``, with ``t`` the dense
   teacher's logits (eval mode, no gradients, optionally on another device) and ``s`` the student's;
-- ``lm``: ``CE(s, next token)`` alone (a plain training step, the baseline).
+- ``lm``: ``CE(s, next token)`` alone (a plain training step, the baseline);
+- ``local``: the mean over decoder layers of ``||y_l - t_l||^2 / ||t_l||^2``, with ``t_l`` the dense layer's output
+  and ``y_l`` the pruned layer's output on the pruned model's own (detached) input: each layer learns to undo its
+  own error and the drift it receives, gradients stop at its input, and no lm_head or vocabulary-sized softmax is
+  computed (layer-local reconstruction, "A Free Lunch in LLM Compression", arXiv 2510.14444).
 
 Everything else is the ecosystem's: the Trainer's optimizer (AdamW), schedule, clipping, autocast, activation
 checkpointing and checkpoints (``state_dir``: every ``save_steps``, resumed by the next call); PEFT's LoRA adapters
@@ -38,8 +42,8 @@ from ..fileio import write_text_atomic
 from .config import RecoveryConfig
 from .data import training_windows
 
-__all__ = ["recover", "RecoveryResult", "DistillationTrainer", "kd_loss", "NonFiniteLossCallback",
-           "TokenProgressCallback"]
+__all__ = ["recover", "RecoveryResult", "DistillationTrainer", "kd_loss", "local_loss", "LayerTaps",
+           "NonFiniteLossCallback", "TokenProgressCallback"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +51,58 @@ logger = logging.getLogger(__name__)
 STATE_CONFIG = "recovery_config.json"
 #: Linear layers LoRA adapts (those a pruned layer lacks are skipped by PEFT's suffix match).
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+class LayerTaps:
+    """Forward hooks on decoder layers that keep each layer's output; ``detach_inputs`` also cuts the graph at every
+    layer's input (so a backward pass stays inside each layer). A context manager: the hooks go on exit."""
+
+    def __init__(self, layers: Sequence[torch.nn.Module], detach_inputs: bool = False) -> None:
+        self.outputs: list[torch.Tensor | None] = [None] * len(layers)
+        self.handles = []
+        for i, layer in enumerate(layers):
+            if detach_inputs:
+                self.handles.append(layer.register_forward_pre_hook(_detached_input, with_kwargs=True))
+            self.handles.append(layer.register_forward_hook(self._keeper(i)))
+
+    def _keeper(self, i: int):
+        def keep(module, args, output):
+            self.outputs[i] = output[0] if isinstance(output, tuple) else output
+        return keep
+
+    def __enter__(self) -> LayerTaps:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def _detached_input(module, args, kwargs):
+    if args:
+        return (args[0].detach(), *args[1:]), kwargs
+    return args, {**kwargs, "hidden_states": kwargs["hidden_states"].detach()}
+
+
+def decoder(model: torch.nn.Module) -> torch.nn.Module:
+    """The decoder stack (``model.model``) of a causal LM, through a PEFT wrapper if there is one."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.model
+
+
+def local_loss(student: torch.nn.Module, teacher: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """Mean over decoder layers of the relative squared error of the student layer's output (on its own detached
+    input) to the dense layer's output (fp32). Relative, so layers with large residual norms do not dominate."""
+    teacher_decoder, student_decoder = decoder(teacher), decoder(student)
+    with torch.no_grad(), LayerTaps(teacher_decoder.layers) as dense:
+        teacher_decoder(input_ids=ids.to(next(teacher.parameters()).device), use_cache=False)
+    with LayerTaps(student_decoder.layers, detach_inputs=True) as pruned:
+        student_decoder(input_ids=ids, use_cache=False)
+    losses = []
+    for y, t in zip(pruned.outputs, dense.outputs):
+        t = t.to(y.device).float()
+        losses.append((y.float() - t).pow(2).mean() / t.pow(2).mean().clamp_min(1e-12))
+    return torch.stack(losses).mean()
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -94,6 +150,9 @@ class DistillationTrainer(Trainer):
     def compute_loss(self, model: torch.nn.Module, inputs: Mapping[str, Any], return_outputs: bool = False,
                      num_items_in_batch: torch.Tensor | int | None = None):
         ids = inputs["input_ids"]
+        if self.recovery.method == "local":
+            loss = local_loss(model, self.teacher, ids)
+            return (loss, None) if return_outputs else loss
         outputs = model(input_ids=ids, use_cache=False)
         logits = outputs.logits[:, :-1]
         config = self.recovery
@@ -260,7 +319,7 @@ def recover(student: torch.nn.Module, teacher: torch.nn.Module | None, tokenizer
 
     Args:
         student: the model to train, in place (full-parameter, or LoRA merged back in).
-        teacher: the dense model for ``method="kd"`` (``None`` for ``"lm"``); left unchanged.
+        teacher: the dense model for ``method="kd"`` / ``"local"`` (``None`` for ``"lm"``); left unchanged.
         tokenizer: the tokenizer (needed when ``calibration`` is a mix).
         calibration: a :class:`~hf_prune.CalibrationMix` (windows drawn by :func:`training_windows`),
             :class:`~hf_prune.CalibrationWindows` or a ``[N, seq_len]`` token tensor.
@@ -277,8 +336,9 @@ def recover(student: torch.nn.Module, teacher: torch.nn.Module | None, tokenizer
     config = RecoveryConfig.coerce(config) or RecoveryConfig()
     config = config.replace(**overrides) if overrides else config
     config.check_available()
-    if config.method == "kd" and teacher is None:
-        raise RecoveryError("recovery method 'kd' needs the dense teacher model; pass it or use method='lm'.")
+    if config.needs_teacher and teacher is None:
+        raise RecoveryError(f"recovery method {config.method!r} needs the dense teacher model; pass it or use "
+                            "method='lm'.")
     if windows is None:
         windows = training_windows(calibration, tokenizer, config)
     out, checkpoints = _state_dir(state_dir, config)
