@@ -110,6 +110,9 @@ class PruneConfig:
     min_channels: int = _option(0, "MLP channels every pruned layer keeps (0 allows removing its MLP)")
     channel_multiple: int = _option(1, "kept MLP widths are multiples of this (e.g. 64 for fast kernels)")
     tp_degree: int = _option(1, "kept KV heads per layer divisible by this (tensor parallelism)")
+    uniform_heads: bool = _option(
+        False, "every layer that keeps attention keeps the same query heads (GQA groups intact), so the result "
+               "exports as DeciLM for vLLM / SGLang (hf-prune export --format deci)")
     # ---- compensation ----
     compensation: str | None = _option(
         "auto", "refit the kept o_proj / down_proj columns to the dense layer's output: lsq (damped least squares), "
@@ -189,6 +192,8 @@ class PruneConfig:
             value = getattr(self, name)
             if not _is_int(value) or value < 0:
                 raise PruningError(f"{name} must be an integer >= 0, got {value!r}.")
+        if not isinstance(self.uniform_heads, bool):
+            raise PruningError(f"uniform_heads must be True or False, got {self.uniform_heads!r}.")
         if not _is_int(self.seed):
             raise PruningError(f"seed must be an integer, got {self.seed!r}.")
 
