@@ -6,7 +6,8 @@ transformers is imported, else as soon as it is), so pruned checkpoints load wit
 loads neither torch nor transformers.
 
 Entry points: :class:`PruneConfig` (the options of a run), :func:`prune` / :class:`Pruner` (decide what to remove),
-:func:`compensate` (refit what is kept), :func:`apply_plan` (slice), :func:`recover` / :class:`RecoveryConfig` (train a
+:func:`compensate` (refit what is kept), :func:`apply_plan` (slice), :func:`export` (write for vLLM / SGLang /
+llama.cpp), :func:`recover` / :class:`RecoveryConfig` (train a
 pruned model back towards the dense one), :func:`prune_and_push` (the whole job), :class:`CalibrationMix`
 (multi-domain calibration data), :func:`evaluate_perplexity`.
 """
@@ -36,6 +37,8 @@ _EXPORTS = {
     "PrunedQwen2Model": ".modeling.modeling_pruned_qwen2", "PrunedQwen2ForCausalLM": ".modeling.modeling_pruned_qwen2",
     "PruningPlan": ".format.plan", "LayerPlan": ".format.plan",
     "apply_plan": ".format.slicing", "to_qwen2": ".format.slicing", "llama_to_qwen2": ".format.convert",
+    # serving outside transformers (vLLM / SGLang, llama.cpp)
+    "export": ".serving.api",
     # data and evaluation
     "CalibrationMix": ".data.mix", "CalibrationWindows": ".data.windows",
     "evaluate_perplexity": ".evaluation", "PerplexityReport": ".evaluation",
@@ -59,5 +62,6 @@ if TYPE_CHECKING:
     from .modeling.configuration_pruned_qwen2 import PrunedQwen2Config
     from .modeling.modeling_pruned_qwen2 import PrunedQwen2ForCausalLM, PrunedQwen2Model
     from .pipeline import PruneAndPushResult, prune_and_push
+    from .serving.api import export
     from .recovery.config import RecoveryConfig
     from .recovery.distill import recover

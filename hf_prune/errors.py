@@ -14,6 +14,7 @@ __all__ = [
     "TokenizerError",
     "InvalidPlanError",
     "ConfigMismatchError",
+    "ExportError",
     "NotUniformError",
     "CalibrationError",
     "DataOverlapWarning",
@@ -60,8 +61,14 @@ class ConfigMismatchError(HfPruneError, ValueError):
     """A model's config disagrees with the shapes of its weights."""
 
 
-class NotUniformError(HfPruneError, ValueError):
-    """A pruned model cannot be exported as a stock ``qwen2`` checkpoint: its layers differ in shape."""
+class ExportError(HfPruneError, ValueError):
+    """A model cannot be written in the export format asked for (:func:`hf_prune.export`): an unknown format, one
+    meant for another model type, or shapes / options the format's servers cannot run (the message says which)."""
+
+
+class NotUniformError(ExportError):
+    """A pruned model's layers differ where the export format needs one value for all: every shape for a stock
+    ``qwen2`` checkpoint, the query-head count for ``deci``."""
 
 
 # ---- data, pruning, evaluation -------------------------------------------------------------------------

@@ -8,6 +8,10 @@ and KV-head counts divisible by ``tp_degree``.
 Attention removal units, per layer: a *slot* (the weakest remaining query head of every kept KV group, so the
 groups stay uniform; the last slot takes the KV heads and the pre-norm with it) or a *KV group* (a KV head with
 all its query heads). MLP units: blocks of ``channel_multiple`` weakest channels.
+
+With ``uniform_heads`` (a run that targets the DeciLM export, whose query-head count is global), attention is
+removed only by one cross-layer unit: a slot of *every* layer at once, so all layers keep the same query heads
+and KV heads; a layer's whole attention may still go (DeciLM's ``no_op``) when ``min_heads`` is 0.
 """
 
 from __future__ import annotations
@@ -45,6 +49,8 @@ class Constraints:
             priced up. 0 ranks at face value.
         base_widths: each layer's MLP width in the original model (what ``f`` is measured against); ``None``:
             the current widths.
+        uniform_heads: every layer that keeps attention keeps the same number of query heads (see the module
+            docstring); the layers must start that way.
     """
 
     keep_dense: frozenset[int] = frozenset()
@@ -55,6 +61,7 @@ class Constraints:
     attention_weight: float = 1.0
     layer_balance: float = 0.0
     base_widths: tuple[int, ...] | None = None
+    uniform_heads: bool = False
 
 
 class _Action(NamedTuple):
@@ -236,8 +243,9 @@ def allocate(
         return _to_plan(states)
     prunable = [i for i in range(len(states)) if i not in constraints.keep_dense]
     if allocation == "global":
-        ranking = _GlobalRanking(states, _normalised(scores, geometry, normalization), geometry, constraints,
-                                 normalization)
+        ranking_class = _UniformHeadsRanking if constraints.uniform_heads else _GlobalRanking
+        ranking = ranking_class(states, _normalised(scores, geometry, normalization), geometry, constraints,
+                                normalization)
         ranking.remove(prunable, params_to_remove, tolerance)
     else:
         _allocate_uniform(states, prunable, geometry, params_to_remove, constraints)
@@ -276,6 +284,15 @@ class _GlobalRanking:
             priced = unit._replace(score=score)
             heapq.heappush(self.heap, _Entry(self._key(priced), i, s.version, unit.cost, unit.action))
 
+    def is_current(self, entry: _Entry) -> bool:
+        """Whether ``entry`` was priced on its layer as it is now (else it is stale and skipped)."""
+        return entry.version == self.states[entry.layer].version
+
+    def apply(self, entry: _Entry) -> None:
+        """Remove what ``entry`` removes and price what its layer offers next."""
+        _apply(self.states[entry.layer], entry.action)
+        self.price(entry.layer)
+
     def remove(self, prunable: list[int], budget: int, tolerance: float) -> None:
         for i in prunable:
             self.price(i)
@@ -286,7 +303,7 @@ class _GlobalRanking:
                 if removed >= budget - tolerance:
                     return
                 # Nothing fits within the tolerance: take the smallest overshoot among the units passed over.
-                valid = [e for e in skipped if e.version == self.states[e.layer].version]
+                valid = [e for e in skipped if self.is_current(e)]
                 if not valid:
                     raise PruningError(
                         f"The constraints allow removing only {removed:,} more decoder parameters, {budget:,} were "
@@ -296,14 +313,98 @@ class _GlobalRanking:
                 skipped.clear()
                 tolerance = float("inf")
             entry = heapq.heappop(self.heap)
-            if entry.version != self.states[entry.layer].version:
+            if not self.is_current(entry):
                 continue  # stale: this layer changed since the unit was priced
             if removed + entry.cost > budget + tolerance:
                 skipped.append(entry)  # would overshoot: a smaller unit (or a smaller part of this layer) fits better
                 continue
-            _apply(self.states[entry.layer], entry.action)
+            self.apply(entry)
             removed += entry.cost
-            self.price(entry.layer)
+
+
+class _UniformHeadsRanking(_GlobalRanking):
+    """Global ranking that keeps every attention layer at one query-head count (``Constraints.uniform_heads``).
+
+    Per layer it offers MLP blocks and, when ``min_heads`` is 0, the layer's whole attention; query heads go only
+    through one cross-layer unit, a slot of every attention layer at once (GQA groups stay uniform everywhere).
+    """
+
+    ALL_LAYERS = -1  # the layer index of the cross-layer unit's heap entries
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.prunable: set[int] = set()
+        self.attention_version = 0  # bumped whenever any layer's attention changes
+
+    def price(self, i: int) -> None:
+        s, c = self.states[i], self.constraints
+        candidates = []
+        if s.groups and c.min_heads == 0:
+            candidates.append(_whole_attention_unit(s, self.geometry))
+        mlp = _mlp_unit(s, self.geometry, c)
+        if mlp is not None:
+            candidates.append(mlp)
+        for unit in candidates:
+            score = unit.score * (c.attention_weight if unit.action.kind == "groups" else 1.0)
+            if unit.action.kind == "channels" and c.layer_balance:
+                base = c.base_widths[i] if c.base_widths else self.geometry.shapes[i].intermediate_size
+                score *= 1 + c.layer_balance * (1 - len(s.channels) / max(base, 1))
+            priced = unit._replace(score=score)
+            heapq.heappush(self.heap, _Entry(self._key(priced), i, s.version, unit.cost, unit.action))
+
+    def price_slot(self) -> None:
+        """Push the cross-layer slot, if every attention layer can give one up and stay like the others."""
+        layers = [i for i, s in enumerate(self.states) if s.groups]
+        if not layers or any(i not in self.prunable for i in layers):
+            return  # a keep-dense layer with attention pins the head count
+        shapes = {(len(self.states[i].groups), self.states[i].heads_per_group) for i in layers}
+        (num_groups, r), = shapes if len(shapes) == 1 else ((0, 0),)
+        if r < 2 or num_groups * (r - 1) < self.constraints.min_heads:
+            return  # the last slot would take the KV heads of every layer: not a unit worth offering
+        units = [_attention_units(self.states[i], self.geometry, self.constraints)[0] for i in layers]
+        total = _Unit(sum(u.score for u in units) * self.constraints.attention_weight, sum(u.cost for u in units),
+                      sum(u.count for u in units), _Action("slot"))
+        heapq.heappush(self.heap, _Entry(self._key(total), self.ALL_LAYERS, self.attention_version, total.cost,
+                                         total.action))
+
+    def is_current(self, entry: _Entry) -> bool:
+        if entry.layer == self.ALL_LAYERS:
+            return entry.version == self.attention_version
+        return super().is_current(entry)
+
+    def apply(self, entry: _Entry) -> None:
+        if entry.layer == self.ALL_LAYERS:
+            touched = [i for i, s in enumerate(self.states) if s.groups]
+        else:
+            touched = [entry.layer]
+        for i in touched:
+            _apply(self.states[i], entry.action)
+            self.price(i)
+        if entry.action.kind != "channels":
+            self.attention_version += 1
+            self.price_slot()
+
+    def remove(self, prunable: list[int], budget: int, tolerance: float) -> None:
+        self.prunable = set(prunable)
+        self.price_slot()
+        super().remove(prunable, budget, tolerance)
+
+
+def _whole_attention_unit(state: _Layer, geometry: ModelGeometry) -> _Unit:
+    """Every KV group of a layer, so its attention sublayer (and pre-norm) goes."""
+    r = state.heads_per_group
+    kv_score = lambda g: 0.0 if state.kv_score is None else float(state.kv_score[g])  # noqa: E731
+    score = sum(sum(float(state.head_score[h]) for h in hs) + kv_score(g) for g, hs in state.groups.items())
+    cost = len(state.groups) * (r * geometry.query_head_params + geometry.kv_head_params) + geometry.norm_params
+    return _Unit(score, cost, len(state.groups) * (r + 1), _Action("groups", list(state.groups)))
+
+
+def _same_attention(states: list[_Layer], prunable: list[int]) -> bool:
+    """Whether removing the same slots from every prunable layer keeps one query-head count: every attention layer
+    is prunable and all have the same KV groups and group size."""
+    layers = [i for i, s in enumerate(states) if s.groups]
+    return (all(i in prunable for i in layers)
+            and len({(len(states[i].groups), states[i].heads_per_group) for i in layers}) <= 1)
 
 
 def _allocate_uniform(states, prunable, geometry, budget, constraints) -> None:
@@ -313,9 +414,10 @@ def _allocate_uniform(states, prunable, geometry, budget, constraints) -> None:
         raise PruningError("Every layer is kept dense: nothing can be pruned.")
     ratio = budget / total
     removed = 0
+    heads_movable = not constraints.uniform_heads or _same_attention(states, prunable)
     for i in prunable:
         s = states[i]
-        if s.groups:
+        if s.groups and heads_movable:
             r = s.heads_per_group
             slots = min(round(ratio * r), r if constraints.min_heads == 0 else r - 1)
             while slots and len(s.groups) * (r - slots) < constraints.min_heads:

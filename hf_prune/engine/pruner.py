@@ -136,7 +136,12 @@ def _constraints(config: PruneConfig, geometry: ModelGeometry) -> Constraints:
     """The config's constraints for this model, refused if the model cannot satisfy them."""
     c = Constraints(_keep_dense_layers(config.keep_dense, len(geometry.shapes)), config.min_heads,
                     config.min_channels, config.channel_multiple, config.tp_degree, float(config.attention_weight),
-                    float(config.layer_balance), tuple(s.intermediate_size for s in geometry.shapes))
+                    float(config.layer_balance), tuple(s.intermediate_size for s in geometry.shapes),
+                    bool(config.uniform_heads))
+    heads = sorted({s.num_attention_heads for s in geometry.shapes if s.num_attention_heads})
+    if c.uniform_heads and len(heads) > 1:
+        raise PruningError(f"uniform_heads keeps every layer at one query-head count, but this model's layers already "
+                           f"have {heads} query heads: prune the dense model instead.")
     for i, s in enumerate(geometry.shapes):
         if i not in c.keep_dense and s.num_key_value_heads % c.tp_degree:
             raise PruningError(f"Layer {i} has {s.num_key_value_heads} KV heads, not divisible by tp_degree={c.tp_degree}.")
