@@ -44,7 +44,7 @@ class ModelLoadError(HfPruneError, ValueError):
 
 
 class UnsupportedModelError(HfPruneError, TypeError):
-    """The model is not a Qwen2-family causal LM that hf_prune can slice (Llama models convert exactly)."""
+    """The model is not a Qwen2 / Qwen3 causal LM that hf_prune can slice (Llama models convert exactly to Qwen2)."""
 
 
 class TokenizerError(HfPruneError, ValueError):
@@ -61,7 +61,7 @@ class ConfigMismatchError(HfPruneError, ValueError):
 
 
 class NotUniformError(HfPruneError, ValueError):
-    """A pruned model cannot be exported as a stock ``qwen2`` checkpoint: its layers differ in shape."""
+    """A pruned model cannot be exported as a stock ``qwen2`` / ``qwen3`` checkpoint: its layers differ in shape."""
 
 
 # ---- data, pruning, evaluation -------------------------------------------------------------------------
