@@ -1,4 +1,4 @@
-"""Registers the ``pruned_qwen2`` and ``pruned_qwen3`` model types with transformers' Auto classes, on ``import hf_prune``.
+"""Registers the ``pruned_qwen2`` / ``pruned_qwen3`` model types with transformers' Auto classes on ``import hf_prune``.
 
 Importing transformers' Auto classes imports torch (seconds), and ``import hf_prune`` must stay instant (the
 command line imports it to print ``--help``). So :func:`register_on_import` registers at once when transformers

@@ -27,8 +27,9 @@ def check_transformers_version(version: str = transformers.__version__) -> None:
     lowest, first_unsupported = SUPPORTED_TRANSFORMERS
     if match is None or not lowest <= (int(match[1]), int(match[2])) < first_unsupported:
         raise ImportError(
-            f"pruned_qwen2 checkpoints need transformers {SUPPORTED_TRANSFORMERS_SPEC} (tested on 5.23 and the newest "
-            f"5.x release); transformers {version} is installed. Run: pip install 'transformers{SUPPORTED_TRANSFORMERS_SPEC}'"
+            f"pruned_qwen2 / pruned_qwen3 checkpoints need transformers {SUPPORTED_TRANSFORMERS_SPEC} (tested on 5.23 "
+            f"and the newest 5.x release); transformers {version} is installed. "
+            f"Run: pip install 'transformers{SUPPORTED_TRANSFORMERS_SPEC}'"
         )
 
 
@@ -140,4 +141,5 @@ class PrunedQwen2Config(PerLayerSizesMixin, Qwen2Config):
     pruned_format_version: int = PRUNED_QWEN2_FORMAT_VERSION
 
 
-__all__ = ["PerLayerSizesMixin", "PrunedQwen2Config", "PRUNED_QWEN2_FORMAT_VERSION", "SUPPORTED_TRANSFORMERS", "SUPPORTED_TRANSFORMERS_SPEC"]
+__all__ = ["PerLayerSizesMixin", "PrunedQwen2Config", "PRUNED_QWEN2_FORMAT_VERSION", "SUPPORTED_TRANSFORMERS",
+           "SUPPORTED_TRANSFORMERS_SPEC"]

@@ -297,4 +297,5 @@ PrunedQwen2Config.register_for_auto_class()
 PrunedQwen2Model.register_for_auto_class("AutoModel")
 PrunedQwen2ForCausalLM.register_for_auto_class("AutoModelForCausalLM")
 
-__all__ = ["CACHE_ARGUMENT", "PerLayerModelMixin", "PerLayerCausalLMMixin", "PrunedPreTrainedMixin", "PrunedQwen2PreTrainedModel", "PrunedQwen2Model", "PrunedQwen2ForCausalLM", "PrunedQwen2DecoderLayer"]
+__all__ = ["CACHE_ARGUMENT", "PerLayerModelMixin", "PerLayerCausalLMMixin", "PrunedPreTrainedMixin",
+           "PrunedQwen2PreTrainedModel", "PrunedQwen2Model", "PrunedQwen2ForCausalLM", "PrunedQwen2DecoderLayer"]

@@ -217,7 +217,8 @@ def test_uniform_model_exports_as_stock_qwen3_that_plain_transformers_loads(tmp_
     pruned = apply_plan(tiny_qwen3(seed=2), PruningPlan.from_dict(UNIFORM))
     stock = to_qwen3(pruned)
     assert type(stock) is Qwen3ForCausalLM and stock.config.model_type == "qwen3"
-    assert (stock.config.head_dim, stock.config.num_attention_heads, stock.config.intermediate_size) == (HEAD_DIM, 4, 40)
+    c = stock.config
+    assert (c.head_dim, c.num_attention_heads, c.intermediate_size) == (HEAD_DIM, 4, 40)
     torch.testing.assert_close(logits(stock), logits(pruned), rtol=0, atol=1e-6)
     stock.save_pretrained(tmp_path / "stock")
     assert not any(p.suffix == ".py" for p in (tmp_path / "stock").iterdir())
@@ -267,7 +268,8 @@ def test_memory_plan_counts_the_parameters_of_a_qwen3_model():
     model = tiny_qwen3()
     pruned = apply_plan(model, PruningPlan.from_dict(PLAN))
     for m in (model, pruned):
-        assert ModelDims.from_config(m.config.to_dict(), "float32").total_params() == sum(p.numel() for p in m.parameters())
+        dims = ModelDims.from_config(m.config.to_dict(), "float32")
+        assert dims.total_params() == sum(p.numel() for p in m.parameters())
 
 
 def test_compensation_dense_target_equals_lstsq():
@@ -316,3 +318,20 @@ def test_gisp_run_end_to_end_gives_a_loadable_checkpoint(tmp_path):
     applied = res.result.apply(dense, 0.3).state_dict()
     assert all(torch.equal(t, applied[k]) for k, t in loaded.state_dict().items())
     assert res.metrics["levels"][0.3]["perplexity"]
+
+
+def test_recovery_lowers_the_kl_to_the_teacher_and_lora_merges_back():
+    from test_recovery import SEQ, _kl, _options, _tokens
+
+    from hf_prune.recovery import recover
+
+    teacher = tiny_qwen3(seed=0, initializer_range=0.1)
+    student = apply_plan(teacher, PruningPlan.from_dict(PLAN))
+    held_out = _tokens(16, seed=99)
+    before = _kl(student, teacher, held_out)
+    result = recover(student, teacher, None, _tokens(48, seed=5), _options(), show_progress=False)
+    assert result.model is student and _kl(student, teacher, held_out) < 0.8 * before
+    shapes = {k: v.shape for k, v in student.state_dict().items()}
+    merged = recover(student, teacher, None, _tokens(16, seed=6), _options(lora=True, lora_r=4, tokens=16 * SEQ),
+                     show_progress=False).model
+    assert type(merged) is PrunedQwen3ForCausalLM and {k: v.shape for k, v in merged.state_dict().items()} == shapes

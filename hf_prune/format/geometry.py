@@ -1,8 +1,8 @@
 """What a model's decoder layers hold: the one place that reads per-layer sizes (config and weights).
 
-A layer's sizes come from its config (``PrunedQwen2Config.layer_size`` / ``PrunedQwen3Config.layer_size``, which interprets ``skip``) and are
-checked against its weights; the result is a :class:`~hf_prune.format.plan.LayerShape` per layer, 0 heads / 0
-channels meaning "sublayer removed".
+A layer's sizes come from its config (``PrunedQwen2Config.layer_size`` / ``PrunedQwen3Config.layer_size``, which
+interprets ``skip``) and are checked against its weights; the result is a :class:`~hf_prune.format.plan.LayerShape`
+per layer, 0 heads / 0 channels meaning "sublayer removed".
 """
 
 from __future__ import annotations
