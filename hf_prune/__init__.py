@@ -1,6 +1,6 @@
-"""hf-prune: structured pruning for Hugging Face Qwen2-family language models.
+"""hf-prune: structured pruning for Hugging Face Qwen2-family (and Qwen3) language models.
 
-Importing this package registers the ``pruned_qwen2`` model type with transformers' Auto classes (at once if
+Importing this package registers the ``pruned_qwen2`` and ``pruned_qwen3`` model types with transformers' Auto classes (at once if
 transformers is imported, else as soon as it is), so pruned checkpoints load with
 ``AutoModelForCausalLM.from_pretrained``. The names below are imported on first use: ``import hf_prune`` itself
 loads neither torch nor transformers.
@@ -35,6 +35,8 @@ _EXPORTS = {
     # the model format, plans and slicing
     "PrunedQwen2Config": ".modeling.configuration_pruned_qwen2",
     "PrunedQwen2Model": ".modeling.modeling_pruned_qwen2", "PrunedQwen2ForCausalLM": ".modeling.modeling_pruned_qwen2",
+    "PrunedQwen3Config": ".modeling.configuration_pruned_qwen3",
+    "PrunedQwen3Model": ".modeling.modeling_pruned_qwen3", "PrunedQwen3ForCausalLM": ".modeling.modeling_pruned_qwen3",
     "PruningPlan": ".format.plan", "LayerPlan": ".format.plan",
     "apply_plan": ".format.slicing", "to_qwen2": ".format.slicing", "llama_to_qwen2": ".format.convert",
     # serving outside transformers (vLLM / SGLang, llama.cpp)
@@ -60,7 +62,9 @@ if TYPE_CHECKING:
     from .format.plan import LayerPlan, PruningPlan
     from .format.slicing import apply_plan, to_qwen2
     from .modeling.configuration_pruned_qwen2 import PrunedQwen2Config
+    from .modeling.configuration_pruned_qwen3 import PrunedQwen3Config
     from .modeling.modeling_pruned_qwen2 import PrunedQwen2ForCausalLM, PrunedQwen2Model
+    from .modeling.modeling_pruned_qwen3 import PrunedQwen3ForCausalLM, PrunedQwen3Model
     from .pipeline import PruneAndPushResult, prune_and_push
     from .serving.api import export
     from .recovery.config import RecoveryConfig

@@ -45,7 +45,7 @@ class ModelLoadError(HfPruneError, ValueError):
 
 
 class UnsupportedModelError(HfPruneError, TypeError):
-    """The model is not a Qwen2-family causal LM that hf_prune can slice (Llama models convert exactly)."""
+    """The model is not a Qwen2 / Qwen3 causal LM that hf_prune can slice (Llama models convert exactly to Qwen2)."""
 
 
 class TokenizerError(HfPruneError, ValueError):
@@ -68,7 +68,7 @@ class ExportError(HfPruneError, ValueError):
 
 class NotUniformError(ExportError):
     """A pruned model's layers differ where the export format needs one value for all: every shape for a stock
-    ``qwen2`` checkpoint, the query-head count for ``deci``."""
+    ``qwen2`` / ``qwen3`` checkpoint, the query-head count for ``deci``."""
 
 
 # ---- data, pruning, evaluation -------------------------------------------------------------------------

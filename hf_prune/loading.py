@@ -24,7 +24,7 @@ __all__ = ["ModelSource", "check_model_source", "load_model", "load_tokenizer", 
 logger = logging.getLogger(__name__)
 
 #: ``model_type`` values hf-prune prunes (a Llama model is converted exactly to Qwen2 first).
-SUPPORTED_MODEL_TYPES = ("qwen2", "pruned_qwen2", "llama")
+SUPPORTED_MODEL_TYPES = ("qwen2", "pruned_qwen2", "qwen3", "pruned_qwen3", "llama")
 _DTYPES = {"auto": "auto", "float32": "float32", "fp32": "float32", "float": "float32", "bfloat16": "bfloat16",
            "bf16": "bfloat16", "float16": "float16", "fp16": "float16", "half": "float16"}
 # Text that exposes tokenizers which split or normalise differently from their vocabulary's own rules
@@ -66,7 +66,7 @@ def _check_model_type(name: str, model_type: Any) -> str:
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise UnsupportedModelError(
             f"{name} is a {model_type!r} model; hf-prune prunes Qwen2-family causal LMs "
-            f"(model_type {', '.join(SUPPORTED_MODEL_TYPES[:2])}; llama is converted exactly)."
+            f"(model_type {', '.join(SUPPORTED_MODEL_TYPES[:-1])}; llama is converted exactly)."
         )
     return model_type
 
@@ -208,7 +208,7 @@ def to_qwen2_family(model: Any):
 
 def load_model(source: ModelSource, *, dtype: Any = "auto", device_map: Any = None, revision: str | None = None,
                token: str | None = None, max_memory: Any = None):
-    """Load a checked :class:`ModelSource` as a ``Qwen2ForCausalLM`` (or ``PrunedQwen2ForCausalLM``), in eval mode.
+    """Load a checked :class:`ModelSource` as a (pruned) Qwen2 / Qwen3 causal LM, in eval mode.
 
     A Llama model is converted exactly to Qwen2 (:func:`hf_prune.llama_to_qwen2`).
     """

@@ -210,7 +210,7 @@ def prune_and_push(
     """Prune a model to several sparsities, evaluate, save one checkpoint folder per level, and push them.
 
     Args:
-        model_id_or_path: Hub model id or local folder of a Qwen2 (or Llama, converted exactly) causal LM, or an
+        model_id_or_path: Hub model id or local folder of a Qwen2 / Qwen3 (or Llama, converted exactly) causal LM, or an
             already loaded model (then ``tokenizer`` is required).
         repo_id: ``"namespace/name"`` to push to; ``None`` saves locally only.
         config: the :class:`~hf_prune.PruneConfig` of the run; ``**overrides`` replace its fields

@@ -1,9 +1,9 @@
-"""Registers the ``pruned_qwen2`` model type with transformers' Auto classes, on ``import hf_prune``.
+"""Registers the ``pruned_qwen2`` / ``pruned_qwen3`` model types with transformers' Auto classes on ``import hf_prune``.
 
 Importing transformers' Auto classes imports torch (seconds), and ``import hf_prune`` must stay instant (the
 command line imports it to print ``--help``). So :func:`register_on_import` registers at once when transformers
 is already imported, and otherwise right after it has been imported: either way ``AutoModelForCausalLM`` knows
-``pruned_qwen2`` by the time a program can call it.
+both by the time a program can call it.
 
 Registering imports hf-prune's own modeling files, which import transformers themselves; when it is one of them
 that first imports transformers, registration waits until they have finished (an import hook watches the three
@@ -19,23 +19,28 @@ import warnings
 
 __all__ = ["register", "register_on_import"]
 
-_MODELING = ("hf_prune.modeling.configuration_pruned_qwen2", "hf_prune.modeling.modeling_pruned_qwen2")
+_MODELING = ("hf_prune.modeling.configuration_pruned_qwen2", "hf_prune.modeling.modeling_pruned_qwen2",
+             "hf_prune.modeling.configuration_pruned_qwen3", "hf_prune.modeling.modeling_pruned_qwen3")
 
 
 def register() -> None:
-    """Make ``AutoConfig`` / ``AutoModel`` / ``AutoModelForCausalLM`` resolve ``model_type="pruned_qwen2"``.
+    """Make ``AutoConfig`` / ``AutoModel`` / ``AutoModelForCausalLM`` resolve ``pruned_qwen2`` and ``pruned_qwen3``.
 
-    Idempotent. Registering against the stock ``Qwen2Config`` would be silently ignored, hence the own config
-    class and model type.
+    Idempotent. Registering against the stock ``Qwen2Config`` / ``Qwen3Config`` would be silently ignored, hence the
+    own config classes and model types.
     """
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
     from .modeling.configuration_pruned_qwen2 import PrunedQwen2Config
+    from .modeling.configuration_pruned_qwen3 import PrunedQwen3Config
     from .modeling.modeling_pruned_qwen2 import PrunedQwen2ForCausalLM, PrunedQwen2Model
+    from .modeling.modeling_pruned_qwen3 import PrunedQwen3ForCausalLM, PrunedQwen3Model
 
-    AutoConfig.register(PrunedQwen2Config.model_type, PrunedQwen2Config, exist_ok=True)
-    AutoModel.register(PrunedQwen2Config, PrunedQwen2Model, exist_ok=True)
-    AutoModelForCausalLM.register(PrunedQwen2Config, PrunedQwen2ForCausalLM, exist_ok=True)
+    for config, model, causal_lm in ((PrunedQwen2Config, PrunedQwen2Model, PrunedQwen2ForCausalLM),
+                                     (PrunedQwen3Config, PrunedQwen3Model, PrunedQwen3ForCausalLM)):
+        AutoConfig.register(config.model_type, config, exist_ok=True)
+        AutoModel.register(config, model, exist_ok=True)
+        AutoModelForCausalLM.register(config, causal_lm, exist_ok=True)
 
 
 class _ImportWatch(importlib.abc.MetaPathFinder):
@@ -77,7 +82,7 @@ class _ImportWatch(importlib.abc.MetaPathFinder):
         try:
             register()
         except Exception as err:  # noqa: BLE001 - runs inside the user's import: never make that import fail
-            warnings.warn(f"hf_prune could not register the pruned_qwen2 model type: {err}", RuntimeWarning,
+            warnings.warn(f"hf_prune could not register the pruned_qwen2/pruned_qwen3 model types: {err}", RuntimeWarning,
                           stacklevel=2)
         finally:
             self.registering = False

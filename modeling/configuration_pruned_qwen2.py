@@ -27,8 +27,9 @@ def check_transformers_version(version: str = transformers.__version__) -> None:
     lowest, first_unsupported = SUPPORTED_TRANSFORMERS
     if match is None or not lowest <= (int(match[1]), int(match[2])) < first_unsupported:
         raise ImportError(
-            f"pruned_qwen2 checkpoints need transformers {SUPPORTED_TRANSFORMERS_SPEC} (tested on 5.23 and the newest "
-            f"5.x release); transformers {version} is installed. Run: pip install 'transformers{SUPPORTED_TRANSFORMERS_SPEC}'"
+            f"pruned_qwen2 / pruned_qwen3 checkpoints need transformers {SUPPORTED_TRANSFORMERS_SPEC} (tested on 5.23 "
+            f"and the newest 5.x release); transformers {version} is installed. "
+            f"Run: pip install 'transformers{SUPPORTED_TRANSFORMERS_SPEC}'"
         )
 
 
@@ -37,56 +38,22 @@ check_transformers_version()
 _SKIPPABLE = ("attention", "mlp")
 
 
-@strict
-class PrunedQwen2Config(Qwen2Config):
-    r"""
-    A [`~transformers.Qwen2Config`] whose decoder layers may differ in size.
+class PerLayerSizesMixin:
+    """Per-layer sizes for a Qwen-family config: checks and reads transformers' ``per_layer_config``.
 
-    Per-layer sizes are stored with transformers' own `per_layer_config` mechanism, sparsely: only values that
-    differ from the global ones are written. Each layer may override
-
-    - `intermediate_size`: MLP width of that layer,
-    - `num_attention_heads` / `num_key_value_heads`: query and key/value heads of that layer,
-    - `skip`: `["attention"]` and/or `["mlp"]` for a sublayer that was removed entirely (it holds no weights,
-      not even its pre-norm). A head count or width is never 0: a removed sublayer is a `skip`.
-
-    Read a layer's sizes with `config.per_layer_config[i].intermediate_size`, or all of them with
-    [`~PrunedQwen2Config.layer_sizes`]; reading a size that varies across layers from the global config raises
-    `AmbiguousGlobalPerLayerAttributeError`.
-
-    Args:
-        head_dim (`int`, *optional*):
-            Size of one attention head. Always stored explicitly, because pruning removes whole heads and
-            `hidden_size // num_attention_heads` no longer gives it. Defaults to that quotient of the global sizes.
-        pruned_format_version (`int`, *optional*, defaults to 1):
-            Version of this checkpoint format; a checkpoint newer than the installed code is refused.
-        per_layer_config (`dict[int, dict]`, *optional*):
-            Per-layer overrides, see above.
-
-    Example:
-
-    ```python
-    >>> config = PrunedQwen2Config(
-    ...     hidden_size=64, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2, intermediate_size=128,
-    ...     per_layer_config={0: {"skip": ["attention"]}, 1: {"num_attention_heads": 2, "num_key_value_heads": 1}},
-    ... )
-    >>> config.per_layer_config[1].num_attention_heads
-    2
-    ```
+    Shared by ``PrunedQwen2Config`` and ``PrunedQwen3Config`` (whose file imports it from here), so both model types
+    read, check and version per-layer sizes in one way. A subclass declares the dataclass fields ``head_dim`` and
+    ``pruned_format_version`` itself: strict dataclasses only collect fields from dataclass bases.
     """
-
-    model_type = "pruned_qwen2"
-
-    head_dim: int | None = None
-    pruned_format_version: int = PRUNED_QWEN2_FORMAT_VERSION
 
     def __post_init__(self, **kwargs: Any) -> None:
         if self.head_dim is None:
             self.head_dim = self.hidden_size // self.num_attention_heads
         if self.pruned_format_version > PRUNED_QWEN2_FORMAT_VERSION:
             raise ValueError(
-                f"This checkpoint uses pruned_qwen2 format version {self.pruned_format_version}, but the installed code "
-                f"reads versions up to {PRUNED_QWEN2_FORMAT_VERSION}: upgrade hf-prune (or load with trust_remote_code=True)."
+                f"This checkpoint uses {self.model_type} format version {self.pruned_format_version}, but the installed "
+                f"code reads versions up to {PRUNED_QWEN2_FORMAT_VERSION}: upgrade hf-prune (or load with "
+                "trust_remote_code=True)."
             )
         super().__post_init__(**kwargs)
         # Checked here, at construction, so a bad config fails before any weights are allocated or loaded, as a
@@ -130,4 +97,49 @@ class PrunedQwen2Config(Qwen2Config):
         return [self.layer_size(idx) for idx in range(self.num_hidden_layers)]
 
 
-__all__ = ["PrunedQwen2Config", "PRUNED_QWEN2_FORMAT_VERSION", "SUPPORTED_TRANSFORMERS", "SUPPORTED_TRANSFORMERS_SPEC"]
+@strict
+class PrunedQwen2Config(PerLayerSizesMixin, Qwen2Config):
+    r"""
+    A [`~transformers.Qwen2Config`] whose decoder layers may differ in size.
+
+    Per-layer sizes are stored with transformers' own `per_layer_config` mechanism, sparsely: only values that
+    differ from the global ones are written. Each layer may override
+
+    - `intermediate_size`: MLP width of that layer,
+    - `num_attention_heads` / `num_key_value_heads`: query and key/value heads of that layer,
+    - `skip`: `["attention"]` and/or `["mlp"]` for a sublayer that was removed entirely (it holds no weights,
+      not even its pre-norm). A head count or width is never 0: a removed sublayer is a `skip`.
+
+    Read a layer's sizes with `config.per_layer_config[i].intermediate_size`, or all of them with
+    [`~PrunedQwen2Config.layer_sizes`]; reading a size that varies across layers from the global config raises
+    `AmbiguousGlobalPerLayerAttributeError`.
+
+    Args:
+        head_dim (`int`, *optional*):
+            Size of one attention head. Always stored explicitly, because pruning removes whole heads and
+            `hidden_size // num_attention_heads` no longer gives it. Defaults to that quotient of the global sizes.
+        pruned_format_version (`int`, *optional*, defaults to 1):
+            Version of this checkpoint format; a checkpoint newer than the installed code is refused.
+        per_layer_config (`dict[int, dict]`, *optional*):
+            Per-layer overrides, see above.
+
+    Example:
+
+    ```python
+    >>> config = PrunedQwen2Config(
+    ...     hidden_size=64, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2, intermediate_size=128,
+    ...     per_layer_config={0: {"skip": ["attention"]}, 1: {"num_attention_heads": 2, "num_key_value_heads": 1}},
+    ... )
+    >>> config.per_layer_config[1].num_attention_heads
+    2
+    ```
+    """
+
+    model_type = "pruned_qwen2"
+
+    head_dim: int | None = None
+    pruned_format_version: int = PRUNED_QWEN2_FORMAT_VERSION
+
+
+__all__ = ["PerLayerSizesMixin", "PrunedQwen2Config", "PRUNED_QWEN2_FORMAT_VERSION", "SUPPORTED_TRANSFORMERS",
+           "SUPPORTED_TRANSFORMERS_SPEC"]

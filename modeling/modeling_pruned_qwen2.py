@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from transformers.cache_utils import Cache, DummyLayer, DynamicCache
 from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_utils import PreTrainedModel
 from transformers.models.qwen2.modeling_qwen2 import (
     Qwen2Attention,
     Qwen2ForCausalLM,
@@ -33,7 +34,15 @@ _CACHE_NAMES = ("cache", "past_key_values")
 
 
 class PrunedQwen2DecoderLayer(GradientCheckpointingLayer):
-    """A Qwen2 decoder layer at its own size; a removed sublayer (``skip``) has no module and no pre-norm."""
+    """A Qwen2 decoder layer at its own size; a removed sublayer (``skip``) has no module and no pre-norm.
+
+    The stock modules it is built from are class attributes: the Qwen3 layer is this one with Qwen3's modules (its
+    decoder layer computes what Qwen2's does, the difference is inside the attention).
+    """
+
+    attention_class: type[nn.Module] = Qwen2Attention
+    mlp_class: type[nn.Module] = Qwen2MLP
+    norm_class: type[nn.Module] = Qwen2RMSNorm
 
     def __init__(self, config: PrunedQwen2Config, layer_idx: int):
         super().__init__()
@@ -44,16 +53,16 @@ class PrunedQwen2DecoderLayer(GradientCheckpointingLayer):
 
         self.self_attn = self.input_layernorm = None
         if sizes["num_attention_heads"] is not None:
-            self.input_layernorm = Qwen2RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
-            self.self_attn = Qwen2Attention(config=layer_config, layer_idx=layer_idx)
+            self.input_layernorm = self.norm_class(config.hidden_size, eps=config.rms_norm_eps)
+            self.self_attn = self.attention_class(config=layer_config, layer_idx=layer_idx)
             # The layer config is a copy: point the attention at the global config so that
             # `model.set_attn_implementation(...)` (which updates the global config) reaches it.
             self.self_attn.config = config
 
         self.mlp = self.post_attention_layernorm = None
         if sizes["intermediate_size"] is not None:
-            self.post_attention_layernorm = Qwen2RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
-            self.mlp = Qwen2MLP(layer_config)
+            self.post_attention_layernorm = self.norm_class(config.hidden_size, eps=config.rms_norm_eps)
+            self.mlp = self.mlp_class(layer_config)
 
     def forward(
         self,
@@ -81,14 +90,8 @@ class PrunedQwen2DecoderLayer(GradientCheckpointingLayer):
         return hidden_states
 
 
-class PrunedQwen2PreTrainedModel(Qwen2PreTrainedModel):
-    config: PrunedQwen2Config
-    config_class = PrunedQwen2Config
-    _no_split_modules = ["PrunedQwen2DecoderLayer"]
-    _can_record_outputs = {
-        "hidden_states": PrunedQwen2DecoderLayer,
-        "attentions": Qwen2Attention,
-    }
+class PrunedPreTrainedMixin:
+    """``from_pretrained`` that names the layers whose weights disagree with config.json (shared by Qwen2 and Qwen3)."""
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
@@ -105,6 +108,16 @@ class PrunedQwen2PreTrainedModel(Qwen2PreTrainedModel):
                 + "; ".join(mismatches)
                 + ". Re-export the checkpoint with hf-prune instead of editing config.json by hand."
             ) from err
+
+
+class PrunedQwen2PreTrainedModel(PrunedPreTrainedMixin, Qwen2PreTrainedModel):
+    config: PrunedQwen2Config
+    config_class = PrunedQwen2Config
+    _no_split_modules = ["PrunedQwen2DecoderLayer"]
+    _can_record_outputs = {
+        "hidden_states": PrunedQwen2DecoderLayer,
+        "attentions": Qwen2Attention,
+    }
 
 
 def _checkpoint_shapes(path, kwargs) -> dict[str, list[int]]:
@@ -142,8 +155,8 @@ def _shape_mismatches(cls, path, kwargs) -> list[str]:
     """``"layer i: <tensor> is [..] in the weights but [..] by config.json"`` for every disagreeing tensor."""
     try:
         config = kwargs.get("config")
-        if not isinstance(config, PrunedQwen2Config):
-            config = PrunedQwen2Config.from_pretrained(path, **{k: kwargs[k] for k in ("revision", "token", "cache_dir")
+        if not isinstance(config, cls.config_class):
+            config = cls.config_class.from_pretrained(path, **{k: kwargs[k] for k in ("revision", "token", "cache_dir")
                                                                 if kwargs.get(k) is not None})
         stored = _checkpoint_shapes(path, kwargs)
         with torch.device("meta"):
@@ -161,34 +174,44 @@ def _shape_mismatches(cls, path, kwargs) -> list[str]:
 
 def _complete_auto_map(config: PrunedQwen2Config) -> None:
     # `save_pretrained` writes only the saved class into `auto_map`; vLLM's Transformers backend and
-    # `AutoModel.from_pretrained(..., trust_remote_code=True)` also need the base model's entry.
+    # `AutoModel.from_pretrained(..., trust_remote_code=True)` also need the base model's entry. Names follow the
+    # files: model type `pruned_qwenN` is defined by `configuration_/modeling_pruned_qwenN.py` as `PrunedQwenN*`.
+    prefix = type(config).__name__.removesuffix("Config")
     auto_map = dict(getattr(config, "auto_map", None) or {})
-    auto_map.setdefault("AutoConfig", "configuration_pruned_qwen2.PrunedQwen2Config")
-    auto_map.setdefault("AutoModel", "modeling_pruned_qwen2.PrunedQwen2Model")
-    auto_map.setdefault("AutoModelForCausalLM", "modeling_pruned_qwen2.PrunedQwen2ForCausalLM")
+    auto_map.setdefault("AutoConfig", f"configuration_{config.model_type}.{prefix}Config")
+    auto_map.setdefault("AutoModel", f"modeling_{config.model_type}.{prefix}Model")
+    auto_map.setdefault("AutoModelForCausalLM", f"modeling_{config.model_type}.{prefix}ForCausalLM")
     config.auto_map = auto_map
 
 
-class PrunedQwen2Model(PrunedQwen2PreTrainedModel, Qwen2Model):
-    """[`~transformers.Qwen2Model`] whose layers each have their own sizes (see [`PrunedQwen2Config`])."""
+class PerLayerModelMixin:
+    """The decoder stack built layer by layer from each layer's own sizes (shared by Qwen2 and Qwen3).
+
+    Mixed in before the stock model class (``Qwen2Model`` / ``Qwen3Model``), whose forward pass it keeps; a
+    subclass names the stock modules it is built from.
+    """
+
+    decoder_layer_class: type[nn.Module]
+    norm_class: type[nn.Module]
+    rotary_class: type[nn.Module]
 
     def __init__(self, config: PrunedQwen2Config):
         _complete_auto_map(config)
-        # `Qwen2Model.__init__` is not called: it builds every layer from the global sizes, which raise on a per-layer
-        # config (and would allocate the dense model). This sets what it sets (a test compares the attributes with
-        # the installed transformers' Qwen2Model), with layers built from their own sizes.
-        PrunedQwen2PreTrainedModel.__init__(self, config)
+        # The stock model's `__init__` is not called: it builds every layer from the global sizes, which raise on a
+        # per-layer config (and would allocate the dense model). This sets what it sets (a test compares the
+        # attributes with the installed transformers' model), with layers built from their own sizes.
+        PreTrainedModel.__init__(self, config)
         self.padding_idx = config.pad_token_id
         self.vocab_size = config.vocab_size
 
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
         self.layers = nn.ModuleList(
-            [PrunedQwen2DecoderLayer(config, layer_idx) for layer_idx in range(config.num_hidden_layers)]
+            [self.decoder_layer_class(config, layer_idx) for layer_idx in range(config.num_hidden_layers)]
         )
-        self.norm = Qwen2RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.norm = self.norm_class(config.hidden_size, eps=config.rms_norm_eps)
         # Built from a resolved layer config: RoPE variants such as yarn/dynamic read global sizes, which are
         # ambiguous (and raise) on a heterogeneous config. RoPE itself depends only on head_dim, shared by all.
-        self.rotary_emb = Qwen2RotaryEmbedding(config=config.per_layer_config[0])
+        self.rotary_emb = self.rotary_class(config=config.per_layer_config[0])
         self.gradient_checkpointing = False
         self.has_sliding_layers = "sliding_attention" in self.config.layer_types
         self.attention_free_layers = [i for i, layer in enumerate(self.layers) if layer.self_attn is None]
@@ -219,6 +242,14 @@ class PrunedQwen2Model(PrunedQwen2PreTrainedModel, Qwen2Model):
         )
 
 
+class PrunedQwen2Model(PrunedQwen2PreTrainedModel, PerLayerModelMixin, Qwen2Model):
+    """[`~transformers.Qwen2Model`] whose layers each have their own sizes (see [`PrunedQwen2Config`])."""
+
+    decoder_layer_class = PrunedQwen2DecoderLayer
+    norm_class = Qwen2RMSNorm
+    rotary_class = Qwen2RotaryEmbedding
+
+
 def mark_attention_free_layers(cache: Cache, layer_indices: list[int], num_layers: int) -> None:
     """Give attention-free layers a `DummyLayer` in `cache`.
 
@@ -238,18 +269,26 @@ def mark_attention_free_layers(cache: Cache, layer_indices: list[int], num_layer
             layers[idx] = DummyLayer()
 
 
-class PrunedQwen2ForCausalLM(PrunedQwen2PreTrainedModel, Qwen2ForCausalLM):
-    """[`~transformers.Qwen2ForCausalLM`] on top of [`PrunedQwen2Model`]."""
+class PerLayerCausalLMMixin:
+    """The causal LM head on a per-layer decoder stack (shared by Qwen2 and Qwen3); mixed in before the stock class."""
+
+    base_model_class: type[nn.Module]
 
     def __init__(self, config: PrunedQwen2Config):
         _complete_auto_map(config)
-        # Not `Qwen2ForCausalLM.__init__`: it would build a stock `Qwen2Model` (see `PrunedQwen2Model.__init__`).
-        PrunedQwen2PreTrainedModel.__init__(self, config)
-        self.model = PrunedQwen2Model(config)
+        # Not the stock `...ForCausalLM.__init__`: it would build a stock model (see `PerLayerModelMixin.__init__`).
+        PreTrainedModel.__init__(self, config)
+        self.model = self.base_model_class(config)
         self.vocab_size = config.vocab_size
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
 
         self.post_init()
+
+
+class PrunedQwen2ForCausalLM(PrunedQwen2PreTrainedModel, PerLayerCausalLMMixin, Qwen2ForCausalLM):
+    """[`~transformers.Qwen2ForCausalLM`] on top of [`PrunedQwen2Model`]."""
+
+    base_model_class = PrunedQwen2Model
 
 
 # Saved checkpoints carry this file and its configuration sibling, with an `auto_map`, so they load with
@@ -258,4 +297,5 @@ PrunedQwen2Config.register_for_auto_class()
 PrunedQwen2Model.register_for_auto_class("AutoModel")
 PrunedQwen2ForCausalLM.register_for_auto_class("AutoModelForCausalLM")
 
-__all__ = ["CACHE_ARGUMENT", "PrunedQwen2PreTrainedModel", "PrunedQwen2Model", "PrunedQwen2ForCausalLM", "PrunedQwen2DecoderLayer"]
+__all__ = ["CACHE_ARGUMENT", "PerLayerModelMixin", "PerLayerCausalLMMixin", "PrunedPreTrainedMixin",
+           "PrunedQwen2PreTrainedModel", "PrunedQwen2Model", "PrunedQwen2ForCausalLM", "PrunedQwen2DecoderLayer"]

@@ -1,4 +1,4 @@
-"""``import hf_prune`` registers pruned_qwen2 with the Auto classes, whatever is imported first, without torch."""
+"""``import hf_prune`` registers pruned_qwen2 and pruned_qwen3 with the Auto classes, whatever is imported first, without torch."""
 
 from __future__ import annotations
 
@@ -18,8 +18,9 @@ import sys
 {first}
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
-config = CONFIG_MAPPING["pruned_qwen2"]
-assert MODEL_FOR_CAUSAL_LM_MAPPING[config].__name__ == "PrunedQwen2ForCausalLM"
+for family in ("Qwen2", "Qwen3"):
+    config = CONFIG_MAPPING["pruned_" + family.lower()]
+    assert MODEL_FOR_CAUSAL_LM_MAPPING[config].__name__ == "Pruned" + family + "ForCausalLM"
 print("REGISTERED")
 """
 
@@ -29,6 +30,7 @@ print("REGISTERED")
     "import transformers; import hf_prune",                               # transformers already there
     "import hf_prune; from hf_prune import PrunedQwen2Config",            # the config file imports transformers
     "import hf_prune.modeling.modeling_pruned_qwen2",                      # the modeling file imports transformers
+    "import hf_prune.modeling.modeling_pruned_qwen3",                      # ... and the qwen3 one imports qwen2's
     "import hf_prune; hf_prune.apply_plan",                               # a lazy attribute pulls them in
 ])
 def test_registration_in_every_import_order(first):

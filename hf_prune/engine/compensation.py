@@ -307,7 +307,7 @@ def compensate(model, plan: PruningPlan, calibration: Any, *, tokenizer: Any = N
         data: batches already drawn (what a :class:`~hf_prune.Pruner` passes), instead of ``calibration``.
 
     Returns:
-        A new :class:`~hf_prune.PrunedQwen2ForCausalLM`, in eval mode.
+        A new pruned model (``PrunedQwen2ForCausalLM`` / ``PrunedQwen3ForCausalLM``), in eval mode.
     """
     config = PruneConfig.coerce(config, **overrides)
     was_training = model.training

@@ -74,6 +74,7 @@ class ModelDims:
     tie_word_embeddings: bool
     attention_bias: bool
     dtype: str
+    qk_norm: bool = False  # Qwen3: per-head q_norm / k_norm (head_dim each) in every attention sublayer
 
     @property
     def dtype_bytes(self) -> int:
@@ -104,7 +105,8 @@ class ModelDims:
         if name not in _DTYPE_BYTES:
             raise PruningError(f"unknown dtype {name!r} for the memory plan; use float32, bfloat16 or float16.")
         return cls(hidden, head_dim, int(text["vocab_size"]), tuple(layers),
-                   bool(config.get("tie_word_embeddings", text.get("tie_word_embeddings", False))), bias, name)
+                   bool(config.get("tie_word_embeddings", text.get("tie_word_embeddings", False))), bias, name,
+                   text.get("model_type") in ("qwen3", "pruned_qwen3"))
 
     @classmethod
     def from_model(cls, model: Any) -> ModelDims:
@@ -118,7 +120,10 @@ class ModelDims:
     # ---- parameter counts ----
     def layer_params(self, index: int, keep: float = 1.0) -> int:
         """Parameters of decoder layer ``index`` (``keep``: the fraction of its prunable parameters left)."""
-        return self.layer_prunable(index, keep) + self.hidden_size * sum(1 for n in self.layers[index][::2] if n)
+        norms = self.hidden_size * sum(1 for n in self.layers[index][::2] if n)
+        if self.qk_norm and self.layers[index][0]:
+            norms += 2 * self.head_dim
+        return self.layer_prunable(index, keep) + norms
 
     def layer_prunable(self, index: int, keep: float = 1.0) -> int:
         """Parameters of layer ``index``'s projections (the weights that get score buffers)."""

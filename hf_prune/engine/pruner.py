@@ -203,7 +203,7 @@ class Pruner:
         result = pruner.result()           # plans of 20% and 40%, indices into `model`
 
     Args:
-        model: a ``Qwen2ForCausalLM`` (or an already pruned model: plans then index into it).
+        model: a ``Qwen2ForCausalLM`` / ``Qwen3ForCausalLM`` (or an already pruned model: plans then index into it).
         tokenizer: tokenises a :class:`~hf_prune.CalibrationMix` (unused for pre-tokenised calibration).
         calibration: a ``CalibrationMix``, ``CalibrationWindows``, a ``[N, seq_len]`` tensor of token ids, a
             ``MultipleChoiceBatch`` (with ``objective="margin"``) or a list of batch dicts.
@@ -212,7 +212,7 @@ class Pruner:
 
     Raises:
         PruningError: invalid options, a target the constraints make impossible, no calibration tokens.
-        UnsupportedModelError: ``model`` is not a Qwen2 causal LM.
+        UnsupportedModelError: ``model`` is not a Qwen2 / Qwen3 causal LM.
     """
 
     def __init__(self, model, tokenizer: Any, calibration: Any, config: PruneConfig | Mapping | None = None, *,
@@ -406,7 +406,7 @@ def prune(
     Raises:
         PruningError: invalid options, a target the constraints make impossible, no calibration data; all before
             any scoring.
-        UnsupportedModelError: ``model`` is not a Qwen2 causal LM.
+        UnsupportedModelError: ``model`` is not a Qwen2 / Qwen3 causal LM.
     """
     if config is not None and not isinstance(config, (PruneConfig, Mapping)):
         config, overrides = None, {"target_sparsity": config, **overrides}

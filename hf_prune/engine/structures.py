@@ -1,8 +1,8 @@
-"""The prunable structures of a Qwen2 model, their parameter costs, and per-structure scores.
+"""The prunable structures of a Qwen2 / Qwen3 model, their parameter costs, and per-structure scores.
 
 Units: a *query head* (its q rows and bias, its o_proj columns), a *KV head* (k and v rows and biases; removed
 only with all its query heads), an *MLP channel* (gate row, up row, down column). A removed sublayer also
-removes its pre-norm.
+removes its pre-norm (and, in Qwen3, the attention's ``q_norm`` / ``k_norm``, shared by all heads).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ class ModelGeometry:
     head_dim: int
     attn_bias: bool
     shapes: tuple[LayerShape, ...]
+    qk_norm: bool = False
 
     @classmethod
     def of(cls, model) -> ModelGeometry:
@@ -35,6 +36,7 @@ class ModelGeometry:
             head_dim=head_dim_of(model.config),
             attn_bias=first is not None and first.q_proj.bias is not None,
             shapes=shapes,
+            qk_norm=first is not None and getattr(first, "q_norm", None) is not None,
         )
 
     @property
@@ -53,8 +55,13 @@ class ModelGeometry:
     def norm_params(self) -> int:
         return self.hidden_size
 
+    @property
+    def attn_norm_params(self) -> int:
+        """Norms that go with the whole attention sublayer: its pre-norm, and Qwen3's ``q_norm`` / ``k_norm``."""
+        return self.norm_params + (2 * self.head_dim if self.qk_norm else 0)
+
     def layer_params(self, heads: int, kv_heads: int, channels: int) -> int:
-        attn = heads * self.query_head_params + kv_heads * self.kv_head_params + (self.norm_params if heads else 0)
+        attn = heads * self.query_head_params + kv_heads * self.kv_head_params + (self.attn_norm_params if heads else 0)
         mlp = channels * self.channel_params + (self.norm_params if channels else 0)
         return attn + mlp
 

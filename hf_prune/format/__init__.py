@@ -13,7 +13,8 @@ from .._lazy import lazy_attributes
 _EXPORTS = {
     "LayerPlan": ".plan", "LayerShape": ".plan", "PruningPlan": ".plan",
     "check_supported": ".geometry", "head_dim_of": ".geometry", "layer_shapes": ".geometry",
-    "apply_plan": ".slicing", "to_qwen2": ".slicing",
+    "apply_plan": ".slicing", "to_stock": ".slicing", "to_qwen2": ".slicing", "to_qwen3": ".slicing",
+    "Family": ".family", "family_of": ".family",
     "llama_to_qwen2": ".convert",
     "save_pruned_model": ".checkpoint", "PLAN_FILE": ".checkpoint",
 }
@@ -25,4 +26,5 @@ if TYPE_CHECKING:
     from .convert import llama_to_qwen2
     from .geometry import check_supported, head_dim_of, layer_shapes
     from .plan import LayerPlan, LayerShape, PruningPlan
-    from .slicing import apply_plan, to_qwen2
+    from .family import Family, family_of
+    from .slicing import apply_plan, to_qwen2, to_qwen3, to_stock

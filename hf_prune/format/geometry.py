@@ -1,34 +1,27 @@
 """What a model's decoder layers hold: the one place that reads per-layer sizes (config and weights).
 
-A layer's sizes come from its config (``PrunedQwen2Config.layer_size``, which interprets ``skip``) and are
-checked against its weights; the result is a :class:`~hf_prune.format.plan.LayerShape` per layer, 0 heads / 0
-channels meaning "sublayer removed".
+A layer's sizes come from its config (``PrunedQwen2Config.layer_size`` / ``PrunedQwen3Config.layer_size``, which
+interprets ``skip``) and are checked against its weights; the result is a :class:`~hf_prune.format.plan.LayerShape`
+per layer, 0 heads / 0 channels meaning "sublayer removed".
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from transformers import PreTrainedModel, Qwen2ForCausalLM
+from transformers import PreTrainedModel
 
-from ..errors import ConfigMismatchError, UnsupportedModelError
-from ..modeling.configuration_pruned_qwen2 import PrunedQwen2Config
-from ..modeling.modeling_pruned_qwen2 import PrunedQwen2ForCausalLM
+from ..errors import ConfigMismatchError
+from ..modeling.configuration_pruned_qwen2 import PerLayerSizesMixin
+from .family import family_of
 from .plan import LayerShape
 
 __all__ = ["check_supported", "head_dim_of", "config_shapes", "layer_shapes"]
 
 
 def check_supported(model: Any) -> None:
-    """Raise :class:`UnsupportedModelError` unless ``model`` is a (pruned) Qwen2 causal LM."""
-    if isinstance(model, (Qwen2ForCausalLM, PrunedQwen2ForCausalLM)):
-        return
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
-    hint = " Convert it first with hf_prune.llama_to_qwen2(model)." if model_type == "llama" else ""
-    raise UnsupportedModelError(
-        f"hf_prune prunes Qwen2ForCausalLM / PrunedQwen2ForCausalLM models; got {type(model).__name__} "
-        f"(model_type={model_type!r}).{hint}"
-    )
+    """Raise :class:`UnsupportedModelError` unless ``model`` is a (pruned) Qwen2 or Qwen3 causal LM."""
+    family_of(model)
 
 
 def head_dim_of(config) -> int:
@@ -39,8 +32,8 @@ def head_dim_of(config) -> int:
 
 
 def config_shapes(config) -> list[LayerShape]:
-    """Each layer's sizes as its config states them (a stock Qwen2 config: the global sizes in every layer)."""
-    if isinstance(config, PrunedQwen2Config):
+    """Each layer's sizes as its config states them (a stock config: the global sizes in every layer)."""
+    if isinstance(config, PerLayerSizesMixin):
         return [LayerShape(s["num_attention_heads"] or 0, s["num_key_value_heads"] or 0, s["intermediate_size"] or 0)
                 for s in config.layer_sizes()]
     shape = LayerShape(config.num_attention_heads, config.num_key_value_heads, config.intermediate_size)
@@ -51,7 +44,7 @@ def layer_shapes(model: PreTrainedModel) -> list[LayerShape]:
     """Sizes of every decoder layer, read from the weights and checked against the config.
 
     Raises:
-        UnsupportedModelError: not a Qwen2 causal LM.
+        UnsupportedModelError: not a Qwen2 / Qwen3 causal LM.
         ConfigMismatchError: the config's per-layer sizes disagree with the weight shapes (names the layer).
     """
     check_supported(model)

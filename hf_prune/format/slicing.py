@@ -1,21 +1,26 @@
-"""Physically slice a Qwen2 model by a :class:`~hf_prune.PruningPlan`, and export uniform results as stock Qwen2."""
+"""Physically slice a Qwen2 / Qwen3 model by a :class:`~hf_prune.PruningPlan`; export uniform ones as stock models."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import torch
-from transformers import PreTrainedModel, Qwen2Config, Qwen2ForCausalLM
+from transformers import PreTrainedModel, Qwen2ForCausalLM, Qwen3ForCausalLM
 
-from ..errors import NotUniformError
+from ..errors import NotUniformError, UnsupportedModelError
 from ..modeling.configuration_pruned_qwen2 import PrunedQwen2Config
+from ..modeling.configuration_pruned_qwen3 import PrunedQwen3Config
 from ..modeling.modeling_pruned_qwen2 import PrunedQwen2ForCausalLM
+from ..modeling.modeling_pruned_qwen3 import PrunedQwen3ForCausalLM
+from .family import QWEN2, QWEN3, Family, family_of
 from .geometry import head_dim_of, layer_shapes
 from .plan import PruningPlan, ResolvedLayer
 
-__all__ = ["apply_plan", "to_qwen2"]
+__all__ = ["apply_plan", "to_stock", "to_qwen2", "to_qwen3"]
 
 _GLOBAL_SIZE_KEYS = ("intermediate_size", "num_attention_heads", "num_key_value_heads")
+# Qwen3's per-head norms act within one head and are shared by all heads: they are kept whole with the attention.
+_SHARED_HEAD_NORMS = ("q_norm", "k_norm")
 
 
 def _rows(weight: torch.Tensor, heads: list[int], head_dim: int) -> torch.Tensor:
@@ -34,6 +39,9 @@ def _slice_layer(prefix: str, sd: dict[str, torch.Tensor], keep: ResolvedLayer, 
             if f"{a}.{name}.bias" in sd:
                 out[f"{a}.{name}.bias"] = _rows(sd[f"{a}.{name}.bias"], heads, head_dim)
         out[f"{a}.o_proj.weight"] = _rows(sd[f"{a}.o_proj.weight"].t(), keep.query_heads, head_dim).t().contiguous()
+        for name in _SHARED_HEAD_NORMS:
+            if f"{a}.{name}.weight" in sd:
+                out[f"{a}.{name}.weight"] = sd[f"{a}.{name}.weight"].clone()
         out[f"{prefix}.input_layernorm.weight"] = sd[f"{prefix}.input_layernorm.weight"].clone()
     if not keep.mlp_removed:
         m = f"{prefix}.mlp"
@@ -45,7 +53,8 @@ def _slice_layer(prefix: str, sd: dict[str, torch.Tensor], keep: ResolvedLayer, 
     return out
 
 
-def _pruned_config(config, resolved: list[ResolvedLayer], head_dim: int) -> PrunedQwen2Config:
+def _pruned_config(config, resolved: list[ResolvedLayer], head_dim: int,
+                   family: Family) -> PrunedQwen2Config | PrunedQwen3Config:
     data = config.to_dict()
     for key in ("auto_map", "architectures", "per_layer_config", "model_type", "transformers_version", "head_dim"):
         data.pop(key, None)
@@ -68,22 +77,26 @@ def _pruned_config(config, resolved: list[ResolvedLayer], head_dim: int) -> Prun
         if skip:
             entry["skip"] = skip
         per_layer[idx] = entry
-    return PrunedQwen2Config(**data, head_dim=head_dim, per_layer_config=per_layer)
+    return family.pruned_config(**data, head_dim=head_dim, per_layer_config=per_layer)
 
 
-def apply_plan(model: PreTrainedModel, plan: PruningPlan) -> PrunedQwen2ForCausalLM:
-    """Return a new :class:`~hf_prune.PrunedQwen2ForCausalLM` holding only the weights ``plan`` keeps.
+def apply_plan(model: PreTrainedModel, plan: PruningPlan) -> PrunedQwen2ForCausalLM | PrunedQwen3ForCausalLM:
+    """Return a new pruned model holding only the weights ``plan`` keeps.
 
-    ``model`` (a stock ``Qwen2ForCausalLM`` or an already pruned model; indices refer to its current layout) is
-    left untouched: the result owns copies of every tensor. Query heads are regrouped under their KV head; a KV
-    head whose query heads are all removed goes too, so the KV cache shrinks; a layer keeping no query heads
-    (no MLP channels) loses its attention (MLP) sublayer and that sublayer's norm.
+    ``model`` (a stock ``Qwen2ForCausalLM`` / ``Qwen3ForCausalLM`` or an already pruned model; indices refer to its
+    current layout) is left untouched: the result owns copies of every tensor. The result is a
+    :class:`~hf_prune.PrunedQwen2ForCausalLM` (model type ``pruned_qwen2``) for a Qwen2 model and a
+    ``PrunedQwen3ForCausalLM`` (``pruned_qwen3``) for a Qwen3 model, whose ``q_norm`` / ``k_norm`` are kept whole.
+    Query heads are regrouped under their KV head; a KV head whose query heads are all removed goes too, so the KV
+    cache shrinks; a layer keeping no query heads (no MLP channels) loses its attention (MLP) sublayer and that
+    sublayer's norm.
 
     Raises:
-        UnsupportedModelError: ``model`` is not a Qwen2 causal LM.
+        UnsupportedModelError: ``model`` is not a Qwen2 / Qwen3 causal LM.
         ConfigMismatchError: ``model``'s config disagrees with its weights.
         InvalidPlanError: the plan does not fit ``model`` (the message names the layer).
     """
+    family = family_of(model)
     shapes = layer_shapes(model)
     resolved = plan.resolve(shapes)  # all validation happens before any tensor is touched
     config = model.config
@@ -97,11 +110,11 @@ def apply_plan(model: PreTrainedModel, plan: PruningPlan) -> PrunedQwen2ForCausa
     for idx, keep in enumerate(resolved):
         new_sd.update(_slice_layer(f"model.layers.{idx}", sd, keep, head_dim))
 
-    new_config = _pruned_config(config, resolved, head_dim)
+    new_config = _pruned_config(config, resolved, head_dim, family)
     new_config._attn_implementation = config._attn_implementation
     param = next(model.parameters())
     with torch.device("meta"):
-        pruned = PrunedQwen2ForCausalLM(new_config)
+        pruned = family.pruned_model(new_config)
     pruned.load_state_dict(new_sd, strict=False, assign=True)
     if new_config.tie_word_embeddings:
         pruned.tie_weights()
@@ -120,21 +133,24 @@ def _check_no_meta(model: torch.nn.Module) -> None:
         raise RuntimeError(f"apply_plan left tensors uninitialised: {missing[:5]}")
 
 
-def to_qwen2(model: PrunedQwen2ForCausalLM) -> Qwen2ForCausalLM:
-    """Export a pruned model whose layers all have one shape as a stock ``Qwen2ForCausalLM``.
+def to_stock(model: PreTrainedModel) -> PreTrainedModel:
+    """Export a pruned model whose layers all have one shape as its family's stock model.
 
-    The result loads with plain transformers (no hf-prune, no remote code); ``head_dim`` is written explicitly.
+    A ``pruned_qwen2`` model becomes a ``Qwen2ForCausalLM``, a ``pruned_qwen3`` one a ``Qwen3ForCausalLM``. The result
+    loads with plain transformers (no hf-prune, no remote code); ``head_dim`` is written explicitly.
 
     Raises:
+        UnsupportedModelError: ``model`` is not a Qwen2 / Qwen3 causal LM.
         NotUniformError: layers differ in heads, KV heads or MLP width, or a sublayer was removed.
     """
+    family = family_of(model)
     shapes = layer_shapes(model)
     distinct = sorted({(s.num_attention_heads, s.num_key_value_heads, s.intermediate_size) for s in shapes})
     if len(distinct) != 1 or 0 in distinct[0]:
         raise NotUniformError(
-            f"Only a model whose layers share one shape exports as stock qwen2; this one has layer shapes "
+            f"Only a model whose layers share one shape exports as stock {family.name}; this one has layer shapes "
             f"(heads, kv heads, mlp width) {distinct[:4]}{'...' if len(distinct) > 4 else ''}. "
-            "Save it as pruned_qwen2 instead (save_pretrained)."
+            f"Save it as {family.pruned_name} instead (save_pretrained)."
         )
     heads, kv, width = distinct[0]
     config = model.config
@@ -142,14 +158,39 @@ def to_qwen2(model: PrunedQwen2ForCausalLM) -> Qwen2ForCausalLM:
     for key in ("auto_map", "architectures", "per_layer_config", "model_type", "transformers_version",
                 "pruned_format_version", *_GLOBAL_SIZE_KEYS):
         data.pop(key, None)
-    qwen_config = Qwen2Config(**data, num_attention_heads=heads, num_key_value_heads=kv, intermediate_size=width)
-    qwen_config._attn_implementation = config._attn_implementation
+    stock_config = family.stock_config(**data, num_attention_heads=heads, num_key_value_heads=kv,
+                                       intermediate_size=width)
+    stock_config._attn_implementation = config._attn_implementation
     with torch.device("meta"):
-        qwen = Qwen2ForCausalLM(qwen_config)
-    qwen.load_state_dict({k: v.clone() for k, v in model.state_dict().items()}, strict=True, assign=True)
-    if qwen_config.tie_word_embeddings:
-        qwen.tie_weights()
-    qwen.model.rotary_emb = type(qwen.model.rotary_emb)(config=qwen_config).to(next(model.parameters()).device)
-    _check_no_meta(qwen)
-    qwen.generation_config = model.generation_config
-    return qwen.train(model.training)
+        stock = family.stock_model(stock_config)
+    stock.load_state_dict({k: v.clone() for k, v in model.state_dict().items()}, strict=True, assign=True)
+    if stock_config.tie_word_embeddings:
+        stock.tie_weights()
+    stock.model.rotary_emb = type(stock.model.rotary_emb)(config=stock_config).to(next(model.parameters()).device)
+    _check_no_meta(stock)
+    stock.generation_config = model.generation_config
+    return stock.train(model.training)
+
+
+def _to_family(model: PreTrainedModel, family: Family) -> PreTrainedModel:
+    found = family_of(model)
+    if found is not family:
+        raise UnsupportedModelError(
+            f"to_{family.name} exports {family.pruned_name} models; this is a {found.name} model: use to_{found.name}."
+        )
+    return to_stock(model)
+
+
+def to_qwen2(model: PrunedQwen2ForCausalLM) -> Qwen2ForCausalLM:
+    """Export a ``pruned_qwen2`` model whose layers all have one shape as a stock ``Qwen2ForCausalLM``.
+
+    See :func:`to_stock`. A Qwen3 model is refused (:class:`UnsupportedModelError`): Qwen2 has no ``q_norm`` /
+    ``k_norm``.
+    """
+    return _to_family(model, QWEN2)
+
+
+def to_qwen3(model: PrunedQwen3ForCausalLM) -> Qwen3ForCausalLM:
+    """Export a ``pruned_qwen3`` model whose layers all have one shape as a stock ``Qwen3ForCausalLM`` (see
+    :func:`to_stock`); a Qwen2 model is refused (:class:`UnsupportedModelError`)."""
+    return _to_family(model, QWEN3)
