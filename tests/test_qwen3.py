@@ -239,6 +239,24 @@ def test_uniform_model_exports_as_stock_qwen3_that_plain_transformers_loads(tmp_
     assert "STOCK-OK" in out
 
 
+def test_export_api_writes_stock_qwen3_and_refuses_the_deci_and_gguf_formats(tmp_path):
+    import hf_prune
+    from hf_prune.errors import ExportError
+
+    pruned = apply_plan(tiny_qwen3(seed=2), PruningPlan.from_dict(UNIFORM))
+    hf_prune.export(pruned, "qwen3", tmp_path / "q3")
+    reloaded = Qwen3ForCausalLM.from_pretrained(tmp_path / "q3")
+    torch.testing.assert_close(logits(reloaded), logits(pruned), rtol=0, atol=1e-6)
+    for fmt in ("deci", "gguf", "qwen2"):  # q_norm / k_norm have no place in DeciLM or llama.cpp's deci graph
+        with pytest.raises(ExportError, match=f"'{fmt}' does not apply to a 'pruned_qwen3' model.*qwen3"):
+            hf_prune.export(pruned, fmt, tmp_path / fmt)
+        assert not (tmp_path / fmt).exists()
+    mixed = apply_plan(tiny_qwen3(seed=2), PruningPlan.from_dict(PLAN))
+    with pytest.raises(NotUniformError, match="stock qwen3"):
+        hf_prune.export(mixed, "qwen3", tmp_path / "mixed")
+    assert not (tmp_path / "mixed").exists()
+
+
 def test_export_refuses_mixed_shapes_and_the_other_family():
     model = tiny_qwen3(seed=2)
     with pytest.raises(NotUniformError, match="stock qwen3.*pruned_qwen3"):

@@ -7,11 +7,12 @@ per layer, 0 heads / 0 channels meaning "sublayer removed".
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from transformers import PreTrainedModel
 
-from ..errors import ConfigMismatchError
+from ..errors import ConfigMismatchError, NotUniformError
 from ..modeling.configuration_pruned_qwen2 import PerLayerSizesMixin
 from .family import family_of
 from .plan import LayerShape
@@ -65,3 +66,18 @@ def layer_shapes(model: PreTrainedModel) -> list[LayerShape]:
             )
         shapes.append(found)
     return shapes
+
+
+def uniform_shape(shapes: Sequence[LayerShape], stock: str, advice: str) -> tuple[int, int, int]:
+    """The one (heads, KV heads, MLP width) every layer has, for a stock ``stock`` checkpoint.
+
+    Raises:
+        NotUniformError: the layers differ, or one lost a sublayer (``advice`` says what to do instead).
+    """
+    distinct = sorted({(s.num_attention_heads, s.num_key_value_heads, s.intermediate_size) for s in shapes})
+    if len(distinct) != 1 or 0 in distinct[0]:
+        raise NotUniformError(
+            f"Only a model whose layers share one shape exports as stock {stock}; this one has layer shapes "
+            f"(heads, kv heads, mlp width) {distinct[:4]}{' ...' if len(distinct) > 4 else ''}: {advice}."
+        )
+    return distinct[0]

@@ -7,13 +7,13 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, Qwen2ForCausalLM, Qwen3ForCausalLM
 
-from ..errors import NotUniformError, UnsupportedModelError
+from ..errors import UnsupportedModelError
 from ..modeling.configuration_pruned_qwen2 import PrunedQwen2Config
 from ..modeling.configuration_pruned_qwen3 import PrunedQwen3Config
 from ..modeling.modeling_pruned_qwen2 import PrunedQwen2ForCausalLM
 from ..modeling.modeling_pruned_qwen3 import PrunedQwen3ForCausalLM
 from .family import QWEN2, QWEN3, Family, family_of
-from .geometry import head_dim_of, layer_shapes
+from .geometry import head_dim_of, layer_shapes, uniform_shape
 from .plan import PruningPlan, ResolvedLayer
 
 __all__ = ["apply_plan", "to_stock", "to_qwen2", "to_qwen3"]
@@ -144,15 +144,8 @@ def to_stock(model: PreTrainedModel) -> PreTrainedModel:
         NotUniformError: layers differ in heads, KV heads or MLP width, or a sublayer was removed.
     """
     family = family_of(model)
-    shapes = layer_shapes(model)
-    distinct = sorted({(s.num_attention_heads, s.num_key_value_heads, s.intermediate_size) for s in shapes})
-    if len(distinct) != 1 or 0 in distinct[0]:
-        raise NotUniformError(
-            f"Only a model whose layers share one shape exports as stock {family.name}; this one has layer shapes "
-            f"(heads, kv heads, mlp width) {distinct[:4]}{'...' if len(distinct) > 4 else ''}. "
-            f"Save it as {family.pruned_name} instead (save_pretrained)."
-        )
-    heads, kv, width = distinct[0]
+    heads, kv, width = uniform_shape(layer_shapes(model), family.name,
+                                     f"save it as {family.pruned_name} instead (save_pretrained)")
     config = model.config
     data = config.to_dict()
     for key in ("auto_map", "architectures", "per_layer_config", "model_type", "transformers_version",

@@ -2,7 +2,7 @@
 
 Each (model type, format) pair has an exporter module with two functions: ``check(config)``, which refuses what
 the format cannot express from the config alone (before any weights are read), and ``write(model, tokenizer,
-folder, dtype)``. A model type added later (``pruned_qwen3``) plugs in with :func:`register_exporter`.
+folder, dtype)``. Another model type plugs in with :func:`register_exporter`.
 """
 
 from __future__ import annotations
@@ -21,10 +21,12 @@ FORMATS = ("qwen2", "qwen3", "deci", "gguf")
 
 # (model_type, format) -> the module implementing it. Module paths, not functions: nothing heavy is imported until
 # an export runs, so the command line checks its arguments without torch.
+# Qwen3's q_norm / k_norm have no place in DeciLM or llama.cpp's deci graph: Qwen3 exports only as stock qwen3.
 _EXPORTERS: dict[tuple[str, str], str] = {
-    (model_type, fmt): f"hf_prune.serving.{module}"
-    for model_type in ("qwen2", "pruned_qwen2")
-    for fmt, module in (("qwen2", "to_qwen2"), ("deci", "to_deci"), ("gguf", "to_gguf"))
+    **{(model_type, fmt): f"hf_prune.serving.{module}"
+       for model_type in ("qwen2", "pruned_qwen2")
+       for fmt, module in (("qwen2", "stock"), ("deci", "to_deci"), ("gguf", "to_gguf"))},
+    **{(model_type, "qwen3"): "hf_prune.serving.stock" for model_type in ("qwen3", "pruned_qwen3")},
 }
 
 
