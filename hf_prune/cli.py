@@ -220,7 +220,7 @@ def add_prune_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.description = (
-        "Prune a Qwen2-family model (Hub id or local folder; Llama models are converted exactly) to one or more\n"
+        "Prune a Qwen2- or Qwen3-family model (Hub id or local folder; Llama models are converted exactly) to one or more\n"
         "sparsities in one nested run, evaluate dense and pruned per domain, and save one dense, smaller\n"
         "checkpoint per level in OUTPUT_DIR/sparsity-XX/ (model card, plan, config, evaluation included).\n"
         "With --push-to, push one branch per level to the Hub (main = the primary level)."
@@ -448,7 +448,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
-        description="Structured pruning of Qwen2-family language models into dense, smaller checkpoints.",
+        description="Structured pruning of Qwen2- and Qwen3-family language models into dense, smaller checkpoints.",
         epilog="Run 'hf-prune COMMAND --help' for the options of a command.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -65,7 +65,7 @@ def _looks_like_a_path(name: str) -> bool:
 def _check_model_type(name: str, model_type: Any) -> str:
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise UnsupportedModelError(
-            f"{name} is a {model_type!r} model; hf-prune prunes Qwen2-family causal LMs "
+            f"{name} is a {model_type!r} model; hf-prune prunes Qwen2- and Qwen3-family causal LMs "
             f"(model_type {', '.join(SUPPORTED_MODEL_TYPES[:-1])}; llama is converted exactly)."
         )
     return model_type

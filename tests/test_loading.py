@@ -54,7 +54,7 @@ def test_bad_model_paths_fail_in_one_line(tmp_path, monkeypatch, make, message):
 def test_another_architecture_is_refused_from_its_config(tmp_path):
     (tmp_path / "bert").mkdir()
     (tmp_path / "bert" / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 8}))
-    with pytest.raises(UnsupportedModelError, match="is a 'bert' model; hf-prune prunes Qwen2-family"):
+    with pytest.raises(UnsupportedModelError, match="is a 'bert' model; hf-prune prunes Qwen2- and Qwen3-family"):
         check_model_source(tmp_path / "bert")
 
 
