@@ -46,3 +46,15 @@ def test_import_hf_prune_is_light():
                           env={**os.environ, "PYTHONPATH": os.pathsep.join(
                               p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)})
     assert proc.stdout.strip() == "[]", proc.stderr
+
+
+def test_every_subpackage_is_in_the_wheel():
+    """An editable install finds any folder; a wheel only ships the packages pyproject.toml lists."""
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(("hf_prune", *p.parent.relative_to(root / "hf_prune").parts))
+             for p in (root / "hf_prune").rglob("__init__.py")}
+    assert found - listed == set(), f"add to [tool.setuptools] packages: {sorted(found - listed)}"
