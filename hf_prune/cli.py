@@ -266,6 +266,11 @@ def add_prune_arguments(parser: argparse.ArgumentParser) -> None:
                        metavar="N", help="tokens per evaluation window (default: %(default)s)")
     group.add_argument("--eval-max-windows", type=_positive_int, default=None, metavar="N",
                        help="at most N windows per evaluation domain")
+    group.add_argument("--eval-tasks", default=None, metavar="PATH_OR_NAME[,...]",
+                       help="accuracy tasks for dense and every level (as `evaluate --tasks`; needs hf-prune[eval])")
+    group.add_argument("--eval-num-fewshot", type=_integer, default=0, metavar="K",
+                       help="examples in each accuracy prompt (default: %(default)s, zero-shot)")
+    group.add_argument("--eval-limit", type=_limit, default=None, metavar="N", help="at most N examples per task")
     group = parser.add_argument_group("output and Hub")
     group.add_argument("--output-dir", default=_default("pipeline.prune_and_push", "output_dir"), metavar="DIR",
                        help="where the level folders go (default: %(default)s)")
@@ -334,6 +339,7 @@ def run_prune(args: argparse.Namespace) -> int:
     result = prune_and_push(
         args.model, args.push_to, config=config, calibration=args.calibration, evaluation=args.evaluation,
         output_dir=args.output_dir, eval_seq_len=args.eval_seq_len, eval_max_windows=args.eval_max_windows,
+        eval_tasks=args.eval_tasks, eval_num_fewshot=args.eval_num_fewshot, eval_limit=args.eval_limit,
         primary=args.primary if args.primary is not None else args.sparsity[1], private=args.private,
         overwrite=args.overwrite, torch_dtype=args.dtype, device_map=args.device_map, revision=args.revision,
         base_model=args.base_model, license=args.license, tokenizer=args.tokenizer, state_dir=args.state_dir,
@@ -345,6 +351,9 @@ def run_prune(args: argparse.Namespace) -> int:
     table = result.perplexity_table()
     if table:
         print(f"\nPerplexity per domain (seq_len {args.eval_seq_len}, lower is better):\n\n{table}")
+    accuracy = result.accuracy_table()
+    if accuracy:
+        print(f"\nAccuracy per task (%, {args.eval_num_fewshot}-shot, higher is better):\n\n{accuracy}")
     for push in result.pushes:
         print(f"pushed {push.branch}: {push.commit_url}")
     return 0

@@ -150,3 +150,86 @@ def test_missing_lm_eval_names_the_extra(monkeypatch, tmp_path) -> None:
     monkeypatch.setitem(sys.modules, "lm_eval", None)  # import lm_eval then raises ImportError
     with pytest.raises(EvaluationError, match=r"pip install 'hf-prune\[eval\]'"):
         prepare_tasks(str(tmp_path / "x.jsonl"))
+
+
+# ---- the command line and prune_and_push ----------------------------------------------------------------------
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    env.pop("HF_PRUNE_DEBUG", None)
+    return env
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    from test_push import make_tiny_base
+
+    return make_tiny_base(tmp_path_factory.mktemp("acc_base"))
+
+
+def _folder_model(folder: Path):
+    import hf_prune  # noqa: F401 - registers pruned_qwen2
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+    return AutoModelForCausalLM.from_pretrained(folder).eval(), PreTrainedTokenizerFast.from_pretrained(folder)
+
+
+def test_standard_task_offline_fails_clearly_and_writes_nothing(base, tmp_path) -> None:
+    out = tmp_path / "out.json"
+    proc = subprocess.run([sys.executable, "-m", "hf_prune.cli", "evaluate", str(base["base"]), "--tasks", "arc_easy",
+                           "--json", str(out), "-q"], capture_output=True, text=True, timeout=300, env=_env(),
+                          cwd=tmp_path)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert last.startswith("hf-prune: error: task 'arc_easy' needs its dataset from the Hugging Face Hub")
+    assert "local copies" in last and "dataset_path: json" in last
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_evaluate_command_writes_per_task_json(base, tmp_path, capsys) -> None:
+    from hf_prune.cli import main
+
+    records = _records(12, seed=5)
+    task = _write(tmp_path / "mc_cli.jsonl", records)
+    out = tmp_path / "acc.json"
+    assert main(["evaluate", str(base["base"]), "--tasks", str(task), "--json", str(out), "--batch-size", "4",
+                 "-q"]) == 0
+    assert "| mc_cli | 12 |" in capsys.readouterr().out
+    data = json.loads(out.read_text())
+    model, tokenizer = _folder_model(base["base"])
+    acc, acc_norm = _direct(model, tokenizer, records)
+    assert set(data) == {"mc_cli"} and data["mc_cli"]["n"] == 12
+    assert data["mc_cli"]["acc"] == pytest.approx(statistics.mean(acc), abs=1e-9)
+    assert data["mc_cli"]["acc_norm"] == pytest.approx(statistics.mean(acc_norm), abs=1e-9)
+    assert {"acc", "acc_stderr", "n", "acc_norm"} <= set(data["mc_cli"])
+
+
+def test_prune_and_push_evaluates_accuracy_of_dense_and_levels(base, tmp_path) -> None:
+    from huggingface_hub import ModelCard
+
+    from hf_prune import prune_and_push
+    from hf_prune.hub.card import check_card_metadata
+
+    records = _records(16, seed=7)
+    task = _write(tmp_path / "mc_run.jsonl", records)
+    res = prune_and_push(base["base"], target_sparsity=(0.2, 0.4), calibration=base["calibration"],
+                         method="magnitude", eval_tasks=[task], output_dir=tmp_path / "out", num_samples=8,
+                         seq_len=32, steps=1, show_progress=False)
+    dense_acc, _ = _direct(*_folder_model(base["base"]), records)
+    assert res.metrics["dense"]["accuracy"]["mc_run"]["acc"] == pytest.approx(statistics.mean(dense_acc), abs=1e-9)
+    for s, folder in res.folders.items():
+        level_acc, _ = _direct(*_folder_model(folder), records)  # the saved level, reloaded
+        evaluation = json.loads((folder / "eval_results.json").read_text())
+        assert evaluation["accuracy"]["pruned"]["mc_run"]["acc"] == pytest.approx(statistics.mean(level_acc), abs=1e-9)
+        assert evaluation["accuracy"]["dense"] == res.metrics["dense"]["accuracy"]
+        card = (folder / "README.md").read_text()
+        check_card_metadata(card)
+        # Every card shows dense and every level, whichever was saved first.
+        assert "| task | dense | " in card and "sparsity-20" in card and "| mc_run | " in card
+        results = ModelCard(card).data.eval_results
+        assert [(r.dataset_name, r.metric_type) for r in results] == [("mc_run", "acc"), ("mc_run", "acc_norm")]
+        assert results[0].metric_value == pytest.approx(evaluation["accuracy"]["pruned"]["mc_run"]["acc"], abs=1e-6)
+    table = res.accuracy_table()
+    assert table.splitlines()[0] == "| task | dense | sparsity-20 | sparsity-40 |"
