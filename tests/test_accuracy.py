@@ -233,3 +233,38 @@ def test_prune_and_push_evaluates_accuracy_of_dense_and_levels(base, tmp_path) -
         assert results[0].metric_value == pytest.approx(evaluation["accuracy"]["pruned"]["mc_run"]["acc"], abs=1e-6)
     table = res.accuracy_table()
     assert table.splitlines()[0] == "| task | dense | sparsity-20 | sparsity-40 |"
+
+
+# ---- the local suite builder ----------------------------------------------------------------------------------
+def test_zero_shot_suite_is_deterministic_and_well_formed(tmp_path) -> None:
+    """Built from generated documents (the tests never read ../shared): every question's true continuation follows
+    its prompt in one document, the wrong ones come from other documents, answers are spread, reruns are equal."""
+    from hf_prune.data.multiple_choice import load_multiple_choice
+    from hf_prune.data.zero_shot import build_zero_shot_suite
+
+    dev = tmp_path / "corpus" / "dev"
+    dev.mkdir(parents=True)
+    docs = [f"Document {d}. " + _text(100 + d, 400) for d in range(6)]
+    _write(dev / "prose.jsonl", [{"text": t} for t in docs])
+    math = [{"text": f"Question: {a} apples and {b} more?\nAnswer: {a} + {b} = {a + b}\n#### {a + b}"}
+            for a, b in ((3, 4), (10, 25), (7, 8), (12, 30))]
+    _write(dev / "math.jsonl", math)
+    first = build_zero_shot_suite(tmp_path / "corpus", tmp_path / "a", max_records=50)
+    again = build_zero_shot_suite(tmp_path / "corpus", tmp_path / "b", max_records=50)
+    assert set(first) == {"nextpassage_prose", "nextpassage_math", "math_answer"}
+    for name in first:
+        assert first[name].read_bytes() == again[name].read_bytes()
+    rows = [json.loads(line) for line in first["nextpassage_prose"].read_text().splitlines()]
+    assert len(load_multiple_choice(first["nextpassage_prose"])) == len(rows) > 10
+    for row in rows:
+        true = row["choices"][row["answer"]]
+        home = [d for d in docs if row["prompt"] in d]
+        assert len(home) == 1 and true in home[0][home[0].index(row["prompt"]) :]
+        for k, wrong in enumerate(row["choices"]):
+            if k != row["answer"]:
+                assert wrong not in home[0]  # from another document
+    assert len({row["answer"] for row in rows}) > 1  # not always the same position
+    answers = [json.loads(line) for line in first["math_answer"].read_text().splitlines()]
+    for row, src in zip(answers, math):
+        assert row["prompt"].endswith("####") and row["choices"][row["answer"]] == src["text"].rsplit(" ", 1)[-1]
+        assert len(set(row["choices"])) == 4
