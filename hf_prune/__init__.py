@@ -9,7 +9,7 @@ Entry points: :class:`PruneConfig` (the options of a run), :func:`prune` / :clas
 :func:`compensate` (refit what is kept), :func:`apply_plan` (slice), :func:`export` (write for vLLM / SGLang /
 llama.cpp), :func:`recover` / :class:`RecoveryConfig` (train a
 pruned model back towards the dense one), :func:`prune_and_push` (the whole job), :class:`CalibrationMix`
-(multi-domain calibration data), :func:`evaluate_perplexity`.
+(multi-domain calibration data), :func:`evaluate_perplexity`, :func:`evaluate_tasks` (accuracy through lm-eval).
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ _EXPORTS = {
     # data and evaluation
     "CalibrationMix": ".data.mix", "CalibrationWindows": ".data.windows",
     "evaluate_perplexity": ".evaluation", "PerplexityReport": ".evaluation",
+    "evaluate_tasks": ".accuracy", "AccuracyReport": ".accuracy",
 }
 __all__ = [*_EXPORTS, *errors.__all__]
 __getattr__, __dir__ = lazy_attributes(globals(), _EXPORTS)
@@ -57,6 +58,7 @@ if TYPE_CHECKING:
     from .engine.compensation import compensate
     from .engine.memory import MemoryPlan, memory_plan
     from .engine.pruner import PruneResult, Pruner, prune
+    from .accuracy import AccuracyReport, evaluate_tasks
     from .evaluation import PerplexityReport, evaluate_perplexity
     from .format.convert import llama_to_qwen2
     from .format.plan import LayerPlan, PruningPlan

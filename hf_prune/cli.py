@@ -39,6 +39,13 @@ _EPILOG_MIX = (
 )
 
 
+_EPILOG_TASKS = (
+    "\nTasks (--tasks): comma-separated lm-eval task names (hellaswag,arc_easy: data from the Hub), local\n"
+    "multiple-choice files (tasks/code.jsonl: {\"prompt\", \"choices\", \"answer\"} records, the task is the file's\n"
+    "stem), folders of them (one task per file) or lm-eval task YAMLs (dataset_path: json + data_files).\n"
+)
+
+
 # ---- argument types ------------------------------------------------------------------------------------
 def parse_sparsity(text: str) -> tuple[list[float], float | None]:
     """``"0.2,0.3*"`` -> ``([0.2, 0.3], 0.3)``: a trailing ``*`` marks the level for ``main``; ``"30%"`` works too."""
@@ -214,6 +221,26 @@ def _load_arguments(parser: argparse.ArgumentParser) -> None:
                             "without tokenizer files")
 
 
+def _limit(text: str) -> int | float:
+    """``--limit``: a number of examples per task (``100``) or a share of them (``0.1``)."""
+    value = _number(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+    return int(value) if value >= 1 and value == int(value) else value
+
+
+def _task_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("accuracy (lm-evaluation-harness; pip install 'hf-prune[eval]')")
+    group.add_argument("--tasks", default=None, metavar="PATH_OR_NAME[,...]",
+                       help="lm-eval task names, multiple-choice .jsonl files or folders of them, task YAMLs")
+    group.add_argument("--num-fewshot", type=_integer, default=_default("accuracy.evaluate_tasks", "num_fewshot"),
+                       metavar="K", help="examples in each prompt (default: %(default)s, zero-shot)")
+    group.add_argument("--limit", type=_limit, default=None, metavar="N",
+                       help="at most N examples per task (a fraction < 1: that share), for quick runs")
+    group.add_argument("--batch-size", type=_positive_int, default=_default("accuracy.evaluate_tasks", "batch_size"),
+                       metavar="N", help="requests per forward pass (default: %(default)s)")
+
+
 def add_prune_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``hf-prune prune`` (shared with ``optimum-cli prune``)."""
     from .pipeline import DEFAULT_CALIBRATION
@@ -239,6 +266,11 @@ def add_prune_arguments(parser: argparse.ArgumentParser) -> None:
                        metavar="N", help="tokens per evaluation window (default: %(default)s)")
     group.add_argument("--eval-max-windows", type=_positive_int, default=None, metavar="N",
                        help="at most N windows per evaluation domain")
+    group.add_argument("--eval-tasks", default=None, metavar="PATH_OR_NAME[,...]",
+                       help="accuracy tasks for dense and every level (as `evaluate --tasks`; needs hf-prune[eval])")
+    group.add_argument("--eval-num-fewshot", type=_integer, default=0, metavar="K",
+                       help="examples in each accuracy prompt (default: %(default)s, zero-shot)")
+    group.add_argument("--eval-limit", type=_limit, default=None, metavar="N", help="at most N examples per task")
     group = parser.add_argument_group("output and Hub")
     group.add_argument("--output-dir", default=_default("pipeline.prune_and_push", "output_dir"), metavar="DIR",
                        help="where the level folders go (default: %(default)s)")
@@ -307,6 +339,7 @@ def run_prune(args: argparse.Namespace) -> int:
     result = prune_and_push(
         args.model, args.push_to, config=config, calibration=args.calibration, evaluation=args.evaluation,
         output_dir=args.output_dir, eval_seq_len=args.eval_seq_len, eval_max_windows=args.eval_max_windows,
+        eval_tasks=args.eval_tasks, eval_num_fewshot=args.eval_num_fewshot, eval_limit=args.eval_limit,
         primary=args.primary if args.primary is not None else args.sparsity[1], private=args.private,
         overwrite=args.overwrite, torch_dtype=args.dtype, device_map=args.device_map, revision=args.revision,
         base_model=args.base_model, license=args.license, tokenizer=args.tokenizer, state_dir=args.state_dir,
@@ -318,33 +351,72 @@ def run_prune(args: argparse.Namespace) -> int:
     table = result.perplexity_table()
     if table:
         print(f"\nPerplexity per domain (seq_len {args.eval_seq_len}, lower is better):\n\n{table}")
+    accuracy = result.accuracy_table()
+    if accuracy:
+        print(f"\nAccuracy per task (%, {args.eval_num_fewshot}-shot, higher is better):\n\n{accuracy}")
     for push in result.pushes:
         print(f"pushed {push.branch}: {push.commit_url}")
     return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .accuracy import check_task_options, resolve_task_specs
     from .data.spec import as_mix, check_overlap
+    from .errors import EvaluationError
     from .evaluation import check_evaluation_options
     from .loading import check_model_source, load_model, load_tokenizer, parse_dtype
 
-    # Everything is checked before the model is loaded: data specs, windows, dtype, the model's config.json.
+    # Everything is checked before the model is loaded: data specs, tasks, windows, dtype, the model's config.json.
+    if args.evaluation is None and args.tasks is None:
+        raise EvaluationError("give --evaluation (perplexity per domain), --tasks (accuracy) or both")
     evals, calibration = as_mix(args.evaluation), as_mix(args.calibration)
     check_overlap(calibration, evals, documents=False)
     check_evaluation_options(seq_len=args.seq_len, max_windows_per_domain=args.max_windows)
+    if args.tasks is not None:
+        resolve_task_specs(args.tasks)
+        check_task_options(num_fewshot=args.num_fewshot, limit=args.limit, batch_size=args.batch_size)
     parse_dtype(args.dtype)
     source = check_model_source(args.model, revision=args.revision)
+    suite = _prepared_tasks(args.tasks)  # lm-eval loads every task now: an unreachable dataset fails before loading
     tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else load_tokenizer(args.model, revision=args.revision)
     model = load_model(source, dtype=args.dtype, device_map=args.device_map, revision=args.revision)
+    out: dict[str, Any] = {}
+    if evals is not None:
+        from .evaluation import evaluate_perplexity
 
-    from .evaluation import evaluate_perplexity
+        report = evaluate_perplexity(model, tokenizer, evals, seq_len=args.seq_len,
+                                     max_windows_per_domain=args.max_windows, calibration=calibration,
+                                     label=str(args.model), progress=not args.quiet)
+        out["perplexity"] = report.to_dict()
+        print("\n" + report.to_markdown())
+    if suite is not None:
+        from .accuracy import evaluate_tasks
 
-    report = evaluate_perplexity(model, tokenizer, evals, seq_len=args.seq_len, max_windows_per_domain=args.max_windows,
-                                 calibration=calibration, label=str(args.model), progress=not args.quiet)
+        accuracy = evaluate_tasks(model, tokenizer, suite, num_fewshot=args.num_fewshot, limit=args.limit,
+                                  batch_size=args.batch_size, label=str(args.model))
+        out["accuracy"] = accuracy.to_dict()
+        print("\n" + accuracy.to_markdown())
     if args.json:
-        report.to_json(args.json)
-    print("\n" + report.to_markdown())
+        _write_evaluation_json(args.json, out)
     return 0
+
+
+def _prepared_tasks(tasks: str | None) -> Any:
+    if tasks is None:
+        return None
+    from .accuracy import prepare_tasks
+
+    return prepare_tasks(tasks)
+
+
+def _write_evaluation_json(path: str, out: dict[str, Any]) -> None:
+    """One report: its own JSON (``{task: {...}}`` for accuracy, the perplexity report); both: under two keys."""
+    import json
+
+    from .fileio import write_text_atomic
+
+    data = next(iter(out.values())) if len(out) == 1 else out
+    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def _cmd_push(args: argparse.Namespace) -> int:
@@ -457,17 +529,21 @@ def build_parser() -> argparse.ArgumentParser:
     add_prune_arguments(p)
     p.set_defaults(func=run_prune)
 
-    e = sub.add_parser("evaluate", help="per-domain perplexity of a model folder or Hub id",
-                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_EPILOG_MIX,
-                       description="Per-domain perplexity of a model (local folder or Hub id; pruned or not).")
+    e = sub.add_parser("evaluate", help="per-domain perplexity and/or task accuracy (lm-eval) of a model",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_EPILOG_MIX + _EPILOG_TASKS,
+                       description="Per-domain perplexity (--evaluation) and/or zero-shot accuracy on lm-eval tasks "
+                                   "(--tasks) of a model (local folder or Hub id; pruned or not).")
     e.add_argument("model", help="model folder or Hub id")
-    e.add_argument("--evaluation", required=True, metavar="SPEC", help="evaluation domains (see below)")
+    e.add_argument("--evaluation", default=None, metavar="SPEC", help="evaluation domains for perplexity (see below)")
     e.add_argument("--calibration", default=None, metavar="SPEC",
                    help="the calibration mix used for pruning: an evaluation source shared with it is refused")
     e.add_argument("--seq-len", type=_positive_int, default=_default("evaluation.evaluate_perplexity", "seq_len"),
                    metavar="N", help="tokens per window (default: %(default)s)")
     e.add_argument("--max-windows", type=_positive_int, default=None, metavar="N", help="at most N windows per domain")
-    e.add_argument("--json", default=None, metavar="FILE", help="also write the report as JSON")
+    _task_arguments(e)
+    e.add_argument("--json", default=None, metavar="FILE",
+                   help="also write the results as JSON: {task: {acc, acc_stderr, n, acc_norm}} with --tasks, the "
+                        "perplexity report with --evaluation, {\"accuracy\": ..., \"perplexity\": ...} with both")
     _load_arguments(e)
     e.add_argument("-q", "--quiet", action="store_true", help="no progress bars or informational logs")
     e.set_defaults(func=_cmd_evaluate)

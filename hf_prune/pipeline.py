@@ -39,7 +39,9 @@ class PruneAndPushResult:
             levels ``target_sparsity``, ``sparsity`` (measured), ``kv_cache_reduction``, ``branch``; plus
             ``perplexity`` (a :meth:`PerplexityReport.to_dict`, before recovery) when an evaluation was given.
             With recovery, a level also holds ``recovery`` (:meth:`RecoveryResult.to_dict`: settings, tokens,
-            throughput) and ``recovered`` (``{"perplexity": ...}`` after recovery, when evaluated).
+            throughput) and ``recovered`` (``{"perplexity": ...}`` after recovery, when evaluated). With
+            ``eval_tasks``, dense, each level and each recovered level also hold ``accuracy``
+            (:meth:`AccuracyReport.to_dict`: ``{task: {"acc", "acc_stderr", "n", ...}}``).
         pushes: one :class:`~hf_prune.hub.PushResult` per branch, then ``main`` (empty when not pushed).
         result: the :class:`~hf_prune.PruneResult` of the run.
         primary: the level that is (or would be) on ``main``.
@@ -69,6 +71,23 @@ class PruneAndPushResult:
             mark = " (main)" if s == self.primary and self.pushes else ""
             rows.append(f"| {m['branch']}{mark} | {m['params'] / 1e6:.2f} M | {m['sparsity']:.1%} | "
                         f"{m['kv_cache_reduction']:.1%} |{ppl(m)}{rec(m)} {self.folders[s]} |")
+        return "\n".join(rows)
+
+    def accuracy_table(self) -> str:
+        """Markdown table of accuracy per task (%): dense, then every level; the mean (empty if not evaluated)."""
+        dense = self.metrics["dense"].get("accuracy")
+        if dense is None:
+            return ""
+        columns = [("dense", dense)]
+        for _, m in sorted(self.metrics["levels"].items()):
+            columns.append((m["branch"], m["accuracy"]))
+            if "accuracy" in m.get("recovered", {}):
+                columns.append((f"{m['branch']} recovered", m["recovered"]["accuracy"]))
+        rows = ["| task | " + " | ".join(name for name, _ in columns) + " |", "|---|" + "---:|" * len(columns)]
+        for task in dense:
+            rows.append(f"| {task} | " + " | ".join(f"{100 * c[task]['acc']:.1f}" for _, c in columns) + " |")
+        rows.append("| **mean** | " + " | ".join(
+            f"**{100 * sum(c[t]['acc'] for t in dense) / len(dense):.1f}**" for _, c in columns) + " |")
         return "\n".join(rows)
 
     def perplexity_table(self) -> str:
@@ -120,10 +139,12 @@ class _Job:
     repo_id: str | None
     calibration: Any
     evaluation: Any
+    tasks: Any = None  # the task specs, then (before loading) the prepared TaskSuite
+    task_options: Mapping[str, Any] = field(default_factory=dict)
 
 
 def _check(config: PruneConfig, *, repo_id, push, token, primary, output_dir, overwrite, calibration, evaluation,
-           eval_seq_len, eval_max_windows, torch_dtype) -> _Job:
+           eval_seq_len, eval_max_windows, torch_dtype, eval_tasks=None, task_options=None) -> _Job:
     """Every check that needs neither the model nor the network (the Hub token is looked up locally)."""
     from .data.spec import as_mix, check_overlap
     from .evaluation import check_evaluation_options
@@ -140,6 +161,7 @@ def _check(config: PruneConfig, *, repo_id, push, token, primary, output_dir, ov
     if target is not None:
         check_repo_id(target)
     check_evaluation_options(seq_len=eval_seq_len, max_windows_per_domain=eval_max_windows)
+    tasks = _check_tasks(eval_tasks, task_options or {})
     calib = as_mix(DEFAULT_CALIBRATION if calibration is None else calibration)
     evals = as_mix(evaluation)
     check_overlap(calib, evals, documents=False)
@@ -148,7 +170,19 @@ def _check(config: PruneConfig, *, repo_id, push, token, primary, output_dir, ov
     parse_dtype(torch_dtype)
     if target is not None:
         resolve_token(token)
-    return _Job(config, chosen, out, target, calib, evals)
+    return _Job(config, chosen, out, target, calib, evals, tasks, dict(task_options or {}))
+
+
+def _check_tasks(eval_tasks: Any, options: Mapping[str, Any]) -> Any:
+    """The accuracy tasks' specs and settings, checked without lm-eval (None: no accuracy evaluation)."""
+    if eval_tasks is None:
+        return None
+    from .accuracy import TaskSuite, check_task_options, resolve_task_specs
+
+    check_task_options(**options)
+    if not isinstance(eval_tasks, TaskSuite):
+        resolve_task_specs(eval_tasks)  # a missing file or an empty folder fails here; lm-eval loads them later
+    return eval_tasks
 
 
 def _tokenizer(model_id_or_path: Any, tokenizer: Any, *, revision, token):
@@ -189,6 +223,9 @@ def prune_and_push(
     output_dir: str | os.PathLike = "pruned",
     eval_seq_len: int = 256,
     eval_max_windows: int | None = None,
+    eval_tasks: Any = None,
+    eval_num_fewshot: int = 0,
+    eval_limit: int | float | None = None,
     primary: float | str | None = None,
     private: bool = False,
     token: str | None = None,
@@ -222,6 +259,10 @@ def prune_and_push(
             A source shared with the calibration is refused.
         output_dir: parent folder of the ``sparsity-XX/`` level folders; must be empty unless ``overwrite``.
         eval_seq_len, eval_max_windows: evaluation window length and per-domain cap.
+        eval_tasks: accuracy tasks (lm-eval names, multiple-choice ``.jsonl`` files or folders, task YAMLs; see
+            :func:`hf_prune.evaluate_tasks`) for the dense model and every level; ``None`` skips them. They are
+            loaded before the model (an unreachable dataset fails then). Needs ``hf-prune[eval]``.
+        eval_num_fewshot, eval_limit: examples per prompt (0: zero-shot) and per-task cap of the accuracy tasks.
         primary: the level that goes to ``main`` (a sparsity or a level name); default the lowest.
         private, token, endpoint: Hub repo visibility, token (default: ``HF_TOKEN`` or the stored login),
             Hub URL. The token is never logged.
@@ -266,8 +307,15 @@ def prune_and_push(
         show_progress = show_progress and _rank() == 0
     job = _check(PruneConfig.coerce(config, **overrides), repo_id=repo_id, push=push, token=token, primary=primary,
                  output_dir=output_dir, overwrite=overwrite, calibration=calibration, evaluation=evaluation,
-                 eval_seq_len=eval_seq_len, eval_max_windows=eval_max_windows, torch_dtype=torch_dtype)
+                 eval_seq_len=eval_seq_len, eval_max_windows=eval_max_windows, torch_dtype=torch_dtype,
+                 eval_tasks=eval_tasks, task_options={"num_fewshot": eval_num_fewshot, "limit": eval_limit})
     source, tokenizer = _tokenizer(model_id_or_path, tokenizer, revision=revision, token=token)
+    if job.tasks is not None and _rank() == 0:  # rank 0 alone evaluates
+        from dataclasses import replace
+
+        from .accuracy import prepare_tasks
+
+        job = replace(job, tasks=prepare_tasks(job.tasks))
     check_overlap(job.calibration, job.evaluation, tokenizer=tokenizer)  # documents, once for the whole run
     windows = _recovery_windows(job, tokenizer)  # before loading: a budget the data cannot supply fails here
     if source is not None:  # refused here, before any weights are read, if the devices cannot hold the run
@@ -291,21 +339,28 @@ def prune_and_push(
                                revision=revision, token=token)
     calib_desc = calibration_description(job.calibration, result.config, calibration_sources)
     evaluate = _evaluator(tokenizer, job.evaluation, eval_seq_len, eval_max_windows, show_progress)
-    dense_report = evaluate(model, "dense")
+    evaluate = _with_accuracy(evaluate, tokenizer, job)
+    dense_report, dense_accuracy = evaluate(model, "dense")
     metrics: dict[str, Any] = {"dense": {"params": base.params}, "levels": {}}
     if job.config.recovery is not None:
         metrics["recovery"] = job.config.recovery.to_dict()
     if dense_report is not None:
         metrics["dense"]["perplexity"] = dense_report.to_dict()
+    if dense_accuracy is not None:
+        metrics["dense"]["accuracy"] = dense_accuracy.to_dict()
     folders: dict[float, Path] = {}
+    cards: dict[float, Any] = {}
     job.out.mkdir(parents=True, exist_ok=True)
     for s in result.config.target_sparsity:
-        folders[s], metrics["levels"][s] = _save_level(
+        folders[s], metrics["levels"][s], cards[s] = _save_level(
             model, tokenizer, result, s, base=base, job=job, evaluate=evaluate, dense_report=dense_report,
             calibration=calib_desc, eval_seq_len=eval_seq_len, overwrite=overwrite, show_progress=show_progress,
+            dense_accuracy=dense_accuracy,
             mix=job.calibration.to_dict() if isinstance(job.calibration, CalibrationMix) else None,
             recovery=_Recovery(windows, state_dir) if windows is not None else None)
 
+    if dense_accuracy is not None:
+        _cards_with_all_levels(folders, cards, metrics)
     pushes: list[Any] = []
     if job.repo_id is not None:
         from .hub.push import push_pruned_folders
@@ -393,7 +448,8 @@ class _Recovery:
 
 def _recover_level(pruned, model, tokenizer, config: PruneConfig, s: float, recovery: _Recovery, evaluate,
                    show_progress: bool):
-    """(recovered model, RecoveryResult, its PerplexityReport or None): ``pruned`` trained towards ``model``."""
+    """(recovered model, RecoveryResult, its PerplexityReport or None, its AccuracyReport or None): ``pruned`` trained
+    towards ``model``."""
     from .recovery.distill import recover
 
     logger.info("recovering %s: %s on %s tokens", level_name(s), config.recovery.method,
@@ -401,7 +457,7 @@ def _recover_level(pruned, model, tokenizer, config: PruneConfig, s: float, reco
     state = Path(recovery.state_dir) / "recovery" / level_name(s) if recovery.state_dir is not None else None
     result = recover(pruned, model, tokenizer, None, config.recovery, windows=recovery.windows, state_dir=state,
                      show_progress=show_progress)
-    return result.model, result, evaluate(result.model, f"{level_name(s)} recovered")
+    return result.model, result, *evaluate(result.model, f"{level_name(s)} recovered")
 
 
 def _evaluator(tokenizer, evaluation, seq_len: int, max_windows: int | None, show_progress: bool):
@@ -418,11 +474,41 @@ def _evaluator(tokenizer, evaluation, seq_len: int, max_windows: int | None, sho
     return evaluate
 
 
+def _with_accuracy(evaluate, tokenizer, job: _Job):
+    """``evaluate(model, label) -> (PerplexityReport | None, AccuracyReport | None)``: perplexity, then the tasks."""
+    def both(model, label: str):
+        report = evaluate(model, label)
+        if job.tasks is None:
+            return report, None
+        from .accuracy import evaluate_tasks
+
+        logger.info("accuracy of %s on %s", label, ", ".join(job.tasks.names))
+        return report, evaluate_tasks(model, tokenizer, job.tasks, label=label, **job.task_options)
+
+    return both
+
+
+def _cards_with_all_levels(folders: Mapping[float, Path], cards: Mapping[float, Any], metrics: Mapping[str, Any]) -> None:
+    """Rewrite each level's card so its accuracy table holds dense and every level of the run (a level's card is
+    written before the later levels are evaluated)."""
+    from .hub.card import render_model_card
+    from .fileio import write_text_atomic
+
+    columns = [("dense", metrics["dense"]["accuracy"])]
+    for s, m in sorted(metrics["levels"].items()):
+        columns.append((m["branch"], m["accuracy"]))
+        if "accuracy" in m.get("recovered", {}):
+            columns.append((f"{m['branch']} recovered", m["recovered"]["accuracy"]))
+    for s, folder in folders.items():
+        cards[s].accuracy_columns = columns
+        write_text_atomic(folder / "README.md", render_model_card(cards[s]))
+
+
 def _save_level(model, tokenizer, result, s: float, *, base, job: _Job, evaluate, dense_report, calibration,
                 eval_seq_len: int, overwrite: bool, mix, show_progress: bool,
-                recovery: _Recovery | None = None) -> tuple[Path, dict[str, Any]]:
+                recovery: _Recovery | None = None, dense_accuracy=None) -> tuple[Path, dict[str, Any], Any]:
     """Build one level from the dense model, evaluate it, recover it (if asked) and evaluate it again, save its
-    folder; returns (folder, its metrics)."""
+    folder; returns (folder, its metrics, its CardInfo)."""
     import copy
 
     import torch
@@ -437,18 +523,24 @@ def _save_level(model, tokenizer, result, s: float, *, base, job: _Job, evaluate
     pruned.eval()
     if getattr(pruned, "generation_config", None) is None and getattr(model, "generation_config", None) is not None:
         pruned.generation_config = model.generation_config
-    report = evaluate(pruned, level_name(s))
+    report, accuracy = evaluate(pruned, level_name(s))
     entry = {"branch": level_name(s), "target_sparsity": s, "sparsity": result.sparsity[s],
              "kv_cache_reduction": result.kv_cache_reduction[s], "params": sum(p.numel() for p in pruned.parameters())}
     if report is not None:
         entry["perplexity"] = report.to_dict()
-    trained = recovered = None
+    if accuracy is not None:
+        entry["accuracy"] = accuracy.to_dict()
+    trained = recovered = recovered_accuracy = None
     if recovery is not None:
-        pruned, trained, recovered = _recover_level(pruned, model, tokenizer, result.config, s, recovery, evaluate,
-                                                    show_progress)
+        pruned, trained, recovered, recovered_accuracy = _recover_level(pruned, model, tokenizer, result.config, s,
+                                                                        recovery, evaluate, show_progress)
         entry["recovery"] = trained.to_dict()
-        if recovered is not None:
-            entry["recovered"] = {"perplexity": recovered.to_dict()}
+        entry["recovered"] = {k: v.to_dict() for k, v in (("perplexity", recovered), ("accuracy", recovered_accuracy))
+                              if v is not None}
+        if not entry["recovered"]:
+            del entry["recovered"]
+    accuracies = ({"dense": dense_accuracy, "pruned": accuracy, "recovered": recovered_accuracy}
+                  if accuracy is not None else None)
     plan = result.plans[s]
     plan = type(plan)(layers=plan.layers, metadata={
         **plan.metadata, "base_model": base.name, "base_model_path": base.path, "base_model_revision": base.revision,
@@ -457,7 +549,7 @@ def _save_level(model, tokenizer, result, s: float, *, base, job: _Job, evaluate
     card = level_card(base, pruned, config=result.config, sparsity=s, measured=result.sparsity[s],
                       kv_cache_reduction=result.kv_cache_reduction[s], calibration=calibration, dense=dense_report,
                       pruned=report, eval_seq_len=eval_seq_len, repo_id=job.repo_id, recovered=recovered,
-                      recovery=trained)
+                      recovery=trained, accuracy=accuracies)
     evaluation = {"base_model": base.name, "branch": level_name(s), "target_sparsity": s,
                   "sparsity": result.sparsity[s], "kv_cache_reduction": result.kv_cache_reduction[s],
                   "params_before": base.params, "params_after": entry["params"],
@@ -466,9 +558,11 @@ def _save_level(model, tokenizer, result, s: float, *, base, job: _Job, evaluate
     if trained is not None:
         evaluation["recovered"] = recovered.to_dict() if recovered is not None else None
         evaluation["recovery"] = trained.to_dict()
+    if accuracies is not None:  # perplexity keeps its keys; accuracy sits beside it, model by model
+        evaluation["accuracy"] = {k: v.to_dict() for k, v in accuracies.items() if v is not None}
     folder = save_level(job.out / level_name(s), pruned, tokenizer, plan=plan, config=result.config, card=card,
                         evaluation=evaluation, overwrite=overwrite)
     del pruned
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    return folder, entry
+    return folder, entry, card

@@ -20,7 +20,7 @@ from .config import CONFIG_FILE, PruneConfig, level_name
 from .format.plan import PruningPlan
 
 __all__ = ["BaseModelInfo", "describe_base_model", "calibration_description", "level_card", "save_level",
-           "recovery_description", "EVAL_FILE"]
+           "recovery_description", "accuracy_card_fields", "EVAL_FILE"]
 
 logger = logging.getLogger(__name__)
 
@@ -144,9 +144,11 @@ def recovery_description(recovery: Any) -> dict[str, Any]:
 
 def level_card(base: BaseModelInfo, model: Any, *, config: PruneConfig, sparsity: float, measured: float,
                kv_cache_reduction: float, calibration: Mapping[str, Any], dense: Any = None, pruned: Any = None,
-               eval_seq_len: int = 256, repo_id: str | None = None, recovered: Any = None, recovery: Any = None):
+               eval_seq_len: int = 256, repo_id: str | None = None, recovered: Any = None, recovery: Any = None,
+               accuracy: Mapping[str, Any] | None = None):
     """The :class:`~hf_prune.hub.CardInfo` of one level (``dense`` / ``pruned`` / ``recovered``: PerplexityReports,
-    or None; ``recovery``: the level's :class:`~hf_prune.recovery.RecoveryResult`, or None)."""
+    or None; ``recovery``: the level's :class:`~hf_prune.recovery.RecoveryResult`, or None; ``accuracy``:
+    ``{"dense": AccuracyReport, "pruned": ..., "recovered": ...}`` or None)."""
     from .format.geometry import layer_shapes
     from .hub.card import CardInfo
 
@@ -160,8 +162,21 @@ def level_card(base: BaseModelInfo, model: Any, *, config: PruneConfig, sparsity
         eval_after=pruned.per_domain if pruned is not None else {}, eval_seq_len=eval_seq_len,
         eval_recovered=recovered.per_domain if recovered is not None else {},
         recovery=recovery_description(recovery) if recovery is not None else None,
+        **accuracy_card_fields(accuracy or {}, level_name(sparsity)),
         other_levels=[(s, level_name(s)) for s in config.target_sparsity], branch=level_name(sparsity),
     )
+
+
+def accuracy_card_fields(accuracy: Mapping[str, Any], branch: str) -> dict[str, Any]:
+    """The accuracy fields of a level's CardInfo: its own results (recovered if it was) and dense vs it."""
+    reports = {k: v for k, v in accuracy.items() if v is not None}
+    if not reports:
+        return {}
+    own = reports.get("recovered") or reports["pruned"]
+    columns = [("dense", reports["dense"].to_dict()), (branch, reports["pruned"].to_dict())]
+    if "recovered" in reports:
+        columns.append((f"{branch} recovered", reports["recovered"].to_dict()))
+    return {"accuracy": own.to_dict(), "accuracy_columns": columns, "accuracy_sources": dict(own.sources)}
 
 
 def save_level(folder: str | os.PathLike, model: Any, tokenizer: Any, *, plan: PruningPlan, config: PruneConfig,

@@ -188,3 +188,60 @@ def test_card_info_is_a_typed_dataclass():
         "achieved_sparsity", "params_before", "params_after", "kv_cache_reduction", "layers", "eval_before",
         "eval_after", "eval_seq_len", "speed", "other_levels", "branch",
     }
+
+
+# ---- accuracy (lm-eval results) ------------------------------------------------------------------------------
+def _acc(acc: float, norm: float | None = None, n: int = 200, shots: int = 0) -> dict:
+    out = {"acc": acc, "acc_stderr": (acc * (1 - acc) / (n - 1)) ** 0.5, "n": n, "num_fewshot": shots}
+    if norm is not None:
+        out["acc_norm"] = norm
+    return out
+
+
+def test_accuracy_table_and_model_index() -> None:
+    """The card shows dense vs every level per task with the mean; model-index holds this level's own results in
+    the Hub's format (parsed back by huggingface_hub into EvalResults)."""
+    dense = {"hellaswag": _acc(0.40, 0.52), "nextpassage_code": _acc(0.80)}
+    l20 = {"hellaswag": _acc(0.36, 0.47), "nextpassage_code": _acc(0.70)}
+    l30 = {"hellaswag": _acc(0.31, 0.41), "nextpassage_code": _acc(0.55)}
+    sources = {"hellaswag": {"dataset": "Rowan/hellaswag", "config": None, "split": "validation", "local": False},
+               "nextpassage_code": {"dataset": "nextpassage_code.jsonl", "split": "test", "local": True}}
+    info = make_info(branch="sparsity-30", accuracy=l30, accuracy_sources=sources,
+                     accuracy_columns=[("dense", dense), ("sparsity-20", l20), ("sparsity-30", l30)])
+    text = render_model_card(info)
+    assert "### Accuracy" in text and "0-shot accuracy" in text
+    table = [line for line in text.splitlines() if line.startswith("| ")]
+    assert "| task | dense | sparsity-20 | **sparsity-30** (this card) |" in table
+    assert "| hellaswag | 40.0 | 36.0 | 31.0 |" in table
+    means = [100 * sum(col[t]["acc"] for t in dense) / 2 for col in (dense, l20, l30)]
+    assert f"| **mean** | **{means[0]:.1f}** | **{means[1]:.1f}** | **{means[2]:.1f}** |" in table
+    # The metadata as the Hub reads it.
+    assert validate_card_yaml(text) == []
+    check_card_metadata(text)
+    data = ModelCard(text).data
+    assert data.model_name == "Qwen2.5-0.5B-pruned"
+    got = {(r.dataset_name, r.metric_type): r for r in data.eval_results}
+    assert set(got) == {("hellaswag", "acc"), ("hellaswag", "acc_norm"), ("nextpassage_code", "acc")}
+    for (task, metric), r in got.items():
+        assert r.metric_value == pytest.approx(l30[task][metric]) and r.task_type == "text-generation"
+        assert r.dataset_args == {"num_few_shot": 0}
+    assert got[("hellaswag", "acc")].dataset_type == "Rowan/hellaswag"
+    assert got[("hellaswag", "acc")].dataset_split == "validation"
+    assert got[("nextpassage_code", "acc")].dataset_type == "nextpassage_code"
+    raw = yaml.safe_load(text.split("---")[1])
+    entry = raw["model-index"][0]
+    assert entry["name"] == "Qwen2.5-0.5B-pruned" and len(entry["results"]) == 2  # one per dataset
+    # Round trip through huggingface_hub's own converters gives the same results.
+    from huggingface_hub.repocard_data import eval_results_to_model_index, model_index_to_eval_results
+
+    name, again = model_index_to_eval_results(raw["model-index"])
+    assert name == entry["name"] and eval_results_to_model_index(name, again) == raw["model-index"]
+
+
+def test_accuracy_only_and_invalid_accuracy() -> None:
+    text = render_model_card(make_info(eval_before={}, eval_after={}, accuracy={"t": _acc(0.5)},
+                                       accuracy_columns=[("dense", {"t": _acc(0.6)}), ("sparsity-30", {"t": _acc(0.5)})]))
+    assert "### Accuracy" in text and "Not evaluated." not in text and "| t | 60.0 | 50.0 |" in text
+    assert "model-index" not in render_model_card(make_info())  # no accuracy, no model-index
+    with pytest.raises(ModelCardError, match=r"accuracy\['t'\]"):
+        render_model_card(make_info(accuracy={"t": {"acc": 1.5}}))

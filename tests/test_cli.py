@@ -237,6 +237,9 @@ print("EXIT", code, "TORCH", "torch" in sys.modules, "TRANSFORMERS", "transforme
         (["prune", "m", "--recovery", "distill"], 1, "Unknown recovery method 'distill'"),
         (["prune", "m", "--recovery-tokens", "100k"], 1, "--recovery-tokens need(s) --recovery kd or --recovery lm."),
         (["evaluate", "/no/such/model", "--evaluation", "a=/nonexistent.jsonl"], 1, "does not exist"),
+        (["evaluate", "/no/such/model", "--tasks", "/nonexistent/task.jsonl"], 1, "task file '/nonexistent/task.jsonl' does not exist"),
+        (["evaluate", "m"], 1, "give --evaluation (perplexity per domain), --tasks (accuracy) or both"),
+        (["evaluate", "m", "--tasks", "t.jsonl", "--limit", "0"], 2, "must be > 0, got '0'"),
     ],
 )
 def test_help_and_argument_errors_do_not_import_torch(tmp_path, args, code, message):

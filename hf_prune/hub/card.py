@@ -61,6 +61,12 @@ class CardInfo:
         eval_recovered: perplexity of the pruned model after recovery training per domain (empty: not recovered).
         recovery: how it was recovered (method, tokens, learning rate...; rendered as a list), ``None`` if not.
         eval_seq_len: sequence length of the evaluation.
+        accuracy: this checkpoint's own accuracy per task (an :meth:`~hf_prune.accuracy.AccuracyReport.to_dict`:
+            ``{task: {"acc", "acc_stderr", "n", "acc_norm"?, "num_fewshot"}}``); it becomes the ``model-index``
+            metadata. Empty: not evaluated.
+        accuracy_columns: the accuracy table, ``(label, {task: {...}})`` per column in order (dense first, then
+            the levels); the column of this checkpoint is the one labelled ``branch`` (or ``branch`` + "recovered").
+        accuracy_sources: per task, where its data came from (``dataset``, ``config``, ``split``, ``local``).
         speed: optional measurement vs the dense model, e.g. ``{"device": "cpu", "dense_tokens_per_s": 10.0,
             "pruned_tokens_per_s": 14.2, "batch_size": 1}``.
         other_levels: ``(sparsity, branch)`` of every level of the same run (this one included or not).
@@ -86,6 +92,9 @@ class CardInfo:
     eval_recovered: Mapping[str, float] = field(default_factory=dict)
     recovery: Mapping[str, Any] | None = None
     eval_seq_len: int
+    accuracy: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    accuracy_columns: Sequence[tuple[str, Mapping[str, Mapping[str, Any]]]] = ()
+    accuracy_sources: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     speed: Mapping[str, Any] | None = None
     other_levels: Sequence[tuple[float, str]] = field(default_factory=list)
     branch: str
@@ -121,6 +130,9 @@ class CardInfo:
             for domain, ppl in getattr(self, name).items():
                 if not isinstance(ppl, (int, float)) or (isinstance(ppl, float) and math.isnan(ppl)) or ppl <= 0:
                     raise ModelCardError(f"{name}[{domain!r}] must be a positive perplexity, got {ppl!r}")
+        _check_accuracy("accuracy", self.accuracy)
+        for label, column in self.accuracy_columns:
+            _check_accuracy(f"accuracy_columns[{label!r}]", column)
         if not isinstance(self.eval_seq_len, int) or self.eval_seq_len <= 0:
             raise ModelCardError(f"eval_seq_len must be a positive int, got {self.eval_seq_len!r}")
         if not isinstance(self.branch, str) or not self.branch:
@@ -135,7 +147,42 @@ class CardInfo:
         return self.base_model or str(self.base_model_source)
 
 
+def _check_accuracy(name: str, results: Mapping[str, Mapping[str, Any]]) -> None:
+    for task, values in results.items():
+        acc = values.get("acc") if isinstance(values, Mapping) else None
+        if not isinstance(acc, (int, float)) or not 0 <= acc <= 1:
+            raise ModelCardError(f"{name}[{task!r}] must hold an accuracy 'acc' in [0, 1], got {acc!r}")
+
+
 # ---------------------------------------------------------------------------------------------- metadata
+_METRIC_NAMES = {"acc": "accuracy", "acc_norm": "accuracy (length-normalised)"}
+
+
+def _eval_results(info: CardInfo) -> list[Any]:
+    """The checkpoint's accuracy as huggingface_hub ``EvalResult`` entries (the card's ``model-index``).
+
+    A task whose data is on the Hub names that dataset (``dataset_type``); a local task names itself. Values are
+    fractions in [0, 1], as in ``eval_results.json``; ``dataset_args.num_few_shot`` records the shots.
+    """
+    from huggingface_hub import EvalResult
+
+    out = []
+    for task, values in info.accuracy.items():
+        source = dict(info.accuracy_sources.get(task, {}))
+        hub = not source.get("local", True) and isinstance(source.get("dataset"), str)
+        for metric, name in _METRIC_NAMES.items():
+            if not isinstance(values.get(metric), (int, float)):
+                continue
+            out.append(EvalResult(
+                task_type="text-generation", task_name="Text Generation",
+                dataset_type=source["dataset"] if hub else task, dataset_name=task,
+                dataset_config=source.get("config") if hub else None, dataset_split=source.get("split"),
+                dataset_args={"num_few_shot": int(values.get("num_fewshot", 0))},
+                metric_type=metric, metric_name=name, metric_value=round(float(values[metric]), 6),
+            ))
+    return out
+
+
 def _card_data(info: CardInfo):
     from huggingface_hub import ModelCardData
 
@@ -160,7 +207,13 @@ def _card_data(info: CardInfo):
         tags=list(CARD_TAGS),
         datasets=datasets,
         **extra,
+        **({"model_name": _title(info), "eval_results": _eval_results(info)} if info.accuracy else {}),
     )
+
+
+def _title(info: CardInfo) -> str:
+    short = info.base_model_name.rsplit("/", 1)[-1]
+    return info.repo_id.rsplit("/", 1)[-1] if info.repo_id else f"{short}-pruned"
 
 
 def check_card_metadata(card_text: str) -> dict[str, Any]:
@@ -277,6 +330,30 @@ def _eval_table(info: CardInfo) -> dict[str, Any]:
     return {"eval_header": header, "eval_rows": _cells(rows)}
 
 
+def _accuracy_table(info: CardInfo) -> dict[str, Any]:
+    """``acc_header`` and ``acc_rows``: accuracy per task in each column (dense, levels), then the mean."""
+    columns = [(label, dict(col)) for label, col in info.accuracy_columns]
+    if not columns:
+        return {"acc_header": [], "acc_rows": [], "acc_shots": None}
+    mine = {info.branch, f"{info.branch} recovered"}
+    header = ["task"] + [f"**{label}** (this card)" if label in mine and label == _own_label(info) else label
+                         for label, _ in columns]
+    tasks = list(dict.fromkeys(t for _, col in columns for t in col))
+    cell = lambda col, t: f"{100 * col[t]['acc']:.1f}" if t in col else "—"  # noqa: E731
+    rows = [[t] + [cell(col, t) for _, col in columns] for t in tasks]
+    means = [f"**{100 * sum(col[t]['acc'] for t in tasks) / len(tasks):.1f}**" if all(t in col for t in tasks)
+             else "—" for _, col in columns]
+    shots = sorted({v.get("num_fewshot", 0) for _, col in columns for v in col.values()})
+    return {"acc_header": header, "acc_rows": _cells(rows) + [["**mean**"] + means],
+            "acc_shots": "/".join(map(str, shots))}
+
+
+def _own_label(info: CardInfo) -> str:
+    labels = [label for label, _ in info.accuracy_columns]
+    recovered = f"{info.branch} recovered"
+    return recovered if recovered in labels else info.branch
+
+
 def _recovery_bullets(recovery: Mapping[str, Any] | None) -> list[tuple[str, str]]:
     return [(str(k).replace("_", " "), _cell(v)) for k, v in (recovery or {}).items()]
 
@@ -342,14 +419,13 @@ def render_model_card(info: CardInfo, *, template: str | Path | None = None) -> 
     if not template_path.is_file():
         raise ModelCardError(f"Model card template {template_path} does not exist.")
     repo = info.repo_id or "<namespace>/<repo-name>"
-    short = info.base_model_name.rsplit("/", 1)[-1]
     bullets, tables = _calibration(info.calibration)
     reference = _reference(info)
     revision = f" at revision `{info.base_model_revision}`" if info.base_model_revision else ""
     try:
         card = ModelCard.from_template(
             _card_data(info), template_path=str(template_path),
-            title=info.repo_id.rsplit("/", 1)[-1] if info.repo_id else f"{short}-pruned",
+            title=_title(info),
             summary=(f"A structurally pruned version of {reference}: {_pct(info.achieved_sparsity)} sparsity "
                      f"({_count(info.params_before, False)} → {_count(info.params_after, False)} parameters), KV cache "
                      f"{_pct(info.kv_cache_reduction)} smaller. This card describes branch `{info.branch}`."),
@@ -357,6 +433,7 @@ def render_model_card(info: CardInfo, *, template: str | Path | None = None) -> 
             origin=f"Pruned from {reference}{revision}", method=info.method.strip(),
             calibration_bullets=bullets, calibration_tables=tables, size_rows=_size_rows(info),
             chart_file=CHART_FILENAME, layer_rows=_layer_rows(info.layers), **_eval_table(info),
+            **_accuracy_table(info),
             recovery_bullets=_recovery_bullets(info.recovery),
             eval_seq_len=info.eval_seq_len, **_speed(info.speed), level_rows=_level_rows(info),
             base_model_ref=reference,
