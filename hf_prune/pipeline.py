@@ -262,7 +262,10 @@ def prune_and_push(
         from .engine.distributed import init_from_env
 
         init_from_env()
-        device_map = _rank_device_map(device_map)
+        # fsdp: every rank keeps the whole model on the CPU (for slicing); only the scoring copy's shards go to
+        # the GPUs (hf_prune/engine/fsdp.py)
+        if not PruneConfig.coerce(config, **overrides).fsdp:
+            device_map = _rank_device_map(device_map)
         show_progress = show_progress and _rank() == 0
     job = _check(PruneConfig.coerce(config, **overrides), repo_id=repo_id, push=push, token=token, primary=primary,
                  output_dir=output_dir, overwrite=overwrite, calibration=calibration, evaluation=evaluation,
