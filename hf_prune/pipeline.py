@@ -274,7 +274,9 @@ def prune_and_push(
     check_overlap(job.calibration, job.evaluation, tokenizer=tokenizer)  # documents, once for the whole run
     windows = _recovery_windows(job, tokenizer)  # before loading: a budget the data cannot supply fails here
     if source is not None:  # refused here, before any weights are read, if the devices cannot hold the run
-        check_memory(model_config(source, revision=revision, token=token), job.config, device_map=device_map,
+        # fsdp: the plan is of the rank's GPU (its shards), while the model itself is loaded on the CPU
+        check_memory(model_config(source, revision=revision, token=token), job.config,
+                     device_map=_rank_device_map(None) if job.config.fsdp and _world_size() > 1 else device_map,
                      max_memory=max_memory, dtype=torch_dtype)
     model, name, local = _model(model_id_or_path, source, revision=revision, token=token, torch_dtype=torch_dtype,
                                 device_map=device_map, max_memory=max_memory)

@@ -124,3 +124,17 @@ def test_fsdp_refusals_are_one_line_and_before_scoring(monkeypatch):
     fsdp.check_config(PruneConfig(fsdp=True, compensation=None).resolved())  # gisp's taylor: accepted
     with pytest.raises(PruningError, match="fsdp"):
         PruneConfig(fsdp="yes")
+
+
+def test_memory_plan_puts_a_shard_of_weights_and_buffers_on_each_gpu():
+    from hf_prune.engine.memory import memory_plan
+
+    config = tiny_qwen2(**_MODEL).config.to_dict()
+    dense = memory_plan(config, PruneConfig(steps=1, compensation=None), dtype="bfloat16").devices[0].stages
+    sharded = memory_plan(config, PruneConfig(steps=1, compensation=None, fsdp=True), dtype="bfloat16",
+                          world_size=4).devices[0].stages
+    one, four = dense["scoring, round 1"], sharded["scoring, round 1"]
+    assert four["weights (FSDP2 shard)"] == -(-one["weights (dense)"] // 4)
+    assert four["score buffers (fp32)"] == -(-one["score buffers (fp32)"] // 4)
+    assert four["activations"] == one["activations"]  # each rank runs its own batches whole
+    assert "weights (sliced copy)" not in four and list(sharded) == ["scoring, round 1"]
