@@ -122,6 +122,9 @@ class PruneConfig(Options):
                  "round (also after every scoring round, so later rounds score the compensated model)")
     # ---- cost ----
     gradient_checkpointing: bool = _option(False, "trade compute for memory in gradient-based scoring")
+    fsdp: bool = _option(
+        False, "under torchrun, score with FSDP2: weights and score buffers sharded over the ranks' GPUs (taylor only, "
+               "compensation none)")
     # ---- recovery ----
     recovery: RecoveryConfig | None = _option(
         None, "train every saved level after pruning: a RecoveryConfig, its dict or a method name (kd, lm); None: "
@@ -175,8 +178,9 @@ class PruneConfig(Options):
                          "compensation_samples", "steps"), minimum=1, optional=("steps",))
         self.check_ints(("min_heads", "min_channels"), minimum=0)
         self.check_ints(("seed",), minimum=None)
-        if not isinstance(self.uniform_heads, bool):
-            raise PruningError(f"uniform_heads must be True or False, got {self.uniform_heads!r}.")
+        for name in ("uniform_heads", "fsdp"):
+            if not isinstance(getattr(self, name), bool):
+                raise PruningError(f"{name} must be True or False, got {getattr(self, name)!r}.")
 
     def validate_weights(self) -> None:
         self.check_numbers((("attention_weight", lambda v: v > 0, "> 0"), ("layer_balance", lambda v: v >= 0, ">= 0"),

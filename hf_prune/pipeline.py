@@ -303,7 +303,10 @@ def prune_and_push(
         from .engine.distributed import init_from_env
 
         init_from_env()
-        device_map = _rank_device_map(device_map)
+        # fsdp: every rank keeps the whole model on the CPU (for slicing); only the scoring copy's shards go to
+        # the GPUs (hf_prune/engine/fsdp.py)
+        if not PruneConfig.coerce(config, **overrides).fsdp:
+            device_map = _rank_device_map(device_map)
         show_progress = show_progress and _rank() == 0
     job = _check(PruneConfig.coerce(config, **overrides), repo_id=repo_id, push=push, token=token, primary=primary,
                  output_dir=output_dir, overwrite=overwrite, calibration=calibration, evaluation=evaluation,
@@ -319,7 +322,9 @@ def prune_and_push(
     check_overlap(job.calibration, job.evaluation, tokenizer=tokenizer)  # documents, once for the whole run
     windows = _recovery_windows(job, tokenizer)  # before loading: a budget the data cannot supply fails here
     if source is not None:  # refused here, before any weights are read, if the devices cannot hold the run
-        check_memory(model_config(source, revision=revision, token=token), job.config, device_map=device_map,
+        # fsdp: the plan is of the rank's GPU (its shards), while the model itself is loaded on the CPU
+        check_memory(model_config(source, revision=revision, token=token), job.config,
+                     device_map=_rank_device_map(None) if job.config.fsdp and _world_size() > 1 else device_map,
                      max_memory=max_memory, dtype=torch_dtype)
     model, name, local = _model(model_id_or_path, source, revision=revision, token=token, torch_dtype=torch_dtype,
                                 device_map=device_map, max_memory=max_memory)

@@ -137,6 +137,10 @@ class TaylorImportance(Importance):
     def __call__(self, model, batches, objective=None, *, show_progress=True):
         if objective is None:
             raise PruningError("taylor importance needs an objective")
+        from .fsdp import is_sharded
+
+        if is_sharded(model):  # FSDP2: buffers are shards of the weights (hf_prune/engine/fsdp.py)
+            return self._sharded(model, batches, objective, show_progress)
         with _only_structured_grads(model) as params:
             # fp32/fp64 models accumulate in .grad directly; half precision gets fp32 buffers (bf16 sums lose the
             # small terms), each weight's gradient added in as soon as backward has produced it and then freed, so
@@ -168,6 +172,16 @@ class TaylorImportance(Importance):
                 return (_acc(tensor.detach()) * mean_grad[getattr(module, kind)]).abs()
 
             return _structure_sums(model, elementwise)
+
+    def _sharded(self, model, batches, objective, show_progress: bool) -> list[LayerScores]:
+        from .batches import LossRecorder
+        from .fsdp import sharded_taylor
+
+        raw = objective.objective if isinstance(objective, LossRecorder) else objective
+        with _only_structured_grads(model) as params:
+            scores, self.buffer_elements = sharded_taylor(model, list(batches), objective, raw_objective=raw,
+                                                          show_progress=show_progress, params=params)
+        return scores
 
 
 def _add_into(buffer: torch.Tensor) -> Callable[[torch.Tensor], None]:

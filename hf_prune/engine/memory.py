@@ -201,6 +201,7 @@ class MemoryPlan:
     layout: str
     devices: list[DevicePlan]
     world_size: int = 1
+    sharing: str = "each holds the whole model"
 
     @property
     def fits(self) -> bool:
@@ -218,7 +219,7 @@ class MemoryPlan:
     def __str__(self) -> str:
         m = self.model
         gc = "on" if self.gradient_checkpointing else "off"
-        ranks = f", {self.world_size} processes (each holds the whole model)" if self.world_size > 1 else ""
+        ranks = f", {self.world_size} processes ({self.sharing})" if self.world_size > 1 else ""
         lines = [f"Memory plan: {m.total_params() / 1e9:.2f} B parameters in {m.dtype}, batch {self.batch_size} x "
                  f"{self.seq_len} tokens, gradient checkpointing {gc}, {self.layout}{ranks}", ""]
         for dev in self.devices:
@@ -238,7 +239,8 @@ class MemoryPlan:
         return "\n".join(lines).rstrip()
 
 
-_ORDER = ["weights (dense)", "weights (sliced copy)", "score buffers (fp32)", "gradients in flight", "activations",
+_ORDER = ["weights (dense)", "weights (FSDP2 shard)", "weights (sliced copy)", "score buffers (fp32)",
+          "one layer and the root gathered (FSDP2)", "gradients in flight", "activations",
           "logits and loss", "backward workspace", "hidden states kept", "Gram matrix and refit", "one layer forward"]
 
 
@@ -291,6 +293,28 @@ def _scoring(m: ModelDims, c: PruneConfig, layers: range, first: bool, last: boo
     return parts
 
 
+def _fsdp_scoring(m: ModelDims, parts: dict[str, int], world_size: int, keep: float) -> dict[str, int]:
+    """One GPU's scoring peak under FSDP2 (``fsdp=True``), from the whole model's single-device ``parts``.
+
+    Weights and score buffers are ``1 / world_size`` shards; FSDP2 gathers one decoder layer at a time (two with
+    its prefetch of the next) and the root's embeddings and lm_head for the whole pass; a layer's gradients exist
+    unsharded in the dtype and in fp32 (the reduction's dtype) until they are reduce-scattered. The dense model
+    of later rounds stays in host memory (each rank's CPU), so no sliced copy is on the GPU.
+    """
+    b = m.dtype_bytes
+    out = dict(parts)
+    out.pop("weights (dense)", None)
+    out.pop("weights (sliced copy)", None)
+    layer = max((m.layer_params(i, keep) for i in range(len(m.layers))), default=0)
+    prunable = max((m.layer_prunable(i, keep) for i in range(len(m.layers))), default=0)
+    whole = sum(m.layer_params(i, keep) for i in range(len(m.layers))) + m.embedding_params + m.head_params
+    out = {"weights (FSDP2 shard)": math.ceil(b * whole / world_size),
+           "one layer and the root gathered (FSDP2)": b * (2 * layer + m.embedding_params + m.head_params), **out}
+    out["score buffers (fp32)"] = math.ceil(out.get("score buffers (fp32)", 0) / world_size)
+    out["gradients in flight"] = (b + 4) * prunable
+    return out
+
+
 def _forward_only(m: ModelDims, c: PruneConfig, layers: range, first: bool, last: bool, keep: float,
                   dense_kept: bool) -> dict[str, int]:
     tokens, b = c.batch_size * c.seq_len, m.dtype_bytes
@@ -334,7 +358,8 @@ def memory_plan(model_or_config: Any, config: PruneConfig | Mapping[str, Any] | 
         devices: ``(name, capacity in bytes or None)`` per device. Several devices with ``split`` (the default
             for more than one) hold consecutive layers each, as accelerate's ``device_map`` puts them (embeddings
             on the first, lm_head on the last); otherwise each holds the whole model (data parallel).
-        world_size: processes of a data-parallel run (each holds the whole model and scores its own windows).
+        world_size: processes of a data-parallel run (each holds the whole model and scores its own windows; with
+            ``config.fsdp``, each rank's GPU holds a 1 / world_size shard of the weights and score buffers).
         attn_implementation: ``sdpa`` (default) or ``eager`` (adds the T x T attention scores).
 
     Returns:
@@ -353,7 +378,10 @@ def memory_plan(model_or_config: Any, config: PruneConfig | Mapping[str, Any] | 
     plans = []
     for k, ((name, capacity), layers) in enumerate(zip(devs, ranges)):
         first, last = (k == 0, k == len(devs) - 1) if split else (True, True)
-        if _needs_grad(c):
+        if _needs_grad(c) and c.fsdp and world_size > 1:  # FSDP2: every rank's GPU holds a shard
+            stages = {"scoring, round 1": _fsdp_scoring(m, _scoring(m, c, layers, True, True, 1.0, False, eager),
+                                                        world_size, 1.0)}
+        elif _needs_grad(c):
             stages = {"scoring, round 1": _scoring(m, c, layers, first, last, 1.0, False, eager)}
             if c.steps > 1:
                 stages["scoring, later rounds"] = _scoring(m, c, layers, first, last, keep, True, eager)
@@ -363,7 +391,9 @@ def memory_plan(model_or_config: Any, config: PruneConfig | Mapping[str, Any] | 
             stages["compensation"] = _compensation(m, c, layers, first, last, level_keep, world_size)
         overhead = CUDA_OVERHEAD if name.startswith("cuda") else 0
         plans.append(DevicePlan(name, capacity, stages, overhead))
-    return MemoryPlan(m, c.batch_size, c.seq_len, c.gradient_checkpointing, layout, plans, world_size)
+    sharing = "FSDP2: weights and score buffers sharded over them; the whole model in each rank's host memory" \
+        if c.fsdp and world_size > 1 else "each holds the whole model"
+    return MemoryPlan(m, c.batch_size, c.seq_len, c.gradient_checkpointing, layout, plans, world_size, sharing)
 
 
 # ---- devices and the refusal ---------------------------------------------------------------------------------

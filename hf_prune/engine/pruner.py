@@ -31,6 +31,8 @@ from .batches import LossRecorder, calibration_batches, describe_calibration
 from .compensation import CompensationData, compensate, compensation_batches
 from .dispatch import redispatch
 from .distributed import TRAFFIC, is_main, shard, world_size
+from .fsdp import check_config as check_fsdp
+from .fsdp import shard_model
 from .importance import get_importance
 from .objectives import get_objective
 from .schedule import check_schedule, get_schedule
@@ -221,6 +223,7 @@ class Pruner:
         self.config = PruneConfig.coerce(config, **overrides).resolved()
         c = self.config
         self.model, self.tokenizer, self.calibration, self.show_progress = model, tokenizer, calibration, show_progress
+        check_fsdp(c)
         self.criterion = get_importance(c.importance, seed=c.seed)
         self.objective = get_objective(c.objective)
         geometry = ModelGeometry.of(model)
@@ -285,7 +288,10 @@ class Pruner:
         if checkpointing:
             self.current.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         try:
-            return self.criterion(self.current, batches, recorder, show_progress=self.show_progress)
+            # fsdp: a copy sharded over the ranks is scored (and dropped with its shards when the round ends);
+            # self.current stays whole on every rank, for slicing.
+            model = shard_model(self.current) if self.config.fsdp else self.current
+            return self.criterion(model, batches, recorder, show_progress=self.show_progress)
         finally:
             if checkpointing:
                 self.current.activation_checkpointing_disable()
