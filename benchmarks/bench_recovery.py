@@ -124,6 +124,26 @@ def run_one(model, pruned, tokenizer, calibration, name: str, args, evaluate, le
             "curve": {str(k): v for k, v in sorted(curve.items())}, "complete": True}
 
 
+def throughput(model, built, tokenizer, calibration, names: list[str], args) -> dict:
+    """Student tokens/s of every run type on one level, measured back to back in this process (same machine load):
+    ``--throughput-steps`` optimizer steps each, on a fresh copy, after one untimed warm-up step."""
+    speeds = {}
+    for name in names:
+        fields = {**RUNS[name], "seq_len": args.train_seq_len, "batch_size": args.batch_size, "seed": args.seed,
+                  "save_steps": 0, "learning_rate": args.lora_lr if RUNS[name].get("lora") else args.lr}
+        config = RecoveryConfig(**fields, tokens=args.throughput_steps * args.train_seq_len * args.batch_size)
+        windows = training_windows(calibration, tokenizer, config)
+        teacher = model if config.needs_teacher else None
+        recover(copy.deepcopy(built), teacher, tokenizer, None, config.replace(tokens=config.tokens_per_step),
+                windows=windows, show_progress=False)  # warm-up: allocator, thread pools
+        result = recover(copy.deepcopy(built), teacher, tokenizer, None, config, windows=windows, show_progress=False)
+        speeds[name] = round(result.tokens_per_second, 1)
+        print(f"    {name}: {speeds[name]:.0f} student tok/s", flush=True)
+    base = speeds.get("lm")
+    return {"steps": args.throughput_steps, "tokens_per_second": speeds,
+            "ratio_to_lm": {n: round(v / base, 3) for n, v in speeds.items()} if base else None}
+
+
 def gap_recovered(dense: float, pruned: float, recovered: float) -> float:
     """Share of the perplexity gap to dense that recovery closed (1 = back to dense)."""
     return (pruned - recovered) / (pruned - dense)
@@ -191,6 +211,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=None)
     parser.add_argument("--append", action="store_true", help="keep the runs already in --out, run the missing ones")
+    parser.add_argument("--throughput-steps", type=int, default=0,
+                        help="instead of the curves: time N steps of every --runs type per level, back to back")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     corpus = corpus_dir("bench_recovery")
@@ -206,10 +228,11 @@ def main() -> None:
     data = json.loads(out.read_text()) if (args.append or args.report) and out.is_file() else {}
     data.setdefault("levels", {})
     data.setdefault("runs_log", []).append({"argv": sys.argv[1:], "started": time.strftime("%Y-%m-%d %H:%M:%S")})
-    data["settings"] = {**vars(args), "domains": DOMAINS, "torch": torch.__version__,
-                        "machine": platform.processor() or platform.machine(),
-                        "note": "CPU, 2 cores; the lr schedule spans the whole --tokens budget, intermediate points "
-                                "are evaluated during that run"}
+    key = "throughput_settings" if args.throughput_steps else "settings"  # a throughput run keeps the curves' own
+    data[key] = {**vars(args), "domains": DOMAINS, "torch": torch.__version__,
+                 "machine": platform.processor() or platform.machine(),
+                 "note": "CPU, 2 cores; the lr schedule spans the whole --tokens budget, intermediate points "
+                         "are evaluated during that run"}
 
     if args.report:
         print("Mean dev perplexity vs recovery tokens:\n" + table(data))
@@ -231,6 +254,14 @@ def main() -> None:
     result = prune(model, tokenizer, calibration, sparsities, method="gisp", steps=args.steps,
                    num_samples=args.num_samples, seq_len=args.seq_len, seed=args.seed, show_progress=False)
     data["prune_seconds"] = round(time.perf_counter() - t0, 1)
+    if args.throughput_steps:
+        names = list(dict.fromkeys(r.rpartition(":")[2] for r in runs))
+        for s in sparsities:
+            print(f"  {s:.0%}: throughput of {', '.join(names)}", flush=True)
+            built = result.apply(model, s, show_progress=False)
+            data.setdefault("throughput", {})[str(s)] = throughput(model, built, tokenizer, calibration, names, args)
+            out.write_text(json.dumps(data, indent=1))
+        return
     for s in sparsities:
         level = data["levels"].setdefault(str(s), {})
         level0 = built = None
