@@ -164,6 +164,16 @@ def table(data: dict) -> str:
     return f"dense: {dense:.2f}\n" + "\n".join(lines)
 
 
+def throughput_table(data: dict) -> str:
+    """Student tokens/s per run type and level, and the ratio to the plain LM step (from ``--throughput-steps``)."""
+    lines = ["| level | run | student tok/s | vs plain LM step |", "|---|---|---:|---:|"]
+    for level, entry in data.get("throughput", {}).items():
+        for name, speed in entry["tokens_per_second"].items():
+            ratio = (entry.get("ratio_to_lm") or {}).get(name)
+            lines.append(f"| {float(level):.0%} | {name} | {speed:.0f} | {f'{ratio:.2f}x' if ratio else ''} |")
+    return "\n".join(lines)
+
+
 def _points(data: dict) -> list[str]:
     return sorted({t for runs in data["levels"].values() for r in runs.values() for t in r["curve"]}, key=int)
 
@@ -236,6 +246,7 @@ def main() -> None:
 
     if args.report:
         print("Mean dev perplexity vs recovery tokens:\n" + table(data))
+        print("\nThroughput:\n" + throughput_table(data))
         plot(out.with_suffix(".png"), data, f"{args.model}: recovery (gisp, compensated)")
         return
     stops = {}
