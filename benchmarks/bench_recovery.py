@@ -221,6 +221,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=None)
     parser.add_argument("--append", action="store_true", help="keep the runs already in --out, run the missing ones")
+    parser.add_argument("--dense-control", action="store_true",
+                        help="instead of pruning: train a copy of the dense model with the lm run (stop with "
+                             "--stop-at dense:lm=N): how much of an lm run's gain is adaptation to the corpus")
     parser.add_argument("--throughput-steps", type=int, default=0,
                         help="instead of the curves: time N steps of every --runs type per level, back to back")
     args = parser.parse_args()
@@ -246,6 +249,8 @@ def main() -> None:
 
     if args.report:
         print("Mean dev perplexity vs recovery tokens:\n" + table(data))
+        for name, run in data.get("control", {}).items():
+            print(f"control {name}: " + ", ".join(f"{int(t) / 1000:g}k: {v['mean']:.2f}" for t, v in run["curve"].items()))
         print("\nThroughput:\n" + throughput_table(data))
         plot(out.with_suffix(".png"), data, f"{args.model}: recovery (gisp, compensated)")
         return
@@ -261,6 +266,15 @@ def main() -> None:
     t0 = time.perf_counter()
     data["dense"] = data.get("dense") or evaluate(model)
     print(f"  dense: mean {data['dense']['mean']:.2f} ({time.perf_counter() - t0:.0f}s)", flush=True)
+    if args.dense_control:
+        def save_control(entry):
+            data.setdefault("control", {})["dense+lm"] = entry
+            out.write_text(json.dumps(data, indent=1))
+
+        stop = stops.get("dense:lm", parse_tokens(args.tokens))
+        save_control(run_one(model, copy.deepcopy(model), tokenizer, calibration, "lm", args, evaluate, data["dense"],
+                             stop, save_control))
+        return
     t0 = time.perf_counter()
     result = prune(model, tokenizer, calibration, sparsities, method="gisp", steps=args.steps,
                    num_samples=args.num_samples, seq_len=args.seq_len, seed=args.seed, show_progress=False)
