@@ -241,7 +241,8 @@ def main() -> None:
     data = json.loads(out.read_text()) if (args.append or args.report) and out.is_file() else {}
     data.setdefault("levels", {})
     data.setdefault("runs_log", []).append({"argv": sys.argv[1:], "started": time.strftime("%Y-%m-%d %H:%M:%S")})
-    key = "throughput_settings" if args.throughput_steps else "settings"  # a throughput run keeps the curves' own
+    # a throughput or control run keeps the curves' settings
+    key = "throughput_settings" if args.throughput_steps else "control_settings" if args.dense_control else "settings"
     data[key] = {**vars(args), "domains": DOMAINS, "torch": torch.__version__,
                  "machine": platform.processor() or platform.machine(),
                  "note": "CPU, 2 cores; the lr schedule spans the whole --tokens budget, intermediate points "
