@@ -76,8 +76,9 @@ class RecoveryConfig(Options):
     title = "recovery option"
 
     method: str = _option("kd", "kd (KL to the dense model's next-token distribution, optionally mixed with the LM "
-                                "loss), lm (next-token cross-entropy alone) or local (each decoder layer trained to "
-                                "reproduce the dense layer's output)", flag="--recovery")
+                                "loss), lm (next-token cross-entropy alone) or local (experimental: each decoder layer "
+                                "trained to reproduce the dense layer's output; no gain measured, see the README)",
+                          flag="--recovery")
     tokens: int = _option(1_000_000, "training token budget (e.g. 100k, 2M); rounded up to whole optimizer steps")
     seq_len: int = _option(256, "tokens per training window")
     temperature: float = _option(1.0, "kd: softmax temperature of teacher and student (the KL is scaled by T^2)")
