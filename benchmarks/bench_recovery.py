@@ -152,7 +152,7 @@ def gap_recovered(dense: float, pruned: float, recovered: float) -> float:
 def table(data: dict) -> str:
     dense = data["dense"]["mean"]
     lines = ["| level | run | " + " | ".join(f"{int(t) / 1000:g}k" for t in _points(data)) +
-             " | gap closed | student tok/s |", "|---|---|" + "---:|" * (len(_points(data)) + 2)]
+             " | gap closed (last point) | tok/s during the run |", "|---|---|" + "---:|" * (len(_points(data)) + 2)]
     for level, runs in data["levels"].items():
         for name, run in runs.items():
             curve = run["curve"]
@@ -193,6 +193,10 @@ def plot(path: Path, data: dict, title: str) -> None:
             ax.plot([t / 1000 for t, _ in points], [v for _, v in points], marker="o", markersize=3,
                     linestyle=styles.get(name, "-"), color=colors[k % len(colors)],
                     label=f"{float(level):.0%} {name}")
+    for name, run in data.get("control", {}).items():  # the dense model trained the same way: adaptation, not recovery
+        points = sorted((int(t), v["mean"]) for t, v in run["curve"].items())
+        ax.plot([t / 1000 for t, _ in points], [v for _, v in points], marker="x", color="grey", linestyle="--",
+                label=f"{name} (control)")
     finish_perplexity_plot(fig, ax, path, dense=data["dense"]["mean"], xlabel="recovery training tokens (thousands)",
                            title=title)
 
