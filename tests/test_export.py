@@ -297,6 +297,35 @@ def test_gguf_runs_in_llama_cpp(gguf_model, tokenizer, tmp_path):
     np.testing.assert_allclose(got, logits_of(gguf_model, ids[None])[0].numpy(), atol=1e-4, rtol=1e-3)
 
 
+@pytest.mark.real
+@pytest.mark.skipif(__import__("importlib").util.find_spec("llama_cpp") is None,
+                    reason="llama-cpp-python is not installed (opt-in: it builds from source in about 15 minutes)")
+def test_gguf_of_a_pruned_smollm2_runs_in_llama_cpp(smollm2, tmp_path):
+    """Real weights, per-layer heads / KV heads / widths: llama.cpp's logits on real text equal the pruned model's."""
+    import llama_cpp
+
+    model, tok = smollm2
+    g = torch.Generator().manual_seed(0)
+    heads, kv = model.config.num_attention_heads, model.config.num_key_value_heads
+    group = heads // kv
+    layers = []
+    for i in range(model.config.num_hidden_layers):
+        keep_kv = sorted(torch.randperm(kv, generator=g)[: 1 + i % kv].tolist())
+        width = model.config.intermediate_size // (1 + i % 3)
+        layers.append(LayerPlan(query_heads=[k * group + j for k in keep_kv for j in range(group)],
+                                mlp_channels=sorted(torch.randperm(model.config.intermediate_size, generator=g)[:width].tolist())))
+    pruned = apply_plan(model, PruningPlan(layers=layers))
+    out = hf_prune.export(pruned, "gguf", tmp_path / "gguf", tokenizer=tok, dtype="f32")
+    ids = tok("The capital of France is Paris, and the capital of Italy is", return_tensors="pt").input_ids
+    llm = llama_cpp.Llama(str(out / "model.gguf"), logits_all=True, n_ctx=64, type_k=0, type_v=0, flash_attn=False,
+                          verbose=False)
+    llm.eval(ids[0].tolist())
+    got = np.array(llm.scores[: ids.shape[1]])
+    want = logits_of(pruned, ids)[0].numpy()
+    np.testing.assert_allclose(got, want, atol=2e-3, rtol=1e-3)
+    assert (got.argmax(-1) == want.argmax(-1)).all()
+
+
 # ---- stock qwen2, from a folder ----------------------------------------------------------------------------------
 def test_qwen2_export_from_a_saved_folder(tmp_path):
     base = tiny_qwen2(seed=7)
