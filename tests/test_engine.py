@@ -157,7 +157,7 @@ class _Spy:
         (0.3, {"method": "nope"}, "Unknown method"),
         (0.3, {"allocation": "diagonal"}, "Unknown allocation"),
         (0.3, {"tp_degree": 4}, "not divisible by tp_degree=4"),
-        (0.3, {"attention_weight": 0}, "attention_weight must be a positive number"),
+        (0.3, {"attention_weight": 0}, "attention_weight must be a number > 0"),
         (0.3, {"calibration": CALIB[:0]}, "no tokens"),
     ],
 )
