@@ -91,13 +91,18 @@ def evaluator(tokenizer, evals, calibration, args):
     return evaluate
 
 
+def run_config(name: str, args, tokens) -> RecoveryConfig:
+    """The RecoveryConfig of run type ``name`` with the benchmark's window, batch, seed and learning rates."""
+    fields = {**RUNS[name], "tokens": tokens, "seq_len": args.train_seq_len, "batch_size": args.batch_size,
+              "seed": args.seed, "save_steps": 0}
+    fields["learning_rate"] = args.lora_lr if fields.get("lora") else args.lr
+    return RecoveryConfig(**fields)
+
+
 def run_one(model, pruned, tokenizer, calibration, name: str, args, evaluate, level0: dict, stop: int,
             save) -> dict:
     """One recovery run of one level (stopped after ``stop`` tokens): the perplexity curve and student tokens/s."""
-    fields = {**RUNS[name], "tokens": args.tokens, "seq_len": args.train_seq_len, "batch_size": args.batch_size,
-              "seed": args.seed, "save_steps": 0}
-    fields["learning_rate"] = args.lora_lr if fields.get("lora") else args.lr
-    config = RecoveryConfig(**fields)
+    config = run_config(name, args, args.tokens)
     per_step = config.tokens_per_step
     marks = {max(1, round(parse_tokens(t) / per_step)): 0 for t in args.eval_at.split(",") if t}
     stop_step = min(config.max_steps, max(1, round(stop / per_step)))
@@ -129,9 +134,7 @@ def throughput(model, built, tokenizer, calibration, names: list[str], args) -> 
     ``--throughput-steps`` optimizer steps each, on a fresh copy, after one untimed warm-up step."""
     speeds = {}
     for name in names:
-        fields = {**RUNS[name], "seq_len": args.train_seq_len, "batch_size": args.batch_size, "seed": args.seed,
-                  "save_steps": 0, "learning_rate": args.lora_lr if RUNS[name].get("lora") else args.lr}
-        config = RecoveryConfig(**fields, tokens=args.throughput_steps * args.train_seq_len * args.batch_size)
+        config = run_config(name, args, args.throughput_steps * args.train_seq_len * args.batch_size)
         windows = training_windows(calibration, tokenizer, config)
         teacher = model if config.needs_teacher else None
         recover(copy.deepcopy(built), teacher, tokenizer, None, config.replace(tokens=config.tokens_per_step),

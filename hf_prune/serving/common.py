@@ -8,12 +8,7 @@ from ..errors import ExportError
 from ..format.geometry import config_shapes, head_dim_of
 from ..format.plan import LayerShape
 
-__all__ = ["shapes_of", "check_servable", "rope_theta", "head_dim_of"]
-
-
-def shapes_of(config: Any) -> list[LayerShape]:
-    """Each layer's heads / KV heads / MLP width as the config states them (0: that sublayer was removed)."""
-    return config_shapes(config)
+__all__ = ["check_servable", "rope_theta", "head_dim_of"]
 
 
 def rope_theta(config: Any) -> float:
@@ -34,7 +29,7 @@ def check_servable(config: Any, format: str) -> list[LayerShape]:
     """
     if getattr(config, "use_sliding_window", False):
         raise ExportError(f"the {format} export does not carry sliding-window attention (use_sliding_window=True).")
-    shapes = shapes_of(config)
+    shapes = config_shapes(config)
     if not any(s.num_attention_heads for s in shapes):
         raise ExportError(f"no layer of this model keeps attention: the {format} export needs at least one.")
     # llama.cpp needs layer 0 itself; vLLM the first layer that computes anything.

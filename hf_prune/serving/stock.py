@@ -6,8 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..format.geometry import uniform_shape
-from .common import shapes_of
+from ..format.geometry import config_shapes, uniform_shape
 
 __all__ = ["check", "write"]
 
@@ -15,7 +14,7 @@ __all__ = ["check", "write"]
 def check(config: Any) -> None:
     """Refuse a config whose layers differ in shape (or lost a sublayer): a stock model has one global shape."""
     stock = "qwen3" if "qwen3" in config.model_type else "qwen2"
-    uniform_shape(shapes_of(config), stock, "export deci (vLLM / SGLang) or gguf (llama.cpp) instead"
+    uniform_shape(config_shapes(config), stock, "export deci (vLLM / SGLang) or gguf (llama.cpp) instead"
                   if stock == "qwen2" else "serve the pruned_qwen3 checkpoint with transformers")
 
 
