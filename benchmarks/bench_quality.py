@@ -58,6 +58,8 @@ def run_method(model, tokenizer, calibration, evals, spec, sparsities, args, lab
         apply_seconds = time.perf_counter() - t1
         kept = next(e for e in result.log if e.target_sparsity == s)
         rows[str(s)] = {**evaluate(pruned, tokenizer, evals, args, calibration), "sparsity": result.sparsity[s],
+                        **({"priors": result.plans[s].metadata["priors"]} if "priors" in result.plans[s].metadata
+                           else {}),
                         "apply_seconds": apply_seconds,
                         "kv_cache_reduction": result.kv_cache_reduction[s],
                         "kept": {"query_heads": kept.query_heads, "kv_heads": kept.kv_heads,
@@ -66,7 +68,12 @@ def run_method(model, tokenizer, calibration, evals, spec, sparsities, args, lab
         del pruned
     print(f"  {label or spec}: {prune_seconds:.0f}s " + ", ".join(
         f"{s}: {rows[str(s)]['mean']:.2f}" for s in sparsities), flush=True)
-    return {"prune_seconds": prune_seconds, "levels": rows}
+    out = {"prune_seconds": prune_seconds, "levels": rows}
+    if any(e.priors for e in result.log):  # "auto" priors: what choosing cost, against each round's whole time
+        out["rounds"] = [{"seconds": e.seconds, "choice_seconds": e.priors["seconds"],
+                          "plans_measured": e.priors["plans_measured"], "candidates": e.priors["candidates"]}
+                         for e in result.log]
+    return out
 
 
 def table(results: dict, sparsities: list[float], dense: dict) -> str:

@@ -79,7 +79,7 @@ def table(results: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="qwen", choices=(*MODELS, "tiny"))
-    parser.add_argument("--method", default="gisp", help="pruning preset (add compensation with --compensation)")
+    parser.add_argument("--method", default="gisp", help="pruning preset (gisp: with its lsq compensation)")
     parser.add_argument("--sparsities", default="0.2,0.3,0.4,0.5")
     parser.add_argument("--single-domain", default="", help="sparsities for the mix-vs-single-domain study")
     parser.add_argument("--num-samples", type=int, default=32)

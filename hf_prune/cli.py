@@ -92,6 +92,10 @@ def _number(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
 
 
+def _number_or_auto(text: str) -> float | str:
+    return "auto" if text.strip() == "auto" else _number(text)
+
+
 def _layers(text: str) -> str | tuple[int, ...]:
     if text.strip() == "gisp":
         return "gisp"
@@ -103,7 +107,9 @@ def _layers(text: str) -> str | tuple[int, ...]:
 
 # ---- options generated from PruneConfig ----------------------------------------------------------------
 _TYPES: dict[str, Callable[[str], Any]] = {"int": _integer, "float": _number, "str": str}
-_SPECIAL_TYPES: dict[str, Callable[[str], Any]] = {"target_sparsity": parse_sparsity, "keep_dense": _layers}
+_SPECIAL_TYPES: dict[str, Callable[[str], Any]] = {"target_sparsity": parse_sparsity, "keep_dense": _layers,
+                                                   "attention_weight": _number_or_auto,
+                                                   "layer_balance": _number_or_auto}
 
 
 def _cli_type(f: dataclasses.Field) -> Callable[[str], Any] | None:

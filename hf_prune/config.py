@@ -21,6 +21,9 @@ from typing import Any
 
 from .engine.presets import (
     ALLOCATIONS,
+    AUTO,
+    AUTO_ATTENTION_WEIGHTS,
+    AUTO_LAYER_BALANCES,
     COMPENSATION_TARGETS,
     COMPENSATION_WHEN,
     COMPENSATIONS,
@@ -86,11 +89,14 @@ class PruneConfig(Options):
     steps: int | None = _option(None, "scoring rounds (1 = one-shot; gisp: 8)")
     schedule: Any = _option("linear", "sparsity after each round: linear ramp to the highest level (or a callable "
                                       "(targets, steps) -> sparsities)")
-    attention_weight: float | None = _option(
-        None, "global allocation multiplies attention units' scores by this (> 1: heads are harder to remove; gisp: 4)")
-    layer_balance: float | None = _option(
+    attention_weight: float | str | None = _option(
+        None, "global allocation multiplies attention units' scores by this (> 1: heads are harder to remove; gisp: 4); "
+              f"auto: chosen every round from {', '.join(f'{v:g}' for v in AUTO_ATTENTION_WEIGHTS)} by the loss "
+              "on held-back calibration windows")
+    layer_balance: float | str | None = _option(
         None, "global allocation prices an MLP unit up by 1 + B * (fraction of its layer already removed) "
-              "(gisp: 2; 0 ranks at face value)")
+              f"(gisp: 2; 0 ranks at face value); auto: chosen every round from "
+              f"{', '.join(f'{v:g}' for v in AUTO_LAYER_BALANCES)} as attention_weight is")
     objective: Any = _option("lm", "what the scores protect: lm (next-token loss), margin (multiple choice), or a "
                                    "callable (model, batch) -> loss", cli=False)
     # ---- calibration sampling ----
@@ -183,9 +189,12 @@ class PruneConfig(Options):
                 raise PruningError(f"{name} must be True or False, got {getattr(self, name)!r}.")
 
     def validate_weights(self) -> None:
-        self.check_numbers((("attention_weight", lambda v: v > 0, "> 0"), ("layer_balance", lambda v: v >= 0, ">= 0"),
-                            ("compensation_damping", lambda v: v >= 0, ">= 0")),
-                           optional=("attention_weight", "layer_balance"))  # None: the method's
+        checks = (("attention_weight", lambda v: v > 0, "> 0 (or 'auto')"),
+                  ("layer_balance", lambda v: v >= 0, ">= 0 (or 'auto')"),
+                  ("compensation_damping", lambda v: v >= 0, ">= 0"))
+        # A prior may be None (the method's) or "auto" (chosen per model: hf_prune.engine.priors).
+        self.check_numbers([c for c in checks if getattr(self, c[0]) != AUTO],
+                           optional=("attention_weight", "layer_balance"))
 
     def validate_keep_dense(self) -> None:
         value = self.keep_dense

@@ -48,6 +48,9 @@ def check_config(config: Any) -> None:
     if config.importance != "taylor":
         raise PruningError(f"fsdp=True shards taylor scoring only, not importance={config.importance!r}: use "
                            "importance='taylor' (or a method whose criterion is taylor: gisp, llm-pruner).")
+    if "auto" in (config.attention_weight, config.layer_balance):
+        raise PruningError("fsdp=True does not choose priors per model (each candidate would need the whole model "
+                           "on one device): give attention_weight and layer_balance as numbers.")
     if config.compensation:
         raise PruningError("fsdp=True does not refit weights (compensation is not sharded yet): set compensation=None "
                            "(--compensation none).")

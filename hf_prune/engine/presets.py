@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = ["Method", "METHODS", "CRITERIA", "ALLOCATIONS", "NORMALIZATIONS", "OBJECTIVES", "SCHEDULES", "COMPENSATIONS",
-           "COMPENSATION_TARGETS", "COMPENSATION_WHEN"]
+           "COMPENSATION_TARGETS", "COMPENSATION_WHEN", "AUTO", "AUTO_ATTENTION_WEIGHTS", "AUTO_LAYER_BALANCES"]
 
 #: Importance criteria (:mod:`hf_prune.engine.importance`).
 CRITERIA = ("taylor", "activation-taylor", "fisher", "wanda-sp", "flap", "magnitude", "random")
@@ -25,6 +25,11 @@ SCHEDULES = ("linear",)
 COMPENSATIONS = ("lsq", "auto")
 COMPENSATION_TARGETS = ("sequential", "dense", "stream")
 COMPENSATION_WHEN = ("level", "round")
+#: ``attention_weight`` / ``layer_balance`` chosen per model, every round, by held-back calibration loss
+#: (:mod:`hf_prune.engine.priors`), among these values.
+AUTO = "auto"
+AUTO_ATTENTION_WEIGHTS = (1.0, 2.0, 4.0, 8.0)
+AUTO_LAYER_BALANCES = (0.0, 1.0, 2.0, 4.0)
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from ..fileio import write_text_atomic
 from ..format.geometry import check_supported
 from ..format.plan import PruningPlan
 from ..format.slicing import apply_plan
+from ..options import is_number
 from .allocation import Constraints, allocate
 from .batches import LossRecorder, calibration_batches, describe_calibration
 from .compensation import CompensationData, compensate, compensation_batches
@@ -35,6 +36,7 @@ from .fsdp import check_config as check_fsdp
 from .fsdp import shard_model
 from .importance import get_importance
 from .objectives import get_objective
+from .priors import choose_plan, holdout_windows, is_auto
 from .schedule import check_schedule, get_schedule
 from .structures import LayerScores, ModelGeometry, kv_cache_per_token
 
@@ -61,6 +63,7 @@ class StepLog:
     loss_per_domain: dict[str, float]
     seconds: float
     recomputed_scores: bool
+    priors: dict[str, Any] | None = None  # with "auto" priors: the chosen ones and the candidates' held-back losses
 
 
 @dataclass
@@ -136,10 +139,11 @@ def _max_removable(geometry: ModelGeometry, c: Constraints) -> int:
 
 def _constraints(config: PruneConfig, geometry: ModelGeometry) -> Constraints:
     """The config's constraints for this model, refused if the model cannot satisfy them."""
+    # An "auto" prior's placeholder (the neutral value) is replaced by each candidate's (engine.priors).
+    weight, balance = (v if is_number(v) else d for v, d in ((config.attention_weight, 1.0), (config.layer_balance, 0.0)))
     c = Constraints(_keep_dense_layers(config.keep_dense, len(geometry.shapes)), config.min_heads,
-                    config.min_channels, config.channel_multiple, config.tp_degree, float(config.attention_weight),
-                    float(config.layer_balance), tuple(s.intermediate_size for s in geometry.shapes),
-                    bool(config.uniform_heads))
+                    config.min_channels, config.channel_multiple, config.tp_degree, float(weight), float(balance),
+                    tuple(s.intermediate_size for s in geometry.shapes), bool(config.uniform_heads))
     heads = sorted({s.num_attention_heads for s in geometry.shapes if s.num_attention_heads})
     if c.uniform_heads and len(heads) > 1:
         raise PruningError(f"uniform_heads keeps every layer at one query-head count, but this model's layers already "
@@ -235,6 +239,8 @@ class Pruner:
         # Drawn once, before any model work: spec errors (empty domain, missing file...) surface here.
         self.batches = self._draw(c.seed) if self.criterion.needs_data else []
         self.compensation_data = self._compensation_data(geometry) if c.compensation else None
+        self.holdout = (holdout_windows(calibration, tokenizer, c.num_samples, c.seq_len, c.seed).to(self.device)
+                        if is_auto(c) else None)
         self.key = hashlib.sha256(json.dumps(
             {"config": c.fingerprint(), "schedule": self.schedule, "base_params": self.base_params,
              "calibration": describe_calibration(calibration)}, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -313,11 +319,10 @@ class Pruner:
         sent, calls = TRAFFIC.reset()
         if calls:
             logger.info("round %d: all-reduced %d bytes in %d calls", step + 1, sent, calls)
-        c = self.config
-        plan = allocate(self.scores, geometry, budget, allocation=c.allocation, normalization=c.normalization,
-                        constraints=self.constraints, tolerance=int(0.002 * self.base_params)).explicit(geometry.shapes)
+        plan, priors = self._allocate(geometry, budget)
         self.scores = _remap(self.scores, plan)
         self.cumulative = self.cumulative.compose(plan)
+        c = self.config
         if c.compensation and c.compensation_when == "round":  # later rounds score the compensated model
             self.current = self._compensated(self.cumulative)
         else:
@@ -326,7 +331,7 @@ class Pruner:
         after = ModelGeometry.of(self.current)
         sparsity = 1 - after.total_params() / self.base_params
         entry = StepLog(step, point, sparsity, after.total_params(), *_count_structures(after), recorder.mean(),
-                        recorder.per_domain(), time.perf_counter() - t0, fresh)
+                        recorder.per_domain(), time.perf_counter() - t0, fresh, priors)
         self.log.append(entry)
         if point in c.target_sparsity:
             self.plans[point] = PruningPlan(layers=self.cumulative.layers, metadata={
@@ -336,9 +341,25 @@ class Pruner:
                 "compensation": None if not c.compensation else {
                     "method": c.compensation, "damping": c.compensation_damping, "samples": c.compensation_samples,
                     "target": c.compensation_target, "when": c.compensation_when},
+                **({} if priors is None else {"priors": [  # what "auto" chose in each round up to this level
+                    {k: e.priors[k] for k in ("attention_weight", "layer_balance")} for e in self.log]}),
             })
         self.next_step += 1
         return entry
+
+    def _allocate(self, geometry: ModelGeometry, budget: int) -> tuple[PruningPlan, dict[str, Any] | None]:
+        """The round's plan (of the current model); with "auto" priors, the candidates' best and what was measured."""
+        c = self.config
+
+        def allocate_with(constraints: Constraints) -> PruningPlan:
+            return allocate(self.scores, geometry, budget, allocation=c.allocation, normalization=c.normalization,
+                            constraints=constraints, tolerance=int(0.002 * self.base_params)).explicit(geometry.shapes)
+
+        if self.holdout is None:
+            return allocate_with(self.constraints), None
+        return choose_plan(allocate_with, self.constraints, c,
+                           lambda plan: redispatch(apply_plan(self.current, plan), self.model), self.holdout,
+                           c.batch_size)
 
     def state_dict(self) -> dict[str, Any]:
         """The run so far, JSON-ready: enough to continue with :meth:`load_state_dict` in a new process."""
