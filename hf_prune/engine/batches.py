@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from ..errors import PruningError
 from .objectives import lm_loss
 
-__all__ = ["calibration_batches", "LossRecorder", "describe_calibration"]
+__all__ = ["calibration_batches", "LossRecorder", "describe_calibration", "window_losses"]
 
 
 def calibration_batches(calibration: Any, tokenizer: Any, num_samples: int, seq_len: int, seed: int,
@@ -52,7 +52,7 @@ def describe_calibration(calibration: Any) -> Any:
     return calibration.to_dict() if hasattr(calibration, "to_dict") else type(calibration).__name__
 
 
-def _window_losses(model, ids: torch.Tensor) -> torch.Tensor:
+def window_losses(model, ids: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy of each window (fp32)."""
     logits = model(input_ids=ids, use_cache=False).logits
     targets = ids[:, 1:].to(logits.device)  # a model split over devices gives its logits on the last one
@@ -70,7 +70,7 @@ class LossRecorder:
     def __call__(self, model, batch):
         domains = batch.get("domains")
         if self.objective is lm_loss and domains is not None and "labels" not in batch:
-            per_sample = _window_losses(model, batch["input_ids"])
+            per_sample = window_losses(model, batch["input_ids"])
             for d, value in zip(domains, per_sample.detach().tolist()):
                 self.sums[d] = self.sums.get(d, 0.0) + value
                 self.counts[d] = self.counts.get(d, 0) + 1

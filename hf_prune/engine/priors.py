@@ -24,7 +24,7 @@ import torch
 from ..errors import PruningError
 from ..format.plan import PruningPlan
 from .allocation import Constraints
-from .batches import _window_losses
+from .batches import window_losses
 from .distributed import all_reduce_floats, shard
 from .presets import AUTO, AUTO_ATTENTION_WEIGHTS, AUTO_LAYER_BALANCES
 
@@ -74,7 +74,7 @@ def _loss(model, windows: Sequence[torch.Tensor]) -> dict[str, float]:
     """Summed per-window loss and window count of this rank's share (added up over ranks by the caller)."""
     total, count = 0.0, 0
     for ids in windows:
-        losses = _window_losses(model, ids)
+        losses = window_losses(model, ids)
         total, count = total + float(losses.sum()), count + losses.numel()
     return {"sum": total, "count": float(count)}
 
