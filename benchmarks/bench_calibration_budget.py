@@ -18,7 +18,7 @@ import platform
 from pathlib import Path
 
 import torch
-from bench_quality import domain_mix, evaluate, run_method
+from bench_quality import add_run_options, domain_mix, evaluate, run_method
 from common import DOMAINS, MODELS, ROOT, corpus_dir, dev_files, load_model
 
 
@@ -33,12 +33,7 @@ def main() -> None:
     parser.add_argument("--method", default="gisp", help="method spec, as bench_quality's --methods items")
     parser.add_argument("--budgets", default="32x128,128x128,512x128,32x512")
     parser.add_argument("--sparsities", default="0.3,0.5")
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--eval-seq-len", type=int, default=128)
-    parser.add_argument("--eval-windows", type=int, default=8)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
+    add_run_options(parser, steps=5, eval_windows=8)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -76,6 +76,18 @@ def run_method(model, tokenizer, calibration, evals, spec, sparsities, args, lab
     return out
 
 
+def add_run_options(parser: argparse.ArgumentParser, *, steps: int | None = None, eval_windows: int = 12) -> None:
+    """The options ``run_method`` and ``evaluate`` read (besides ``--num-samples`` / ``--seq-len``): one definition
+    for every script that calls them."""
+    rounds = "the preset's" if steps is None else steps
+    parser.add_argument("--steps", type=int, default=steps, help=f"gisp scoring rounds (default: {rounds})")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--eval-seq-len", type=int, default=128)
+    parser.add_argument("--eval-windows", type=int, default=eval_windows, help="evaluation windows per domain")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+
+
 def table(results: dict, sparsities: list[float], dense: dict) -> str:
     lines = ["| method | " + " | ".join(f"{s:.0%}" for s in sparsities) + " |",
              "|---|" + "---|" * len(sparsities)]
@@ -128,12 +140,7 @@ def main() -> None:
     parser.add_argument("--single-method", default="gisp", help="method spec of that study (default: gisp)")
     parser.add_argument("--num-samples", type=int, default=32)
     parser.add_argument("--seq-len", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=None, help="gisp scoring rounds (default: the preset's)")
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--eval-seq-len", type=int, default=128)
-    parser.add_argument("--eval-windows", type=int, default=12, help="evaluation windows per domain")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
+    add_run_options(parser)
     parser.add_argument("--out", default=None)
     parser.add_argument("--append", action="store_true",
                         help="keep the methods already in --out and run only the missing ones")

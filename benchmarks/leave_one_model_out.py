@@ -2,8 +2,9 @@
 
 For each grid of settings (rows of ``quality_<model>.json``): per model and level, the best fixed setting, with the
 default and the per-model choices (``auto``) as ratios to it; and for the settings measured on both models, the one
-with the lowest mean dev perplexity on model A at a level, looked up on model B against B's best there. Nothing is run: it reads the JSONs ``bench_quality.py``
-wrote and prints markdown tables (and writes them as JSON with ``--out``).
+with the lowest mean dev perplexity on model A at a level, looked up on model B against B's best there. Nothing is
+run: it reads the JSONs ``bench_quality.py`` wrote and prints markdown tables (and writes them as JSON with
+``--out``).
 
     python benchmarks/leave_one_model_out.py --out benchmarks/results/leave_one_model_out.json
 """
@@ -47,7 +48,6 @@ GRIDS: dict[str, dict[str, dict[str, str]]] = {
         "attention 4, balance auto": {"smollm2": "gisp:layer_balance=auto", "qwen": "gisp:layer_balance=auto"},
     },
 }
-AUTO = "auto"
 DEFAULT = "attention 4, balance 2 (gisp)"
 
 

@@ -11,7 +11,14 @@ import torch.nn.functional as F
 from ..errors import PruningError
 from .objectives import lm_loss
 
-__all__ = ["calibration_batches", "LossRecorder", "describe_calibration", "window_losses"]
+__all__ = ["calibration_batches", "is_mix", "LossRecorder", "describe_calibration", "window_losses"]
+
+
+def is_mix(calibration: Any) -> bool:
+    """Whether ``calibration`` draws its own windows (a ``CalibrationMix``), as opposed to ready tokens."""
+    from ..data.windows import CalibrationWindows
+
+    return hasattr(calibration, "sample") and not isinstance(calibration, CalibrationWindows)
 
 
 def calibration_batches(calibration: Any, tokenizer: Any, num_samples: int, seq_len: int, seed: int,
@@ -20,7 +27,7 @@ def calibration_batches(calibration: Any, tokenizer: Any, num_samples: int, seq_
     from ..data.multiple_choice import MultipleChoiceBatch
     from ..data.windows import CalibrationWindows
 
-    if hasattr(calibration, "sample") and not isinstance(calibration, CalibrationWindows):
+    if is_mix(calibration):
         if tokenizer is None:
             raise PruningError("A CalibrationMix needs the tokenizer: prune(model, tokenizer, calibration, ...).")
         calibration = calibration.sample(tokenizer, num_samples, seq_len, seed=seed)

@@ -24,7 +24,7 @@ import torch
 from ..errors import PruningError
 from ..format.plan import PruningPlan
 from .allocation import Constraints
-from .batches import window_losses
+from .batches import is_mix, window_losses
 from .distributed import all_reduce_floats, shard
 from .presets import AUTO, AUTO_ATTENTION_WEIGHTS, AUTO_LAYER_BALANCES
 
@@ -55,7 +55,7 @@ def holdout_windows(calibration: Any, tokenizer: Any, num_samples: int, seq_len:
     A larger draw with the same seed contains the scoring windows (each domain's windows are a prefix of one
     seeded permutation), so its other rows are held back.
     """
-    if not hasattr(calibration, "sample") or not hasattr(calibration, "to_dict"):
+    if not is_mix(calibration):
         raise PruningError("attention_weight / layer_balance 'auto' hold back windows of a CalibrationMix; with "
                            f"pre-tokenised calibration ({type(calibration).__name__}) give them as numbers.")
     size = holdout_size(num_samples)
