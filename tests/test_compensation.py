@@ -63,6 +63,21 @@ def test_dense_target_equals_lstsq_weight_by_weight(model, damping):
         torch.testing.assert_close(pruned.mlp.down_proj.weight, expected, rtol=1e-6, atol=1e-9)
 
 
+def test_statistics_gathered_once_refit_any_plan_as_the_dense_target_does(model):
+    """What "auto" priors judge candidates by: one pass of statistics, then each plan's refit by solves only."""
+    from hf_prune.engine.compensation import CompensationData, DenseStatistics
+
+    statistics = DenseStatistics(model, CompensationData([{"input_ids": CALIB}]))
+    other = PruningPlan.from_dict({"layers": [{"query_heads": [0, 1, 2, 3], "mlp_channels": list(range(96))},
+                                              {"query_heads": list(range(8)), "mlp_channels": list(range(8, 72))}]})
+    for plan in (PLAN, other):
+        expected = compensate(model, plan, CALIB, compensation_target="dense", compensation_damping=0.01,
+                              compensation_samples=16, show_progress=False)
+        got = statistics.refit(plan, 0.01)
+        for (name, a), b in zip(got.state_dict().items(), expected.state_dict().values()):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12, msg=name)
+
+
 def test_sequential_target_fits_the_dense_layer_on_the_pruned_models_own_inputs(model):
     """Layer 1 is refit on what the *compensated* layer 0 gives it: the dense layer 1's activations on those
     hidden states (taken here from the compensated model by a hook), solved by lstsq."""

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from test_push import make_tiny_base
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from hf_prune import CalibrationMix, PruneConfig, prune
+from hf_prune import CalibrationMix, PruneConfig, compensate, prune
 from hf_prune.cli import build_parser, config_from_args
 from hf_prune.engine.allocation import allocate
 from hf_prune.engine.presets import AUTO_ATTENTION_WEIGHTS, AUTO_LAYER_BALANCES
@@ -83,6 +83,40 @@ def test_auto_picks_the_candidate_with_the_lowest_held_back_loss(tiny):
     assert losses[(chosen["attention_weight"], chosen["layer_balance"])] == pytest.approx(best, rel=1e-4)
     assert pruner.result().plans[0.3].metadata["priors"] == [
         {"attention_weight": chosen["attention_weight"], "layer_balance": chosen["layer_balance"]}]
+
+
+def test_with_compensation_auto_judges_each_candidate_after_its_refit(tiny):
+    model, tokenizer, mix = tiny
+    fast = {**FAST, "compensation": "lsq", "compensation_samples": 8, "compensation_damping": 0.01}
+    pruner = Pruner(model, tokenizer, mix, PruneConfig(target_sparsity=(0.2, 0.4), method="gisp", steps=2,
+                                                      layer_balance="auto", **{
+                                                          k: v for k, v in fast.items() if k != "show_progress"}),
+                    show_progress=False)
+    pruner.step()
+    log = pruner.step()  # the second round: candidates compose with the first round's plan
+    first = pruner.log[0]
+    assert log.priors["judged_after_refit"] and first.priors["judged_after_refit"]
+    # Independently: the second round's candidates from its own scores, each composed with the first round's plan
+    # and refit by compensate(target="dense") on the run's compensation windows.
+    current = apply_plan(model, pruner.result().plans[0.2])
+    geometry = ModelGeometry.of(current)
+    scores = pruner.criterion(current, pruner.batches, pruner.objective, show_progress=False)
+    budget = int(round(0.4 * pruner.base_params)) - (pruner.base_params - geometry.total_params())
+    losses = {}
+    for weight, balance in candidates(pruner.config.attention_weight, "auto"):
+        constraints = dataclasses.replace(pruner.constraints, attention_weight=weight, layer_balance=balance)
+        plan = allocate(scores, geometry, budget, allocation="global", normalization=pruner.config.normalization,
+                        constraints=constraints, tolerance=int(0.002 * pruner.base_params)).explicit(geometry.shapes)
+        whole = pruner.result().plans[0.2].compose(plan)
+        refit = compensate(model, whole, mix, tokenizer=tokenizer, config=pruner.config, compensation_target="dense",
+                           show_progress=False)
+        losses[balance] = _loss(refit, pruner.holdout)
+        if balance == log.priors["layer_balance"]:
+            sliced = _loss(apply_plan(model, whole), pruner.holdout)
+    assert len({round(v, 6) for v in losses.values()}) > 1  # the candidates differ on this model
+    assert log.priors["loss"] != pytest.approx(sliced, rel=1e-5)  # the refit model was judged, not the sliced one
+    assert log.priors["loss"] == pytest.approx(min(losses.values()), rel=1e-4)
+    assert losses[log.priors["layer_balance"]] == pytest.approx(min(losses.values()), rel=1e-4)
 
 
 def test_auto_with_a_fixed_prior_only_varies_the_other(tiny):

@@ -5,9 +5,12 @@ channels of one layer costs more than their sum). How much they should correct d
 SmolLM2 ``layer_balance`` 2 is worse than 0 at 40-50%, on Qwen2.5-Coder-0.5B it is better. ``auto`` measures it
 instead of assuming it: every round, the plan of each candidate setting is applied to the current model and its
 *measured* loss on calibration windows held back from scoring decides (lowest wins). No evaluation data is used.
+With compensation the candidate is judged as it will be saved, after its refit (the pruner's ``slice_current``
+refits it: what is best before the refit is not what is best after it).
 
 Cost per round: one forward pass over the held-back windows per distinct candidate plan (candidates that give
-the same plan share one measurement); the round's log records it (``StepLog.priors``).
+the same plan share one measurement), plus with compensation a solve per layer and candidate; the round's log
+records it (``StepLog.priors``).
 """
 
 from __future__ import annotations
@@ -92,7 +95,7 @@ def choose_plan(
     Args:
         allocate_with: the round's allocation under given constraints (a plan of the current model).
         constraints: the run's constraints; each candidate replaces their two priors.
-        slice_current: the current model with a plan applied.
+        slice_current: the model a plan of the current model gives (sliced; with compensation also refit).
         windows: held-back ``[H, seq_len]`` token ids (on the model's input device).
     """
     t0 = time.perf_counter()
