@@ -336,10 +336,14 @@ class DenseStatistics:
     SmolLM2-135M, 2.4 GB for Qwen2.5-0.5B, ~40 GB for a 7B model.
     """
 
+    @staticmethod
+    def nbytes(model) -> int:
+        """The memory the statistics of ``model`` take (before gathering them)."""
+        return 4 * sum(block.in_features ** 2 for block in _projections(model).values())
+
     @torch.no_grad()
     def __init__(self, model, data: CompensationData) -> None:
         self.model = model
-        layers = model.model.layers
         grams: dict[tuple[int, str], torch.Tensor] = {}
         mask: list[torch.Tensor | None] = [None]
 
@@ -348,9 +352,7 @@ class DenseStatistics:
                 grams[key] = _accumulate(grams.get(key), args[0], mask[0])
             return accumulate
 
-        handles = [proj.register_forward_pre_hook(hook((i, name)))
-                   for i, layer in enumerate(layers)
-                   for name, proj in (("o_proj", layer.self_attn.o_proj), ("down_proj", layer.mlp.down_proj))]
+        handles = [proj.register_forward_pre_hook(hook(key)) for key, proj in _projections(model).items()]
         was_training = model.training
         model.eval()
         try:
@@ -384,3 +386,14 @@ class DenseStatistics:
                 _assign(layer.mlp.down_proj, refit(dense.mlp.down_proj.weight, self.grams[i, "down_proj"], cols,
                                                    damping, where=f"layer {i} down_proj"))
         return redispatch(pruned, model)
+
+
+def _projections(model) -> dict[tuple[int, str], torch.nn.Module]:
+    """Every layer's ``o_proj`` and ``down_proj`` (where the layer has attention / an MLP), by (layer, name)."""
+    out = {}
+    for i, layer in enumerate(model.model.layers):
+        if getattr(layer, "self_attn", None) is not None:
+            out[i, "o_proj"] = layer.self_attn.o_proj
+        if getattr(layer, "mlp", None) is not None:
+            out[i, "down_proj"] = layer.mlp.down_proj
+    return out

@@ -36,7 +36,7 @@ from .fsdp import check_config as check_fsdp
 from .fsdp import shard_model
 from .importance import get_importance
 from .objectives import get_objective
-from .priors import choose_plan, holdout_windows, is_auto
+from .priors import choose_plan, holdout_windows, is_auto, settle
 from .schedule import check_schedule, get_schedule
 from .structures import LayerScores, ModelGeometry, kv_cache_per_token
 
@@ -224,7 +224,8 @@ class Pruner:
     def __init__(self, model, tokenizer: Any, calibration: Any, config: PruneConfig | Mapping | None = None, *,
                  show_progress: bool = True, **overrides: Any) -> None:
         check_supported(model)
-        self.config = PruneConfig.coerce(config, **overrides).resolved()
+        requested = PruneConfig.coerce(config, **overrides)
+        self.config = settle(requested, requested.resolved(), calibration, model)  # "auto" priors where they can run
         c = self.config
         self.model, self.tokenizer, self.calibration, self.show_progress = model, tokenizer, calibration, show_progress
         check_fsdp(c)
