@@ -90,14 +90,13 @@ class PruneConfig(Options):
     schedule: Any = _option("linear", "sparsity after each round: linear ramp to the highest level (or a callable "
                                       "(targets, steps) -> sparsities)")
     attention_weight: float | str | None = _option(
-        None, "global allocation multiplies attention units' scores by this (> 1: heads are harder to remove); "
-              f"auto (gisp's): chosen every round from {', '.join(f'{v:g}' for v in AUTO_ATTENTION_WEIGHTS)} by "
-              "the loss on held-back calibration windows after the refit (gisp falls back to 4 where auto cannot "
-              "run: token-id calibration, fsdp, statistics too large)")
+        None, "global allocation multiplies attention units' scores by this (> 1: heads are harder to remove; gisp: 4); "
+              f"auto: chosen every round from {', '.join(f'{v:g}' for v in AUTO_ATTENTION_WEIGHTS)} by the loss "
+              "on held-back calibration windows")
     layer_balance: float | str | None = _option(
         None, "global allocation prices an MLP unit up by 1 + B * (fraction of its layer already removed) "
-              f"(0 ranks at face value); auto (gisp's): chosen every round from "
-              f"{', '.join(f'{v:g}' for v in AUTO_LAYER_BALANCES)} as attention_weight is (gisp's fallback: 2)")
+              f"(gisp: 2; 0 ranks at face value); auto: chosen every round from "
+              f"{', '.join(f'{v:g}' for v in AUTO_LAYER_BALANCES)} as attention_weight is")
     objective: Any = _option("lm", "what the scores protect: lm (next-token loss), margin (multiple choice), or a "
                                    "callable (model, batch) -> loss", cli=False)
     # ---- calibration sampling ----

@@ -90,14 +90,12 @@ def test_fsdp_scores_equal_one_process_with_buffers_sharded_like_the_weights(tmp
 @pytest.mark.slow
 def test_torchrun_fsdp_writes_the_plans_one_process_writes(tmp_path):
     """`torchrun --nproc-per-node 2 -m hf_prune prune ... --fsdp` (gloo, CPU): the same pruning_plan.json per level
-    as one process without FSDP on the same windows (gisp, 2 rounds, compensation off; the priors as numbers, what
-    gisp's "auto" falls back to under fsdp)."""
+    as one process without FSDP on the same windows (gisp, 2 rounds, compensation off)."""
     from hf_prune.cli import main
 
     base = make_tiny_base(tmp_path / "base")
     options = ["--sparsity", "0.2,0.4", "--num-samples", "6", "--seq-len", "32", "--batch-size", "2", "--steps", "2",
-               "--compensation", "none", "--attention-weight", "4", "--layer-balance", "2",
-               "--calibration", base["calibration"]]
+               "--compensation", "none", "--calibration", base["calibration"]]
     assert main(["prune", str(base["base"]), *options, "--output-dir", str(tmp_path / "one"), "-q"]) == 0
     proc = _torchrun(["-m", "hf_prune", "prune", str(base["base"]), *options, "--fsdp", "--output-dir",
                       str(tmp_path / "two")], tmp_path)

@@ -129,40 +129,30 @@ def test_auto_with_a_fixed_prior_only_varies_the_other(tiny):
     assert abs(result.sparsity[0.4] - 0.4) < 0.01
 
 
-@pytest.mark.parametrize("where", ["token ids", "fsdp", "memory"])
-def test_where_auto_cannot_run_the_methods_auto_falls_back_and_an_asked_auto_is_refused(tiny, monkeypatch, caplog,
-                                                                                          where):
-    from hf_prune.engine import priors
-    from hf_prune.engine.presets import FIXED_PRIORS
-
+def test_auto_needs_a_calibration_mix_and_no_fsdp(tiny, monkeypatch):
     model, tokenizer, mix = tiny
-    calibration, config = mix, PruneConfig(target_sparsity=(0.2,), num_samples=8, seq_len=32, compensation_samples=8)
-    if where == "token ids":
-        calibration = mix.sample(tokenizer, 8, 32, seed=0).input_ids
-    elif where == "fsdp":
-        config = config.replace(fsdp=True, compensation=None)
-    else:  # the refit statistics would not fit: half the available memory is less than they need
-        monkeypatch.setattr(priors, "_available_bytes", lambda device: 1)
-    resolved = config.resolved()
-    assert (resolved.attention_weight, resolved.layer_balance) == ("auto", "auto")  # gisp's default
-    with caplog.at_level("WARNING", logger="hf_prune.engine.priors"):
-        settled = priors.settle(config, resolved, calibration, model)
-    assert {k: getattr(settled, k) for k in FIXED_PRIORS} == FIXED_PRIORS
-    assert "fixed at" in caplog.text
-    message = {"token ids": "no windows to hold back", "fsdp": "sharded", "memory": "GiB of statistics"}[where]
-    assert message in caplog.text
-    asked = config.replace(layer_balance="auto")
-    with pytest.raises(PruningError, match=f"layer_balance 'auto' cannot run here: .*{message}"):
-        priors.settle(asked, asked.resolved(), calibration, model)
-
-
-def test_the_gisp_default_chooses_priors_per_model_and_falls_back_on_token_ids(tiny, caplog):
-    model, tokenizer, mix = tiny
-    fast = {k: v for k, v in FAST.items() if k != "compensation"}  # the default compensation: judged after refit
-    result = prune(model, tokenizer, mix, 0.3, method="gisp", steps=1, compensation_samples=8, **fast)
-    assert result.log[0].priors["judged_after_refit"] and result.plans[0.3].metadata["priors"]
     ids = mix.sample(tokenizer, 8, 32, seed=0).input_ids
-    with caplog.at_level("WARNING", logger="hf_prune.engine.priors"):
-        fixed = prune(model, tokenizer, ids, 0.3, method="gisp", steps=1, compensation_samples=8, **fast)
-    assert (fixed.config.attention_weight, fixed.config.layer_balance) == (4.0, 2.0) and fixed.log[0].priors is None
-    assert "fixed at" in caplog.text
+    with pytest.raises(PruningError, match="CalibrationMix"):
+        prune(model, tokenizer, ids, 0.2, layer_balance="auto", **FAST)
+    from hf_prune.engine import fsdp
+
+    monkeypatch.setattr(fsdp, "world_size", lambda: 2)  # as under torchrun
+    with pytest.raises(PruningError, match="priors per model"):
+        fsdp.check_config(PruneConfig(fsdp=True, compensation=None, layer_balance="auto").resolved())
+
+
+def test_auto_with_compensation_is_refused_when_its_statistics_would_not_fit(tiny, monkeypatch):
+    from hf_prune.engine import priors
+    from hf_prune.engine.compensation import DenseStatistics
+
+    model, tokenizer, mix = tiny
+    expected = 4 * sum(layer.self_attn.o_proj.in_features ** 2 + layer.mlp.down_proj.in_features ** 2
+                       for layer in model.model.layers)
+    assert DenseStatistics.nbytes(model) == expected
+    monkeypatch.setattr(priors, "_available_bytes", lambda device: 2 * expected - 1)  # half is just too little
+    with pytest.raises(PruningError, match="GiB of refit statistics"):
+        prune(model, tokenizer, mix, 0.2, layer_balance="auto", **{**FAST, "compensation": "lsq"})
+    monkeypatch.setattr(priors, "_available_bytes", lambda device: 2 * expected)
+    result = prune(model, tokenizer, mix, 0.2, steps=1, layer_balance="auto", compensation_samples=8,
+                   **{**FAST, "compensation": "lsq"})
+    assert result.log[0].priors["judged_after_refit"]

@@ -31,6 +31,7 @@ import torch
 from ..errors import PruningError
 from ..format.geometry import head_dim_of
 from .distributed import all_reduce_sums, all_reduce_tensor, world_size
+from .priors import is_auto
 from .structures import LayerScores
 
 __all__ = ["check_config", "shard_model", "is_sharded", "local_rows", "sharded_taylor", "ShardedBuffers"]
@@ -48,6 +49,9 @@ def check_config(config: Any) -> None:
     if config.importance != "taylor":
         raise PruningError(f"fsdp=True shards taylor scoring only, not importance={config.importance!r}: use "
                            "importance='taylor' (or a method whose criterion is taylor: gisp, llm-pruner).")
+    if is_auto(config):
+        raise PruningError("fsdp=True does not choose priors per model (each candidate would need the whole model "
+                           "on one device): give attention_weight and layer_balance as numbers.")
     if config.compensation:
         raise PruningError("fsdp=True does not refit weights (compensation is not sharded yet): set compensation=None "
                            "(--compensation none).")

@@ -9,8 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = ["Method", "METHODS", "CRITERIA", "ALLOCATIONS", "NORMALIZATIONS", "OBJECTIVES", "SCHEDULES", "COMPENSATIONS",
-           "COMPENSATION_TARGETS", "COMPENSATION_WHEN", "AUTO", "AUTO_ATTENTION_WEIGHTS", "AUTO_LAYER_BALANCES",
-           "FIXED_PRIORS"]
+           "COMPENSATION_TARGETS", "COMPENSATION_WHEN", "AUTO", "AUTO_ATTENTION_WEIGHTS", "AUTO_LAYER_BALANCES"]
 
 #: Importance criteria (:mod:`hf_prune.engine.importance`).
 CRITERIA = ("taylor", "activation-taylor", "fisher", "wanda-sp", "flap", "magnitude", "random")
@@ -31,10 +30,6 @@ COMPENSATION_WHEN = ("level", "round")
 AUTO = "auto"
 AUTO_ATTENTION_WEIGHTS = (1.0, 2.0, 4.0, 8.0)
 AUTO_LAYER_BALANCES = (0.0, 1.0, 2.0, 4.0)
-#: What a method's "auto" priors fall back to where they cannot be chosen (pre-tokenised calibration, fsdp, refit
-#: statistics too large for memory): the values chosen by hand before "auto" (attention 4 on SmolLM2, balance 2 on
-#: Qwen2.5-Coder-0.5B; README, "Defaults that hold").
-FIXED_PRIORS = {"attention_weight": 4.0, "layer_balance": 2.0}
 
 
 @dataclass(frozen=True)
@@ -47,9 +42,9 @@ class Method:
         normalization: how head and channel scores are made comparable for global ranking: ``"param"`` (score per
             parameter removed), ``"gisp"`` (GISP's divisors), ``"standardize"`` (FLAP's per-module z-scores).
         steps: scoring rounds; 1 is one-shot (scores computed once on the dense model).
-        attention_weight: multiplier on attention units' scores in global allocation, or ``"auto"``.
+        attention_weight: multiplier on attention units' scores in global allocation.
         layer_balance: global allocation prices up MLP channels of layers that already lost many (see
-            :class:`~hf_prune.engine.allocation.Constraints`), or ``"auto"``.
+            :class:`~hf_prune.engine.allocation.Constraints`).
         compensation: weight compensation after removal (``"lsq"``) or ``None``.
     """
 
@@ -57,20 +52,20 @@ class Method:
     allocation: str
     normalization: str = "param"
     steps: int = 1
-    attention_weight: float | str = 1.0
-    layer_balance: float | str = 0.0
+    attention_weight: float = 1.0
+    layer_balance: float = 0.0
     compensation: str | None = None
 
 
 METHODS: dict[str, Method] = {
-    # Taylor scores of the model loss, ranked globally, recomputed as the model shrinks. The allocation priors
-    # (how much more a head costs than its first-order score says; how much concentrated MLP removal costs) are
-    # chosen per model every round by held-back calibration loss after the refit ("auto", engine.priors): fixed
-    # values chosen on one model lost up to 38% on the other (README, "Defaults that hold"); auto beat the fixed
-    # 4 / 2 at every level on both benchmark models. Where auto cannot run it falls back to FIXED_PRIORS.
+    # Taylor scores of the model loss, ranked globally, recomputed as the model shrinks. Attention units count
+    # 4x their first-order score: measured on SmolLM2, removing heads at their face value cost 10-40% more
+    # perplexity at 20-30% sparsity and 2x at 40-50% (README, "Quality").
+    # Concentrated MLP removal is priced up (layer_balance 2): on Qwen2.5-Coder-0.5B global allocation at face
+    # value emptied late layers' MLPs and lost to uniform allocation at 20%; see the README's quality tables.
     # The kept output projections are refit by least squares (chosen on SmolLM2: 13-69% lower perplexity at
     # 20-50%; README, "Weight compensation").
-    "gisp": Method("taylor", "global", "param", steps=8, attention_weight=AUTO, layer_balance=AUTO, compensation="lsq"),
+    "gisp": Method("taylor", "global", "param", steps=8, attention_weight=4.0, layer_balance=2.0, compensation="lsq"),
     # The same scores, computed once, same ratio in every layer.
     "llm-pruner": Method("taylor", "uniform", "param", steps=1),
     "wanda-sp": Method("wanda-sp", "uniform", "param", steps=1),

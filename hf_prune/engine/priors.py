@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
-import logging
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -31,13 +30,9 @@ from ..format.plan import PruningPlan
 from .allocation import Constraints
 from .batches import is_mix, window_losses
 from .distributed import all_reduce_floats, shard
-from .presets import AUTO, AUTO_ATTENTION_WEIGHTS, AUTO_LAYER_BALANCES, FIXED_PRIORS
+from .presets import AUTO, AUTO_ATTENTION_WEIGHTS, AUTO_LAYER_BALANCES
 
-__all__ = ["is_auto", "settle", "candidates", "holdout_windows", "holdout_size", "choose_plan"]
-
-logger = logging.getLogger(__name__)
-
-PRIORS = ("attention_weight", "layer_balance")
+__all__ = ["is_auto", "check_memory", "candidates", "holdout_windows", "holdout_size", "choose_plan"]
 
 
 def is_auto(config: Any) -> bool:
@@ -45,44 +40,21 @@ def is_auto(config: Any) -> bool:
     return AUTO in (config.attention_weight, config.layer_balance)
 
 
-def settle(requested: Any, config: Any, calibration: Any, model) -> Any:
-    """``config`` (``requested`` resolved) as it can run: "auto" priors that cannot be chosen here are replaced by
-    :data:`~hf_prune.engine.presets.FIXED_PRIORS` when the method chose "auto" (a warning says why), and refused
-    when the caller asked for "auto".
+def check_memory(model) -> None:
+    """Refuse judging candidates after the refit when its statistics (``DenseStatistics``) would take more than half
+    the memory available on the model's device (before gathering them).
 
     Raises:
-        PruningError: ``requested`` asks for "auto" where it cannot run (named in the message).
+        PruningError: naming both sizes.
     """
-    if not is_auto(config):
-        return config
-    reason = _cannot_choose(config, calibration, model)
-    if reason is None:
-        return config
-    asked = [name for name in PRIORS if getattr(requested, name) == AUTO]
-    if asked:
-        raise PruningError(f"{' / '.join(asked)} 'auto' cannot run here: {reason}; give {' and '.join(asked)} as "
-                           "numbers.")
-    fixed = {name: FIXED_PRIORS[name] for name in PRIORS if getattr(config, name) == AUTO}
-    logger.warning("%s: the %s method's 'auto' priors are fixed at %s instead.", reason, config.method, fixed)
-    return config.replace(**fixed)
+    from .compensation import DenseStatistics
 
-
-def _cannot_choose(config: Any, calibration: Any, model) -> str | None:
-    """Why priors cannot be chosen per model in this run, or ``None``."""
-    if not is_mix(calibration):
-        return (f"pre-tokenised calibration ({type(calibration).__name__}) has no windows to hold back (give a "
-                "CalibrationMix)")
-    if config.fsdp:
-        return "fsdp=True scores a sharded model, and each candidate would need the whole model on one device"
-    if config.compensation:
-        from .compensation import DenseStatistics
-
-        need, device = DenseStatistics.nbytes(model), model.get_input_embeddings().weight.device
-        free = _available_bytes(device)
-        if free is not None and need > free / 2:
-            return (f"judging candidates after the refit keeps {need / 2**30:.1f} GiB of statistics, more than half "
-                    f"the {free / 2**30:.1f} GiB available on {device}")
-    return None
+    need, device = DenseStatistics.nbytes(model), model.get_input_embeddings().weight.device
+    free = _available_bytes(device)
+    if free is not None and need > free / 2:
+        raise PruningError(f"'auto' priors with compensation keep {need / 2**30:.1f} GiB of refit statistics, more than "
+                           f"half the {free / 2**30:.1f} GiB available on {device}: give attention_weight and "
+                           "layer_balance as numbers.")
 
 
 def _available_bytes(device: torch.device) -> int | None:
@@ -120,6 +92,9 @@ def holdout_windows(calibration: Any, tokenizer: Any, num_samples: int, seq_len:
     A larger draw with the same seed contains the scoring windows (each domain's windows are a prefix of one
     seeded permutation), so its other rows are held back.
     """
+    if not is_mix(calibration):
+        raise PruningError("attention_weight / layer_balance 'auto' hold back windows of a CalibrationMix; with "
+                           f"pre-tokenised calibration ({type(calibration).__name__}) give them as numbers.")
     size = holdout_size(num_samples)
     scoring = calibration.sample(tokenizer, num_samples, seq_len, seed=seed).input_ids
     larger = calibration.sample(tokenizer, num_samples + size, seq_len, seed=seed).input_ids

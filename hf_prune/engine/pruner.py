@@ -36,7 +36,7 @@ from .fsdp import check_config as check_fsdp
 from .fsdp import shard_model
 from .importance import get_importance
 from .objectives import get_objective
-from .priors import choose_plan, holdout_windows, is_auto, settle
+from .priors import check_memory, choose_plan, holdout_windows, is_auto
 from .schedule import check_schedule, get_schedule
 from .structures import LayerScores, ModelGeometry, kv_cache_per_token
 
@@ -224,8 +224,7 @@ class Pruner:
     def __init__(self, model, tokenizer: Any, calibration: Any, config: PruneConfig | Mapping | None = None, *,
                  show_progress: bool = True, **overrides: Any) -> None:
         check_supported(model)
-        requested = PruneConfig.coerce(config, **overrides)
-        self.config = settle(requested, requested.resolved(), calibration, model)  # "auto" priors where they can run
+        self.config = PruneConfig.coerce(config, **overrides).resolved()
         c = self.config
         self.model, self.tokenizer, self.calibration, self.show_progress = model, tokenizer, calibration, show_progress
         check_fsdp(c)
@@ -242,6 +241,8 @@ class Pruner:
         self.compensation_data = self._compensation_data(geometry) if c.compensation else None
         self.holdout = (holdout_windows(calibration, tokenizer, c.num_samples, c.seq_len, c.seed).to(self.device)
                         if is_auto(c) else None)
+        if is_auto(c) and c.compensation:
+            check_memory(model)
         self.key = hashlib.sha256(json.dumps(
             {"config": c.fingerprint(), "schedule": self.schedule, "base_params": self.base_params,
              "calibration": describe_calibration(calibration)}, sort_keys=True, default=str).encode()).hexdigest()[:16]
