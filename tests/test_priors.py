@@ -149,10 +149,10 @@ def test_auto_with_compensation_is_refused_when_its_statistics_would_not_fit(tin
     expected = 4 * sum(layer.self_attn.o_proj.in_features ** 2 + layer.mlp.down_proj.in_features ** 2
                        for layer in model.model.layers)
     assert DenseStatistics.nbytes(model) == expected
-    monkeypatch.setattr(priors, "_available_bytes", lambda device: 2 * expected - 1)  # half is just too little
+    monkeypatch.setattr(priors, "available_bytes", lambda device: 2 * expected - 1)  # half is just too little
     with pytest.raises(PruningError, match="GiB of refit statistics"):
         prune(model, tokenizer, mix, 0.2, layer_balance="auto", **{**FAST, "compensation": "lsq"})
-    monkeypatch.setattr(priors, "_available_bytes", lambda device: 2 * expected)
+    monkeypatch.setattr(priors, "available_bytes", lambda device: 2 * expected)
     result = prune(model, tokenizer, mix, 0.2, steps=1, layer_balance="auto", compensation_samples=8,
                    **{**FAST, "compensation": "lsq"})
     assert result.log[0].priors["judged_after_refit"]

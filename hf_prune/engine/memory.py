@@ -407,6 +407,12 @@ def _cpu_available() -> int | None:
     return None
 
 
+def available_bytes(device: Any) -> int | None:
+    """Free memory of one device (``"cuda:0"``, ``"cpu"`` or a ``torch.device``); ``None`` where it cannot be read."""
+    name = str(device)
+    return _gpu_free(name) if name.startswith("cuda") else _cpu_available()
+
+
 def device_capacities(device_map: Any = None, max_memory: Mapping[Any, Any] | None = None) -> tuple[list[tuple[str, int | None]], bool]:
     """``([(device, bytes)], split)``: the devices a run would use and whether layers are split over them.
 

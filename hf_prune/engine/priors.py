@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
-import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -30,6 +29,7 @@ from ..format.plan import PruningPlan
 from .allocation import Constraints
 from .batches import is_mix, window_losses
 from .distributed import all_reduce_floats, shard
+from .memory import available_bytes
 from .presets import AUTO, AUTO_ATTENTION_WEIGHTS, AUTO_LAYER_BALANCES
 
 __all__ = ["is_auto", "check_memory", "candidates", "holdout_windows", "holdout_size", "choose_plan"]
@@ -50,27 +50,11 @@ def check_memory(model) -> None:
     from .compensation import DenseStatistics
 
     need, device = DenseStatistics.nbytes(model), model.get_input_embeddings().weight.device
-    free = _available_bytes(device)
+    free = available_bytes(device)
     if free is not None and need > free / 2:
         raise PruningError(f"'auto' priors with compensation keep {need / 2**30:.1f} GiB of refit statistics, more than "
                            f"half the {free / 2**30:.1f} GiB available on {device}: give attention_weight and "
                            "layer_balance as numbers.")
-
-
-def _available_bytes(device: torch.device) -> int | None:
-    """Memory still available on ``device`` (``None`` where it cannot be read)."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            info = dict(line.split(":", 1) for line in f)
-        return int(info["MemAvailable"].split()[0]) * 1024
-    except (OSError, KeyError, ValueError):
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 def candidates(attention_weight: float | str, layer_balance: float | str) -> list[tuple[float, float]]:
