@@ -28,6 +28,7 @@ from ..errors import PruningError
 from ..format.plan import PruningPlan
 from .allocation import Constraints
 from .batches import is_mix, window_losses
+from .compensation import DenseStatistics
 from .distributed import all_reduce_floats, shard
 from .memory import available_bytes
 from .presets import AUTO, AUTO_ATTENTION_WEIGHTS, AUTO_LAYER_BALANCES
@@ -47,8 +48,6 @@ def check_memory(model) -> None:
     Raises:
         PruningError: naming both sizes.
     """
-    from .compensation import DenseStatistics
-
     need, device = DenseStatistics.nbytes(model), model.get_input_embeddings().weight.device
     free = available_bytes(device)
     if free is not None and need > free / 2:

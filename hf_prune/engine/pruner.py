@@ -236,13 +236,13 @@ class Pruner:
         self.schedule = check_schedule(get_schedule(c.schedule)(list(c.target_sparsity), c.steps), c.target_sparsity)
         # Where inputs go: the embeddings' device (a model dispatched by accelerate moves them on from there).
         self.device = model.get_input_embeddings().weight.device
+        if is_auto(c) and c.compensation:  # a memory check: before any calibration text is drawn
+            check_memory(model)
         # Drawn once, before any model work: spec errors (empty domain, missing file...) surface here.
         self.batches = self._draw(c.seed) if self.criterion.needs_data else []
         self.compensation_data = self._compensation_data(geometry) if c.compensation else None
         self.holdout = (holdout_windows(calibration, tokenizer, c.num_samples, c.seq_len, c.seed).to(self.device)
                         if is_auto(c) else None)
-        if is_auto(c) and c.compensation:
-            check_memory(model)
         self.key = hashlib.sha256(json.dumps(
             {"config": c.fingerprint(), "schedule": self.schedule, "base_params": self.base_params,
              "calibration": describe_calibration(calibration)}, sort_keys=True, default=str).encode()).hexdigest()[:16]
