@@ -71,7 +71,8 @@ def run_method(model, tokenizer, calibration, evals, spec, sparsities, args, lab
     out = {"prune_seconds": prune_seconds, "levels": rows}
     if any(e.priors for e in result.log):  # "auto" priors: what choosing cost, against each round's whole time
         out["rounds"] = [{"seconds": e.seconds, "choice_seconds": e.priors["seconds"],
-                          "plans_measured": e.priors["plans_measured"], "candidates": e.priors["candidates"]}
+                          "plans_measured": e.priors["plans_measured"], "candidates": e.priors["candidates"],
+                          **{k: e.priors[k] for k in ("from", "gain", "standard_error", "moved") if k in e.priors}}
                          for e in result.log]
     return out
 

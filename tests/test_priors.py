@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import pytest
@@ -13,8 +14,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from hf_prune import CalibrationMix, PruneConfig, compensate, prune
 from hf_prune.cli import build_parser, config_from_args
 from hf_prune.engine.allocation import allocate
-from hf_prune.engine.presets import AUTO_ATTENTION_WEIGHTS, AUTO_LAYER_BALANCES
-from hf_prune.engine.priors import candidates, holdout_windows
+from hf_prune.engine import priors
+from hf_prune.engine import pruner as pruner_module
+from hf_prune.engine.presets import AUTO_ATTENTION_WEIGHTS, AUTO_EVIDENCE, AUTO_LAYER_BALANCES
+from hf_prune.engine.priors import candidates, holdout_windows, start_priors
 from hf_prune.engine.pruner import Pruner
 from hf_prune.engine.structures import ModelGeometry
 from hf_prune.errors import PruningError
@@ -30,12 +33,24 @@ def tiny(tmp_path_factory):
     return model, AutoTokenizer.from_pretrained(paths["base"]), CalibrationMix.parse(paths["calibration"])
 
 
-def _loss(model, windows: torch.Tensor) -> float:
-    """Mean next-token cross-entropy over windows, computed here without the engine's helpers."""
+def _per_window(model, windows: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy of each window, computed here without the engine's helpers."""
     with torch.no_grad():
         logits = model(input_ids=windows).logits[:, :-1]
-    per_window = F.cross_entropy(logits.transpose(1, 2), windows[:, 1:], reduction="none").mean(1)
-    return float(per_window.mean())
+    return F.cross_entropy(logits.transpose(1, 2), windows[:, 1:], reduction="none").mean(1)
+
+
+def _loss(model, windows: torch.Tensor) -> float:
+    return float(_per_window(model, windows).mean())
+
+
+def _expected(losses: dict, stay, evidence: float = AUTO_EVIDENCE):
+    """The rule, recomputed: the lowest mean loss wins only if its gain over ``stay`` exceeds ``evidence`` standard
+    errors of the per-window differences; otherwise ``stay``."""
+    best = min(losses, key=lambda k: float(losses[k].mean()))
+    gain = losses[stay] - losses[best]
+    error = float(gain.std(unbiased=True)) / len(gain) ** 0.5
+    return best if best != stay and float(gain.mean()) > evidence * error else stay
 
 
 def test_config_accepts_auto_and_the_cli_parses_it():
@@ -46,47 +61,64 @@ def test_config_accepts_auto_and_the_cli_parses_it():
             PruneConfig(**bad)
     args = build_parser().parse_args(["prune", "m", "--attention-weight", "auto", "--layer-balance", "1.5"])
     assert (config_from_args(args).attention_weight, config_from_args(args).layer_balance) == ("auto", 1.5)
-    assert candidates("auto", 3.0) == [(w, 3.0) for w in AUTO_ATTENTION_WEIGHTS]
-    assert len(candidates("auto", "auto")) == len(AUTO_ATTENTION_WEIGHTS) * len(AUTO_LAYER_BALANCES)
+    # From the method's own priors, one grid step along each "auto" prior; a fixed prior stays.
+    assert start_priors(config) == (4.0, 2.0)
+    assert start_priors(PruneConfig(method="llm-pruner", layer_balance="auto").resolved()) == (1.0, 0.0)
+    assert candidates("auto", 3.0, (4.0, 3.0)) == [(4.0, 3.0), (2.0, 3.0), (8.0, 3.0)]
+    assert candidates("auto", "auto", (4.0, 2.0)) == [(4.0, 2.0), (2.0, 2.0), (8.0, 2.0), (4.0, 1.0), (4.0, 4.0)]
+    assert candidates("auto", "auto", (1.0, 4.0)) == [(1.0, 4.0), (2.0, 4.0), (1.0, 2.0)]  # a corner
 
 
 def test_held_back_windows_are_disjoint_from_the_scoring_windows(tiny):
     _, tokenizer, mix = tiny
     scoring = mix.sample(tokenizer, 8, 32, seed=0).input_ids
     held = holdout_windows(mix, tokenizer, 8, 32, seed=0)
-    assert held.shape == (4, 32)
+    assert held.shape == (16, 32)  # at least 16, whatever the scoring draw
     assert not {tuple(r.tolist()) for r in held} & {tuple(r.tolist()) for r in scoring}
     assert torch.equal(held, holdout_windows(mix, tokenizer, 8, 32, seed=0))  # deterministic
 
 
-def test_auto_picks_the_candidate_with_the_lowest_held_back_loss(tiny):
+@pytest.mark.parametrize("evidence", [0.0, AUTO_EVIDENCE, float("inf")])
+def test_auto_moves_to_a_neighbour_only_on_clear_held_back_evidence(tiny, monkeypatch, evidence):
     model, tokenizer, mix = tiny
+    monkeypatch.setattr(priors, "AUTO_EVIDENCE", evidence)  # 0: the lowest loss wins; inf: never move
+    # Started from a corner whose neighbour is measurably better on this model (from gisp's own 4 / 2 it stays).
+    monkeypatch.setattr(pruner_module, "start_priors", lambda config: (8.0, 0.0))
     pruner = Pruner(model, tokenizer, mix, PruneConfig(target_sparsity=(0.3,), method="gisp", steps=1,
                                                       attention_weight="auto", layer_balance="auto", **{
                                                           k: v for k, v in FAST.items() if k != "show_progress"}),
                     show_progress=False)
+    assert len(pruner.holdout) == 16  # at least 16 held back, whatever the scoring draw
     geometry = ModelGeometry.of(model)
     log = pruner.step()
     chosen = log.priors
-    # Independently: every candidate's plan from the same scores, sliced, its loss on the held-back windows.
+    # Independently: each neighbour's plan from the same scores, sliced, its loss on every held-back window.
     scores = pruner.criterion(model, pruner.batches, pruner.objective, show_progress=False)
     budget = int(round(0.3 * pruner.base_params))
     losses = {}
-    for weight, balance in candidates("auto", "auto"):
+    for weight, balance in candidates("auto", "auto", (8.0, 0.0)):
         constraints = dataclasses.replace(pruner.constraints, attention_weight=weight, layer_balance=balance)
         plan = allocate(scores, geometry, budget, allocation="global", normalization=pruner.config.normalization,
                         constraints=constraints, tolerance=int(0.002 * pruner.base_params))
-        losses[(weight, balance)] = _loss(apply_plan(model, plan), pruner.holdout)
-    assert len(set(round(v, 6) for v in losses.values())) > 1  # the candidates differ on this model
-    best = min(losses.values())
-    assert chosen["loss"] == pytest.approx(best, rel=1e-4)
-    assert losses[(chosen["attention_weight"], chosen["layer_balance"])] == pytest.approx(best, rel=1e-4)
+        losses[(weight, balance)] = _per_window(apply_plan(model, plan), pruner.holdout)
+    assert len(set(round(float(v.mean()), 6) for v in losses.values())) > 1  # the candidates differ on this model
+    expected = _expected(losses, (8.0, 0.0), evidence)
+    if evidence == 0.0:
+        assert expected == min(losses, key=lambda k: float(losses[k].mean()))
+    if evidence == float("inf"):
+        assert expected == (8.0, 0.0)
+    assert float(losses[(chosen["attention_weight"], chosen["layer_balance"])].mean()) == pytest.approx(
+        float(losses[expected].mean()), rel=1e-4)  # the expected plan (or one equal to it) was chosen
+    assert chosen["loss"] == pytest.approx(float(losses[expected].mean()), rel=1e-4)
+    assert chosen["moved"] == (float(losses[expected].mean()) != pytest.approx(float(losses[8.0, 0.0].mean())))
+    assert chosen["moved"] == (evidence != float("inf"))  # on this model the evidence is clear enough
     assert pruner.result().plans[0.3].metadata["priors"] == [
         {"attention_weight": chosen["attention_weight"], "layer_balance": chosen["layer_balance"]}]
 
 
-def test_with_compensation_auto_judges_each_candidate_after_its_refit(tiny):
+def test_with_compensation_auto_judges_each_candidate_after_its_refit(tiny, monkeypatch):
     model, tokenizer, mix = tiny
+    monkeypatch.setattr(priors, "AUTO_EVIDENCE", 0.0)  # the lowest loss wins: what is judged decides
     fast = {**FAST, "compensation": "lsq", "compensation_samples": 8, "compensation_damping": 0.01}
     pruner = Pruner(model, tokenizer, mix, PruneConfig(target_sparsity=(0.2, 0.4), method="gisp", steps=2,
                                                       layer_balance="auto", **{
@@ -103,7 +135,9 @@ def test_with_compensation_auto_judges_each_candidate_after_its_refit(tiny):
     scores = pruner.criterion(current, pruner.batches, pruner.objective, show_progress=False)
     budget = int(round(0.4 * pruner.base_params)) - (pruner.base_params - geometry.total_params())
     losses = {}
-    for weight, balance in candidates(pruner.config.attention_weight, "auto"):
+    around = (first.priors["attention_weight"], first.priors["layer_balance"])
+    assert (log.priors["from"]["attention_weight"], log.priors["from"]["layer_balance"]) == around
+    for weight, balance in candidates(pruner.config.attention_weight, "auto", around):
         constraints = dataclasses.replace(pruner.constraints, attention_weight=weight, layer_balance=balance)
         plan = allocate(scores, geometry, budget, allocation="global", normalization=pruner.config.normalization,
                         constraints=constraints, tolerance=int(0.002 * pruner.base_params)).explicit(geometry.shapes)
@@ -119,14 +153,26 @@ def test_with_compensation_auto_judges_each_candidate_after_its_refit(tiny):
     assert losses[log.priors["layer_balance"]] == pytest.approx(min(losses.values()), rel=1e-4)
 
 
-def test_auto_with_a_fixed_prior_only_varies_the_other(tiny):
+def test_auto_with_a_fixed_prior_only_varies_the_other_one_step_a_round(tiny, monkeypatch):
     model, tokenizer, mix = tiny
-    result = prune(model, tokenizer, mix, (0.2, 0.4), method="gisp", steps=2, attention_weight=2.0,
-                   layer_balance="auto", **FAST)
+    monkeypatch.setattr(priors, "AUTO_EVIDENCE", 0.0)  # move whenever a neighbour is better: steps happen
+    config = PruneConfig(target_sparsity=(0.2, 0.4), method="gisp", steps=3, attention_weight=2.0,
+                         layer_balance="auto", **{k: v for k, v in FAST.items() if k != "show_progress"})
+    result = prune(model, tokenizer, mix, config=config, show_progress=False)
+    at = 2.0  # gisp's own layer_balance
     for entry in result.log:
         assert {c["attention_weight"] for c in entry.priors["candidates"]} == {2.0}
-        assert entry.priors["layer_balance"] in AUTO_LAYER_BALANCES
+        assert entry.priors["from"]["layer_balance"] == at
+        step = AUTO_LAYER_BALANCES.index(entry.priors["layer_balance"]) - AUTO_LAYER_BALANCES.index(at)
+        assert abs(step) <= 1
+        at = entry.priors["layer_balance"]
     assert abs(result.sparsity[0.4] - 0.4) < 0.01
+    # A resumed run continues from the last round's choice, not from the method's priors.
+    pruner = Pruner(model, tokenizer, mix, config, show_progress=False)
+    pruner.step()
+    resumed = Pruner(model, tokenizer, mix, config, show_progress=False)
+    resumed.load_state_dict(pruner.state_dict())
+    assert resumed.priors_at == (2.0, pruner.log[0].priors["layer_balance"])
 
 
 def test_auto_needs_a_calibration_mix_and_no_fsdp(tiny, monkeypatch):
@@ -142,13 +188,13 @@ def test_auto_needs_a_calibration_mix_and_no_fsdp(tiny, monkeypatch):
 
 
 def test_auto_with_compensation_is_refused_when_its_statistics_would_not_fit(tiny, monkeypatch):
-    from hf_prune.engine import priors
     from hf_prune.engine.compensation import DenseStatistics
 
     model, tokenizer, mix = tiny
     expected = 4 * sum(layer.self_attn.o_proj.in_features ** 2 + layer.mlp.down_proj.in_features ** 2
                        for layer in model.model.layers)
-    assert DenseStatistics.nbytes(model) == expected
+    assert DenseStatistics.nbytes(model) == {torch.device("cpu"): expected}
+    assert DenseStatistics.nbytes(copy.deepcopy(model).double()) == {torch.device("cpu"): 2 * expected}  # fp64
     monkeypatch.setattr(priors, "available_bytes", lambda device: 2 * expected - 1)  # half is just too little
     with pytest.raises(PruningError, match="GiB of refit statistics"):
         prune(model, tokenizer, mix, 0.2, layer_balance="auto", **{**FAST, "compensation": "lsq"})

@@ -337,9 +337,14 @@ class DenseStatistics:
     """
 
     @staticmethod
-    def nbytes(model) -> int:
-        """The memory the statistics of ``model`` take (before gathering them)."""
-        return 4 * sum(block.in_features ** 2 for block in _projections(model).values())
+    def nbytes(model) -> dict[torch.device, int]:
+        """The memory the statistics of ``model`` take on each device (each sits beside its layer), before
+        gathering them: fp32, or the projection's wider dtype."""
+        need: dict[torch.device, int] = {}
+        for block in _projections(model).values():
+            width = torch.promote_types(block.weight.dtype, torch.float32).itemsize
+            need[block.weight.device] = need.get(block.weight.device, 0) + width * block.in_features ** 2
+        return need
 
     @torch.no_grad()
     def __init__(self, model, data: CompensationData) -> None:

@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = ["Method", "METHODS", "CRITERIA", "ALLOCATIONS", "NORMALIZATIONS", "OBJECTIVES", "SCHEDULES", "COMPENSATIONS",
-           "COMPENSATION_TARGETS", "COMPENSATION_WHEN", "AUTO", "AUTO_ATTENTION_WEIGHTS", "AUTO_LAYER_BALANCES"]
+           "COMPENSATION_TARGETS", "COMPENSATION_WHEN", "AUTO", "AUTO_ATTENTION_WEIGHTS", "AUTO_LAYER_BALANCES",
+           "AUTO_EVIDENCE"]
 
 #: Importance criteria (:mod:`hf_prune.engine.importance`).
 CRITERIA = ("taylor", "activation-taylor", "fisher", "wanda-sp", "flap", "magnitude", "random")
@@ -26,10 +27,13 @@ COMPENSATIONS = ("lsq", "auto")
 COMPENSATION_TARGETS = ("sequential", "dense", "stream")
 COMPENSATION_WHEN = ("level", "round")
 #: ``attention_weight`` / ``layer_balance`` chosen per model, every round, by held-back calibration loss
-#: (:mod:`hf_prune.engine.priors`), among these values.
+#: (:mod:`hf_prune.engine.priors`), on this grid: from the method's values, one grid step a round at most.
 AUTO = "auto"
 AUTO_ATTENTION_WEIGHTS = (1.0, 2.0, 4.0, 8.0)
 AUTO_LAYER_BALANCES = (0.0, 1.0, 2.0, 4.0)
+#: A step is taken only when the neighbour's mean held-back loss is lower by more than this many paired standard
+#: errors (the usual two-sided 95% bound; fixed before any measurement, not tuned).
+AUTO_EVIDENCE = 2.0
 
 
 @dataclass(frozen=True)

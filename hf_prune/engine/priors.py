@@ -3,13 +3,16 @@
 The priors stand in for what first-order scores miss (a head costs more than its score says; removing many
 channels of one layer costs more than their sum). How much they should correct differs between models: on
 SmolLM2 ``layer_balance`` 2 is worse than 0 at 40-50%, on Qwen2.5-Coder-0.5B it is better. ``auto`` measures it
-instead of assuming it: every round, the plan of each candidate setting is applied to the current model and its
-*measured* loss on calibration windows held back from scoring decides (lowest wins). No evaluation data is used.
-With compensation the candidate is judged as it will be saved, after its refit (the pruner's ``slice_current``
-refits it: what is best before the refit is not what is best after it).
+instead of assuming it, with no evaluation data: it starts at the method's own priors and, every round, measures
+the plans of the current setting and of its neighbours on the grid (one step along each ``auto`` prior) on
+calibration windows held back from scoring. It moves to the best neighbour only when that one's held-back loss is
+lower by more than ``AUTO_EVIDENCE`` paired standard errors (per-window differences): a small or unlike held-back
+set then keeps the method's priors instead of following noise (the full-grid, lowest-loss form lost to the fixed
+priors on the offline demo, 6 windows held back). With compensation the candidate is judged as it will be saved,
+after its refit (the pruner's ``slice_current`` refits it: what is best before the refit is not what is best after).
 
-Cost per round: one forward pass over the held-back windows per distinct candidate plan (candidates that give
-the same plan share one measurement), plus with compensation a solve per layer and candidate; the round's log
+Cost per round: one forward pass over the held-back windows per distinct plan among at most five settings (the
+current one and up to four neighbours), plus with compensation a solve per layer and plan; the round's log
 records it (``StepLog.priors``).
 """
 
@@ -31,9 +34,10 @@ from .batches import is_mix, window_losses
 from .compensation import DenseStatistics
 from .distributed import all_reduce_floats, shard
 from .memory import available_bytes
-from .presets import AUTO, AUTO_ATTENTION_WEIGHTS, AUTO_LAYER_BALANCES
+from .presets import AUTO, AUTO_ATTENTION_WEIGHTS, AUTO_EVIDENCE, AUTO_LAYER_BALANCES, METHODS
 
-__all__ = ["is_auto", "check_memory", "candidates", "holdout_windows", "holdout_size", "choose_plan"]
+__all__ = ["is_auto", "check_memory", "start_priors", "candidates", "holdout_windows", "holdout_size",
+           "choose_plan"]
 
 
 def is_auto(config: Any) -> bool:
@@ -43,29 +47,52 @@ def is_auto(config: Any) -> bool:
 
 def check_memory(model) -> None:
     """Refuse judging candidates after the refit when its statistics (``DenseStatistics``) would take more than half
-    the memory available on the model's device (before gathering them).
+    the memory available on any device that holds layers (before gathering them).
 
     Raises:
-        PruningError: naming both sizes.
+        PruningError: naming both sizes and the device.
     """
-    need, device = DenseStatistics.nbytes(model), model.get_input_embeddings().weight.device
-    free = available_bytes(device)
-    if free is not None and need > free / 2:
-        raise PruningError(f"'auto' priors with compensation keep {need / 2**30:.1f} GiB of refit statistics, more than "
-                           f"half the {free / 2**30:.1f} GiB available on {device}: give attention_weight and "
-                           "layer_balance as numbers.")
+    for device, need in DenseStatistics.nbytes(model).items():
+        free = available_bytes(device)
+        if free is not None and need > free / 2:
+            raise PruningError(f"'auto' priors with compensation keep {need / 2**30:.1f} GiB of refit statistics on "
+                               f"{device}, more than half the {free / 2**30:.1f} GiB available there: give "
+                               "attention_weight and layer_balance as numbers.")
 
 
-def candidates(attention_weight: float | str, layer_balance: float | str) -> list[tuple[float, float]]:
-    """The ``(attention_weight, layer_balance)`` settings ``auto`` chooses from; a fixed value stays fixed."""
-    weights = AUTO_ATTENTION_WEIGHTS if attention_weight == AUTO else (float(attention_weight),)
-    balances = AUTO_LAYER_BALANCES if layer_balance == AUTO else (float(layer_balance),)
-    return list(itertools.product(weights, balances))
+def start_priors(config: Any) -> tuple[float, float]:
+    """Where ``auto`` starts: the method's own value of each ``auto`` prior (the nearest grid value), a fixed prior
+    as given."""
+    preset = METHODS[config.method]
+
+    def start(value: float | str, own: float, grid: Sequence[float]) -> float:
+        return min(grid, key=lambda g: abs(g - own)) if value == AUTO else float(value)
+
+    return (start(config.attention_weight, preset.attention_weight, AUTO_ATTENTION_WEIGHTS),
+            start(config.layer_balance, preset.layer_balance, AUTO_LAYER_BALANCES))
+
+
+def candidates(attention_weight: float | str, layer_balance: float | str,
+               around: tuple[float, float]) -> list[tuple[float, float]]:
+    """``around`` first, then the settings one grid step from it along each ``auto`` prior (a fixed one stays)."""
+    found = [around]
+    for axis, (value, grid) in enumerate(((attention_weight, AUTO_ATTENTION_WEIGHTS),
+                                          (layer_balance, AUTO_LAYER_BALANCES))):
+        if value != AUTO:
+            continue
+        at = grid.index(around[axis])
+        for step in (-1, 1):
+            if 0 <= at + step < len(grid):
+                moved = list(around)
+                moved[axis] = grid[at + step]
+                found.append((moved[0], moved[1]))
+    return found
 
 
 def holdout_size(num_samples: int) -> int:
-    """Windows held back for ``auto``: a quarter of the scoring windows, at least 4."""
-    return max(4, num_samples // 4)
+    """Windows held back for ``auto``: a quarter of the scoring windows, at least 16 (with fewer, a paired
+    standard error is itself too noisy to gate a move)."""
+    return max(16, num_samples // 4)
 
 
 def holdout_windows(calibration: Any, tokenizer: Any, num_samples: int, seq_len: int, seed: int) -> torch.Tensor:
@@ -90,13 +117,25 @@ def holdout_windows(calibration: Any, tokenizer: Any, num_samples: int, seq_len:
 
 
 @torch.no_grad()
-def _loss(model, windows: Sequence[torch.Tensor]) -> dict[str, float]:
-    """Summed per-window loss and window count of this rank's share (added up over ranks by the caller)."""
-    total, count = 0.0, 0
-    for ids in windows:
-        losses = window_losses(model, ids)
-        total, count = total + float(losses.sum()), count + losses.numel()
-    return {"sum": total, "count": float(count)}
+def _window_losses(model, batches: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Loss of each of this rank's held-back windows (fp32, on the CPU)."""
+    return torch.cat([window_losses(model, ids).float().cpu() for ids in batches])
+
+
+def _against(reference: torch.Tensor, losses: torch.Tensor) -> dict[str, float]:
+    """This rank's sums for a candidate's mean loss and its paired difference from the reference (ranks add them)."""
+    gain = reference - losses
+    return {"sum": float(losses.sum()), "count": float(losses.numel()), "gain": float(gain.sum()),
+            "gain_sq": float((gain * gain).sum())}
+
+
+def _standard_error(total: dict[str, float]) -> float:
+    """Standard error of the mean paired gain (infinite with fewer than two windows: no evidence)."""
+    n = total["count"]
+    if n < 2:
+        return float("inf")
+    mean = total["gain"] / n
+    return max(total["gain_sq"] / n - mean * mean, 0.0) ** 0.5 * (n / (n - 1)) ** 0.5 / n ** 0.5
 
 
 def choose_plan(
@@ -106,31 +145,46 @@ def choose_plan(
     slice_current: Callable[[PruningPlan], Any],
     windows: torch.Tensor,
     batch_size: int,
+    around: tuple[float, float],
 ) -> tuple[PruningPlan, dict[str, Any]]:
-    """The round's plan under the candidate priors with the lowest held-back loss, and what was measured.
+    """The round's plan under ``around`` (the current priors) or, on clear held-back evidence, under its best
+    neighbour; and what was measured.
 
     Args:
         allocate_with: the round's allocation under given constraints (a plan of the current model).
         constraints: the run's constraints; each candidate replaces their two priors.
         slice_current: the model a plan of the current model gives (sliced; with compensation also refit).
         windows: held-back ``[H, seq_len]`` token ids (on the model's input device).
+        around: the priors chosen last round (the method's in the first).
     """
     t0 = time.perf_counter()
     plans: dict[str, tuple[tuple[float, float], PruningPlan]] = {}  # plan text -> first priors giving it, plan
     keys = []
-    for weight, balance in candidates(config.attention_weight, config.layer_balance):
+    for weight, balance in candidates(config.attention_weight, config.layer_balance, around):
         plan = allocate_with(dataclasses.replace(constraints, attention_weight=weight, layer_balance=balance))
         keys.append(((weight, balance), json.dumps(plan.to_dict(), sort_keys=True)))
         plans.setdefault(keys[-1][1], ((weight, balance), plan))
-    losses: dict[str, float | None] = dict.fromkeys(plans)
+    stay = keys[0][1]
+    totals: dict[str, dict[str, float]] = {}
     if len(plans) > 1:  # one distinct plan: nothing to choose, nothing measured
         batches = shard([windows[i:i + batch_size] for i in range(0, len(windows), batch_size)])
+        reference = _window_losses(slice_current(plans[stay][1]), batches)
         for key, (_, plan) in plans.items():
-            total = all_reduce_floats(_loss(slice_current(plan), batches))  # every rank gets the same loss
-            losses[key] = total["sum"] / max(total["count"], 1.0)
+            losses = reference if key == stay else _window_losses(slice_current(plan), batches)
+            totals[key] = all_reduce_floats(_against(reference, losses))  # every rank gets the same sums
+
+    def loss(key: str) -> float | None:
+        return totals[key]["sum"] / max(totals[key]["count"], 1.0) if key in totals else None
+
     # min() keeps the first of equal losses: the choice is deterministic.
-    best = min(plans, key=lambda k: losses[k] or 0.0)
-    (weight, balance), plan = plans[best]
-    return plan, {"attention_weight": weight, "layer_balance": balance, "loss": losses[best],
-                  "plans_measured": len(plans) if len(plans) > 1 else 0, "seconds": time.perf_counter() - t0,
-                  "candidates": [{"attention_weight": w, "layer_balance": b, "loss": losses[k]} for (w, b), k in keys]}
+    best = min(plans, key=lambda k: loss(k) or 0.0)
+    gain = totals[best]["gain"] / max(totals[best]["count"], 1.0) if totals else 0.0
+    error = _standard_error(totals[best]) if totals else float("inf")
+    chosen = best if best != stay and gain > AUTO_EVIDENCE * error else stay
+    (weight, balance), plan = plans[chosen]
+    return plan, {"attention_weight": weight, "layer_balance": balance, "loss": loss(chosen),
+                  "from": {"attention_weight": around[0], "layer_balance": around[1]},
+                  # the best candidate's mean held-back gain over staying, and its paired standard error
+                  "gain": gain, "standard_error": error if error != float("inf") else None, "moved": chosen != stay,
+                  "plans_measured": len(totals), "seconds": time.perf_counter() - t0,
+                  "candidates": [{"attention_weight": w, "layer_balance": b, "loss": loss(k)} for (w, b), k in keys]}

@@ -36,7 +36,7 @@ from .fsdp import check_config as check_fsdp
 from .fsdp import shard_model
 from .importance import get_importance
 from .objectives import get_objective
-from .priors import check_memory, choose_plan, holdout_windows, is_auto
+from .priors import check_memory, choose_plan, holdout_windows, is_auto, start_priors
 from .schedule import check_schedule, get_schedule
 from .structures import LayerScores, ModelGeometry, kv_cache_per_token
 
@@ -243,6 +243,7 @@ class Pruner:
         self.compensation_data = self._compensation_data(geometry) if c.compensation else None
         self.holdout = (holdout_windows(calibration, tokenizer, c.num_samples, c.seq_len, c.seed).to(self.device)
                         if is_auto(c) else None)
+        self.priors_at = start_priors(c) if is_auto(c) else None  # "auto": where the next round's choice starts
         self.key = hashlib.sha256(json.dumps(
             {"config": c.fingerprint(), "schedule": self.schedule, "base_params": self.base_params,
              "calibration": describe_calibration(calibration)}, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -360,7 +361,9 @@ class Pruner:
 
         if self.holdout is None:
             return allocate_with(self.constraints), None
-        plan, priors = choose_plan(allocate_with, self.constraints, c, self._judged, self.holdout, c.batch_size)
+        plan, priors = choose_plan(allocate_with, self.constraints, c, self._judged, self.holdout, c.batch_size,
+                                   self.priors_at)
+        self.priors_at = (priors["attention_weight"], priors["layer_balance"])
         return plan, {**priors, "judged_after_refit": bool(c.compensation)}
 
     def _judged(self, plan: PruningPlan):
@@ -394,6 +397,9 @@ class Pruner:
         self.log = [StepLog(**entry) for entry in state["log"]]
         self.next_step = state["next_step"]
         self.scores = _scores_from_json(state.get("scores"))
+        chosen = [entry.priors for entry in self.log if entry.priors]
+        if chosen:  # "auto" continues from the last round's choice
+            self.priors_at = (chosen[-1]["attention_weight"], chosen[-1]["layer_balance"])
         if not self.next_step:
             self.current = self.model
         elif self.config.compensation and self.config.compensation_when == "round":
