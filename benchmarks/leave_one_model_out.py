@@ -30,10 +30,10 @@ GRIDS: dict[str, dict[str, dict[str, str]]] = {
         "attention 4, balance 4": {"smollm2": "gisp:layer_balance=4", "qwen": "gisp:layer_balance=4"},
         "attention 2, balance 0": {"smollm2": "gisp:attention_weight=2:layer_balance=0"},
         "attention 1, balance 0": {"smollm2": "gisp:attention_weight=1:layer_balance=0"},
-        "auto": {"smollm2": "gisp:attention_weight=auto:layer_balance=auto:compensation=none",
-                 "qwen": "gisp:attention_weight=auto:layer_balance=auto:compensation=none"},
-        "attention 4, balance auto": {"smollm2": "gisp:layer_balance=auto:compensation=none",
-                                      "qwen": "gisp:layer_balance=auto:compensation=none"},
+        "auto, full grid": {"smollm2": "gisp:attention_weight=auto:layer_balance=auto:compensation=none",
+                            "qwen": "gisp:attention_weight=auto:layer_balance=auto:compensation=none"},
+        "attention 4, balance auto, full grid": {"smollm2": "gisp:layer_balance=auto:compensation=none",
+                                                 "qwen": "gisp:layer_balance=auto:compensation=none"},
     },
     "priors, with compensation (lsq, damping 1e-4)": {
         "attention 4, balance 0": {"smollm2": f"{_D}:layer_balance=0", "qwen": f"{_D}:layer_balance=0"},
@@ -44,12 +44,17 @@ GRIDS: dict[str, dict[str, dict[str, str]]] = {
                                    "qwen": f"{_D}:attention_weight=2:layer_balance=0"},
         "attention 2, balance 2": {"smollm2": f"{_D}:attention_weight=2", "qwen": f"{_D}:attention_weight=2"},
         "attention 8, balance 2": {"smollm2": f"{_D}:attention_weight=8", "qwen": f"{_D}:attention_weight=8"},
-        "auto": {"smollm2": f"{_D}:attention_weight=auto:layer_balance=auto",
-                 "qwen": f"{_D}:attention_weight=auto:layer_balance=auto"},
-        "attention 4, balance auto": {"smollm2": f"{_D}:layer_balance=auto", "qwen": f"{_D}:layer_balance=auto"},
-        # The first auto rows judged each candidate before its refit (superseded; kept for the comparison).
-        "auto, judged before the refit": {"smollm2": "gisp:attention_weight=auto:layer_balance=auto"},
-        "attention 4, balance auto, judged before the refit": {"smollm2": "gisp:layer_balance=auto"},
+        # auto as shipped: from the method's priors, one grid step a round on 2 paired standard errors.
+        "auto": {"smollm2": "gisp:compensation_when=level:attention_weight=auto:layer_balance=auto",
+                 "qwen": "gisp:compensation_when=level:attention_weight=auto:layer_balance=auto"},
+        # Earlier forms of auto (superseded; kept for the comparison): every grid setting each round, lowest
+        # held-back loss taken without a noise bound; the first of them judged each candidate before its refit.
+        "auto, full grid": {"smollm2": f"{_D}:attention_weight=auto:layer_balance=auto",
+                            "qwen": f"{_D}:attention_weight=auto:layer_balance=auto"},
+        "attention 4, balance auto, full grid": {"smollm2": f"{_D}:layer_balance=auto",
+                                                 "qwen": f"{_D}:layer_balance=auto"},
+        "auto, full grid, judged before the refit": {"smollm2": "gisp:attention_weight=auto:layer_balance=auto"},
+        "attention 4, balance auto, full grid, judged before the refit": {"smollm2": "gisp:layer_balance=auto"},
     },
 }
 DEFAULT = "attention 4, balance 2 (gisp)"

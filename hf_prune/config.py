@@ -91,17 +91,17 @@ class PruneConfig(Options):
                                       "(targets, steps) -> sparsities)")
     attention_weight: float | str | None = _option(
         None, "global allocation multiplies attention units' scores by this (> 1: heads are harder to remove; gisp: 4); "
-              f"auto: chosen every round from {', '.join(f'{v:g}' for v in AUTO_ATTENTION_WEIGHTS)} by the loss "
-              "on held-back calibration windows")
+              f"auto: chosen per model on the grid {', '.join(f'{v:g}' for v in AUTO_ATTENTION_WEIGHTS)}, from the "
+              "method's value, one step a round when held-back calibration loss clearly prefers it")
     layer_balance: float | str | None = _option(
         None, "global allocation prices an MLP unit up by 1 + B * (fraction of its layer already removed) "
-              f"(gisp: 2; 0 ranks at face value); auto: chosen every round from "
+              f"(gisp: 2; 0 ranks at face value); auto: chosen on the grid "
               f"{', '.join(f'{v:g}' for v in AUTO_LAYER_BALANCES)} as attention_weight is")
     objective: Any = _option("lm", "what the scores protect: lm (next-token loss), margin (multiple choice), or a "
                                    "callable (model, batch) -> loss", cli=False)
     # ---- calibration sampling ----
-    num_samples: int = _option(128, "calibration windows drawn from the mix")
-    seq_len: int = _option(256, "tokens per calibration window")
+    num_samples: int = _option(32, "calibration windows drawn from the mix (32 x 512: the calibration budget study)")
+    seq_len: int = _option(512, "tokens per calibration window")
     batch_size: int = _option(4, "calibration windows per forward/backward pass (does not change the scores)")
     seed: int = _option(0, "seed of the calibration draw (and of random scores)")
     resample_each_step: bool = _option(False, "draw fresh calibration windows (seed + round) every round")
