@@ -52,6 +52,7 @@ def child(args) -> dict:
     import transformers  # noqa: F401
 
     import hf_prune
+    from hf_prune.compat import enable_activation_checkpointing
     from hf_prune.engine.batches import LossRecorder
     from hf_prune.engine.importance import TaylorImportance
     from hf_prune.engine.objectives import lm_loss
@@ -73,7 +74,7 @@ def child(args) -> dict:
         planned = plan.stage_total("compensation")
     else:
         if args.gradient_checkpointing:
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            enable_activation_checkpointing(model)
         TaylorImportance()(model, data, LossRecorder(lm_loss), show_progress=False)
         planned = plan.stage_total("scoring, round 1")
     weights = sum(p.numel() * p.element_size() for p in model.parameters())

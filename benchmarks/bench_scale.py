@@ -116,12 +116,13 @@ def _reset(devices: list[str]) -> None:
 
 
 def scoring_round(model, batches, devices, gradient_checkpointing: bool) -> tuple[float, dict]:
+    from hf_prune.compat import disable_activation_checkpointing, enable_activation_checkpointing
     from hf_prune.engine.batches import LossRecorder
     from hf_prune.engine.importance import TaylorImportance
     from hf_prune.engine.objectives import lm_loss
 
     if gradient_checkpointing:
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(model)
     _reset(devices)
     _sync(devices)
     t0 = time.perf_counter()
@@ -129,7 +130,7 @@ def scoring_round(model, batches, devices, gradient_checkpointing: bool) -> tupl
     _sync(devices)
     seconds = time.perf_counter() - t0
     if gradient_checkpointing:
-        model.activation_checkpointing_disable()
+        disable_activation_checkpointing(model)
     assert all(torch.isfinite(s.mlp_channels).all() and torch.isfinite(s.query_heads).all() for s in scores)
     return seconds, _peaks(devices)
 

@@ -1,7 +1,8 @@
 # Copyright 2026 The hf-prune developers. Licensed under the Apache License, Version 2.0.
 #
-# This file ships inside every pruned checkpoint (remote code): it may import only the standard library,
-# torch, transformers and its sibling files.
+# This file ships inside every pruned checkpoint (remote code): it may import only the standard library, torch,
+# transformers (and huggingface_hub, which transformers installs) and its sibling files. Every transformers name it
+# uses is listed in docs/compatibility.md (a test keeps the list complete).
 """Configuration of a structurally pruned Qwen2 model: every decoder layer has its own sizes."""
 
 import re
@@ -15,21 +16,22 @@ PRUNED_QWEN2_FORMAT_VERSION = 1
 """Version of the checkpoint format written by this file. Bump it when the meaning of a field changes."""
 
 #: transformers versions this file works with, ``[lowest, first unsupported)``. It runs against whatever the
-#: user has installed, long after it was written, so it is guarded: below 5.23 there is no ``per_layer_config``;
-#: a new major version may change the Qwen2 classes it builds on. Tested on 5.23 and the newest 5.x release.
-SUPPORTED_TRANSFORMERS = ((5, 23), (6, 0))
-SUPPORTED_TRANSFORMERS_SPEC = ">=5.23,<6"
+#: user has installed, long after it was written, so it is guarded: before 5.16.1 there is no ``per_layer_config``;
+#: a new major version may change the Qwen2 classes it builds on. CI tests the lowest, the newest 5.22.x, the newest
+#: release and any newer pre-release.
+SUPPORTED_TRANSFORMERS = ((5, 16, 1), (6, 0, 0))
+SUPPORTED_TRANSFORMERS_SPEC = ">=5.16.1,<6"
 
 
 def check_transformers_version(version: str = transformers.__version__) -> None:
     """Raise ``ImportError`` unless ``version`` is in :data:`SUPPORTED_TRANSFORMERS`."""
-    match = re.match(r"(\d+)\.(\d+)", version)
+    match = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", version)
     lowest, first_unsupported = SUPPORTED_TRANSFORMERS
-    if match is None or not lowest <= (int(match[1]), int(match[2])) < first_unsupported:
+    found = None if match is None else (int(match[1]), int(match[2]), int(match[3] or 0))
+    if found is None or not lowest <= found < first_unsupported:
         raise ImportError(
-            f"pruned_qwen2 / pruned_qwen3 checkpoints need transformers {SUPPORTED_TRANSFORMERS_SPEC} (tested on 5.23 "
-            f"and the newest 5.x release); transformers {version} is installed. "
-            f"Run: pip install 'transformers{SUPPORTED_TRANSFORMERS_SPEC}'"
+            f"pruned_qwen2 / pruned_qwen3 checkpoints need transformers {SUPPORTED_TRANSFORMERS_SPEC}; transformers "
+            f"{version} is installed. Run: pip install 'transformers{SUPPORTED_TRANSFORMERS_SPEC}'"
         )
 
 

@@ -1,20 +1,25 @@
 # Copyright 2026 The hf-prune developers. Licensed under the Apache License, Version 2.0.
 #
-# This file ships inside every pruned checkpoint (remote code): it may import only the standard library,
-# torch, transformers and its sibling files.
+# This file ships inside every pruned checkpoint (remote code): it may import only the standard library, torch,
+# transformers (and huggingface_hub / safetensors, which transformers installs) and its sibling files. Every
+# transformers name it uses is listed in docs/compatibility.md (a test keeps the list complete).
 """Qwen2 with per-layer sizes: each decoder layer is built from its own resolved config.
 
-Everything but the layer construction is transformers' Qwen2: attention, MLP, norms, RoPE, masks, the
-forward passes and generation are inherited, so a pruned model behaves like the model it was cut from.
-"""
+Attention, MLP, norms and RoPE are transformers' Qwen2 modules, and the causal-LM head and generation are inherited,
+so a pruned model behaves like the model it was cut from. The decoder stack's forward is this file's own short loop
+(as transformers' own modeling files are self-contained): it depends only on the documented `Cache` API and masking
+utilities, not on how the installed version's `Qwen2Model.forward` handles a layer without attention.
 
-import inspect
+Layers without attention hold no KV cache. Each attention module's `layer_idx` is its rank among the layers that
+have attention, so the cache holds exactly those layers, in order: whatever reads the cache's layer 0 (its length,
+mask sizes, generation's bookkeeping) reads a layer that has attention.
+"""
 
 import torch
 from torch import nn
-from transformers.cache_utils import Cache, DummyLayer, DynamicCache
-from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_utils import PreTrainedModel
+from transformers import Cache, DynamicCache, GradientCheckpointingLayer, PreTrainedModel
+from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+from transformers.modeling_outputs import BaseModelOutputWithPast
 from transformers.models.qwen2.modeling_qwen2 import (
     Qwen2Attention,
     Qwen2ForCausalLM,
@@ -26,11 +31,6 @@ from transformers.models.qwen2.modeling_qwen2 import (
 )
 
 from .configuration_pruned_qwen2 import PrunedQwen2Config
-
-# transformers 5.24 renamed the cache argument of the Qwen2 forward passes from `past_key_values` to `cache` (the old
-# name warns until it is removed in 5.40). The cache is passed on under the name the installed version takes.
-CACHE_ARGUMENT = "cache" if "cache" in inspect.signature(Qwen2Model.forward).parameters else "past_key_values"
-_CACHE_NAMES = ("cache", "past_key_values")
 
 
 class PrunedQwen2DecoderLayer(GradientCheckpointingLayer):
@@ -67,36 +67,36 @@ class PrunedQwen2DecoderLayer(GradientCheckpointingLayer):
     def forward(
         self,
         hidden_states: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.LongTensor | None = None,
-        use_cache: bool | None = False,
         position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        attention_mask: torch.Tensor | None = None,
+        cache: Cache | None = None,
         **kwargs,
-    ) -> torch.Tensor:
-        # The cache is in `kwargs` under the installed transformers' name and reaches the attention unchanged.
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(hidden_states, attention weights)``; the weights are ``None`` without attention or from fused kernels."""
+        weights = None
         if self.self_attn is not None:
-            residual = hidden_states
-            hidden_states, _ = self.self_attn(
-                hidden_states=self.input_layernorm(hidden_states),
-                attention_mask=attention_mask,
-                position_ids=position_ids,
-                use_cache=use_cache,
-                position_embeddings=position_embeddings,
-                **kwargs,
+            # Positional: the cache parameter is named `past_key_values` before transformers 5.24 and `cache` after.
+            attn_out, weights = self.self_attn(
+                self.input_layernorm(hidden_states), position_embeddings, attention_mask, cache, **kwargs
             )
-            hidden_states = residual + hidden_states
+            hidden_states = hidden_states + attn_out
         if self.mlp is not None:
             hidden_states = hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
-        return hidden_states
+        return hidden_states, weights
 
 
 class PrunedPreTrainedMixin:
-    """``from_pretrained`` that names the layers whose weights disagree with config.json (shared by Qwen2 and Qwen3)."""
+    """``from_pretrained`` that refuses weights which disagree with config.json (shared by Qwen2 and Qwen3).
+
+    A tensor of the wrong shape, or one the per-layer sizes need but the checkpoint lacks (transformers would initialise
+    it at random and only log it), is named in a ``ValueError``.
+    """
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, output_loading_info: bool = False, **kwargs):
         try:
-            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+            model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True,
+                                                  **kwargs)
         except (RuntimeError, ValueError) as err:
             # transformers reports tensors whose shape disagrees with the config in a log table and a generic error;
             # for a pruned checkpoint that means config.json's per-layer sizes and the weights disagree: name them.
@@ -108,41 +108,55 @@ class PrunedPreTrainedMixin:
                 + "; ".join(mismatches)
                 + ". Re-export the checkpoint with hf-prune instead of editing config.json by hand."
             ) from err
+        missing = sorted(info.get("missing_keys") or ())
+        if missing:
+            shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            raise ValueError(
+                f"This checkpoint lacks {len(missing)} weight tensor(s) that the per-layer sizes in its config.json "
+                f"need: {shown}. The checkpoint is incomplete (a missing shard, or an edited index): download or "
+                "re-export it."
+            )
+        return (model, info) if output_loading_info else model
 
 
 class PrunedQwen2PreTrainedModel(PrunedPreTrainedMixin, Qwen2PreTrainedModel):
     config: PrunedQwen2Config
     config_class = PrunedQwen2Config
     _no_split_modules = ["PrunedQwen2DecoderLayer"]
-    _can_record_outputs = {
-        "hidden_states": PrunedQwen2DecoderLayer,
-        "attentions": Qwen2Attention,
-    }
+    # Hidden states and attention weights are collected by the model's own forward loop, not by output hooks.
+    _can_record_outputs = None
+
+
+def _checkpoint_file(path, name: str, kwargs) -> str | None:
+    """``name`` in a local checkpoint folder or, for a Hub id, in the local Hub cache (no download); else ``None``."""
+    import os
+
+    from huggingface_hub import try_to_load_from_cache
+
+    subfolder = kwargs.get("subfolder") or ""
+    if os.path.isdir(path):
+        found = os.path.join(path, subfolder, name)
+        return found if os.path.isfile(found) else None
+    found = try_to_load_from_cache(str(path), os.path.join(subfolder, name) if subfolder else name,
+                                   cache_dir=kwargs.get("cache_dir"), revision=kwargs.get("revision"))
+    return found if isinstance(found, str) else None
 
 
 def _checkpoint_shapes(path, kwargs) -> dict[str, list[int]]:
     """Tensor shapes from the safetensors headers of a checkpoint (local folder or Hub cache); no weights read."""
+    import json
     import os
 
     from safetensors import safe_open  # a dependency of transformers itself
-    from transformers.utils import cached_file
 
-    hub = {k: kwargs[k] for k in ("revision", "token", "cache_dir", "subfolder") if kwargs.get(k) is not None}
     files = []
-    for name in ("model.safetensors.index.json", "model.safetensors"):
-        found = cached_file(path, name, _raise_exceptions_for_missing_entries=False,
-                            _raise_exceptions_for_connection_errors=False, **hub)
-        if found is None:
-            continue
-        if name.endswith(".json"):
-            import json
-
-            with open(found, encoding="utf-8") as f:
-                shards = sorted(set(json.load(f)["weight_map"].values()))
-            files = [os.path.join(os.path.dirname(found), shard) for shard in shards]
-        else:
-            files = [found]
-        break
+    index = _checkpoint_file(path, "model.safetensors.index.json", kwargs)
+    if index is not None:
+        with open(index, encoding="utf-8") as f:
+            shards = sorted(set(json.load(f)["weight_map"].values()))
+        files = [os.path.join(os.path.dirname(index), shard) for shard in shards]
+    elif (single := _checkpoint_file(path, "model.safetensors", kwargs)) is not None:
+        files = [single]
     shapes = {}
     for file in files:
         if os.path.isfile(file):
@@ -187,8 +201,8 @@ def _complete_auto_map(config: PrunedQwen2Config) -> None:
 class PerLayerModelMixin:
     """The decoder stack built layer by layer from each layer's own sizes (shared by Qwen2 and Qwen3).
 
-    Mixed in before the stock model class (``Qwen2Model`` / ``Qwen3Model``), whose forward pass it keeps; a
-    subclass names the stock modules it is built from.
+    Mixed in before the stock model class (``Qwen2Model`` / ``Qwen3Model``); its constructor and forward pass replace
+    the stock ones. A subclass names the stock modules it is built from.
     """
 
     decoder_layer_class: type[nn.Module]
@@ -213,33 +227,96 @@ class PerLayerModelMixin:
         # ambiguous (and raise) on a heterogeneous config. RoPE itself depends only on head_dim, shared by all.
         self.rotary_emb = self.rotary_class(config=config.per_layer_config[0])
         self.gradient_checkpointing = False
-        self.has_sliding_layers = "sliding_attention" in self.config.layer_types
-        self.attention_free_layers = [i for i, layer in enumerate(self.layers) if layer.self_attn is None]
+        self.has_sliding_layers = "sliding_attention" in config.layer_types
+        self._number_cache_layers(config)
 
         self.post_init()
 
-    def _prepare_cache(self, cache: Cache | None, use_cache: bool | None) -> Cache | None:
-        if use_cache and cache is None:
-            cache = DynamicCache(config=self.config)
-        if cache is not None and self.attention_free_layers:
-            mark_attention_free_layers(cache, self.attention_free_layers, self.config.num_hidden_layers)
-        return cache
+    def _number_cache_layers(self, config: PrunedQwen2Config) -> None:
+        # The cache holds the layers that have attention, in order (see the module docstring).
+        with_attention = [i for i, layer in enumerate(self.layers) if layer.self_attn is not None]
+        for rank, idx in enumerate(with_attention):
+            self.layers[idx].self_attn.layer_idx = rank
+        # A cache built from the config (as `generate()` builds one) gives cache layer `rank` the type of model layer
+        # `rank`; that is only right if removing attention sublayers leaves the sliding/full pattern in place.
+        types = list(config.layer_types)
+        if [types[i] for i in with_attention] != types[: len(with_attention)]:
+            raise ValueError(
+                "This pruned model removes whole attention sublayers from a model that mixes sliding-window and full "
+                "attention layers, which shifts the cache's layer types; such checkpoints are not supported."
+            )
 
-    def forward(self, input_ids=None, attention_mask=None, position_ids=None, cache=None, inputs_embeds=None,
-                use_cache=None, **kwargs):
-        # Either name is accepted (generate() and callers of any supported transformers version), one is passed on.
-        legacy = kwargs.pop("past_key_values", None)
-        cache = cache if cache is not None else legacy
-        use_cache = self.config.use_cache if use_cache is None else use_cache
-        kwargs[CACHE_ARGUMENT] = self._prepare_cache(cache, use_cache)
-        return super().forward(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            inputs_embeds=inputs_embeds,
-            use_cache=use_cache,
-            **kwargs,
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | dict | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        past_key_values: Cache | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast | tuple:
+        # Both names of the cache are accepted: callers written for any supported transformers version pass one.
+        cache = cache if cache is not None else past_key_values
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+        use_cache = self._option("use_cache", use_cache)
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            # The backward pass replays each layer, which would append to the cache a second time.
+            use_cache, cache = False, None
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        if use_cache and cache is None:
+            cache = DynamicCache()  # one layer per attention layer, created as they are written
+        if position_ids is None:
+            past = cache.get_seq_length() if cache is not None else 0
+            position_ids = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device).unsqueeze(0) + past
+        masks = attention_mask  # `generate()` may pass them ready, one per layer type
+        if not isinstance(masks, dict):
+            masks = self._causal_masks(inputs_embeds, attention_mask, cache, position_ids)
+
+        hidden_states = inputs_embeds
+        position_embeddings = self.rotary_emb(hidden_states, position_ids)
+        all_hidden = [] if self._option("output_hidden_states", output_hidden_states) else None
+        all_attentions = [] if self._option("output_attentions", output_attentions) else None
+        for layer, layer_type in zip(self.layers, self.config.layer_types):
+            if all_hidden is not None:
+                all_hidden.append(hidden_states)
+            hidden_states, weights = layer(
+                hidden_states, position_embeddings=position_embeddings, attention_mask=masks[layer_type],
+                cache=cache, position_ids=position_ids, **kwargs,
+            )
+            if all_attentions is not None and layer.self_attn is not None:
+                all_attentions.append(weights)
+        hidden_states = self.norm(hidden_states)
+        if all_hidden is not None:
+            all_hidden.append(hidden_states)  # as in transformers: the last entry is after the final norm
+
+        # Positional: the cache field is named `past_key_values` before transformers 5.24 and `cache` after.
+        out = BaseModelOutputWithPast(
+            hidden_states,
+            cache if use_cache else None,
+            tuple(all_hidden) if all_hidden is not None else None,
+            tuple(all_attentions) if all_attentions is not None else None,
         )
+        return out if self._option("return_dict", return_dict) else out.to_tuple()
+
+    def _option(self, name: str, value: bool | None) -> bool:
+        """``value``, or the config's default for it (``return_dict`` defaults to true)."""
+        return bool(getattr(self.config, name, name == "return_dict")) if value is None else value
+
+    def _causal_masks(self, inputs_embeds, attention_mask, cache, position_ids) -> dict:
+        """The attention mask of each layer type, from transformers' masking utilities."""
+        # Positional: the cache parameter is named `past_key_values` before transformers 5.24 and `cache` after.
+        args = (self.config, inputs_embeds, attention_mask, cache, position_ids)
+        masks = {"full_attention": create_causal_mask(*args)}
+        if self.has_sliding_layers:
+            masks["sliding_attention"] = create_sliding_window_causal_mask(*args)
+        return masks
 
 
 class PrunedQwen2Model(PrunedQwen2PreTrainedModel, PerLayerModelMixin, Qwen2Model):
@@ -248,25 +325,6 @@ class PrunedQwen2Model(PrunedQwen2PreTrainedModel, PerLayerModelMixin, Qwen2Mode
     decoder_layer_class = PrunedQwen2DecoderLayer
     norm_class = Qwen2RMSNorm
     rotary_class = Qwen2RotaryEmbedding
-
-
-def mark_attention_free_layers(cache: Cache, layer_indices: list[int], num_layers: int) -> None:
-    """Give attention-free layers a `DummyLayer` in `cache`.
-
-    Otherwise they keep an empty cache layer: if that is layer 0, `cache.get_seq_length()` stays 0 and cached
-    decoding computes wrong positions and masks (it diverges from uncached decoding on padded batches).
-    """
-    layers = getattr(cache, "layers", None)
-    if layers is None:  # e.g. an encoder-decoder cache: not produced for this decoder-only model
-        return
-    # A config-less DynamicCache creates its layers lazily on update: create them now so indices line up.
-    replicate = getattr(cache, "layer_class_to_replicate", None)
-    if replicate is not None:
-        while len(layers) < num_layers:
-            layers.append(replicate())
-    for idx in layer_indices:
-        if idx < len(layers) and not isinstance(layers[idx], DummyLayer):
-            layers[idx] = DummyLayer()
 
 
 class PerLayerCausalLMMixin:
@@ -297,5 +355,5 @@ PrunedQwen2Config.register_for_auto_class()
 PrunedQwen2Model.register_for_auto_class("AutoModel")
 PrunedQwen2ForCausalLM.register_for_auto_class("AutoModelForCausalLM")
 
-__all__ = ["CACHE_ARGUMENT", "PerLayerModelMixin", "PerLayerCausalLMMixin", "PrunedPreTrainedMixin",
+__all__ = ["PerLayerModelMixin", "PerLayerCausalLMMixin", "PrunedPreTrainedMixin",
            "PrunedQwen2PreTrainedModel", "PrunedQwen2Model", "PrunedQwen2ForCausalLM", "PrunedQwen2DecoderLayer"]

@@ -107,3 +107,25 @@ def stdlib_corpus(root: Path) -> dict[str, dict[str, Path]]:
 
     text = write_domains(root, local_domains())
     return {"calib": text.calibration, "eval": text.evaluation}
+
+
+@pytest.fixture
+def local_hub(monkeypatch, tmp_path):
+    """A local Hub-compatible server (tests/hub_server.py) for the real huggingface_hub client; token ``HUB_TOKEN``."""
+    import huggingface_hub.constants as hf_constants
+
+    try:  # rootdir on sys.path (tests/ as a package) or tests/ itself (pytest "prepend" import mode)
+        from tests.hub_server import LocalHub
+    except ImportError:  # pragma: no cover
+        from hub_server import LocalHub
+
+    monkeypatch.setattr(hf_constants, "HF_HUB_DISABLE_XET", True)  # the local server speaks basic LFS only
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)  # it is the network here
+    monkeypatch.delenv("HF_TOKEN", raising=False)  # no stored login or env token may stand in for the test token
+    monkeypatch.setattr(hf_constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+    with LocalHub(tokens={HUB_TOKEN: HUB_USER}) as server:
+        yield server
+
+
+HUB_TOKEN = "hf_TESTSECRETdoNotLeak0123456789"
+HUB_USER = "test-user"

@@ -68,15 +68,15 @@ def test_newer_format_version_is_refused():
         PrunedQwen2Config(**BASE, pruned_format_version=99)
 
 
-@pytest.mark.parametrize("version", ["5.22.2", "4.57.6", "6.0.0", "6.1.0.dev0", "garbage"])
+@pytest.mark.parametrize("version", ["5.16.0", "5.15.1", "4.57.6", "6.0.0", "6.1.0.dev0", "garbage"])
 def test_transformers_outside_the_supported_range_is_refused(version):
     from hf_prune.modeling.configuration_pruned_qwen2 import check_transformers_version
 
-    with pytest.raises(ImportError, match=r"need transformers >=5\.23,<6 .*transformers " + re.escape(version)):
+    with pytest.raises(ImportError, match=r"need transformers >=5\.16\.1,<6; transformers " + re.escape(version)):
         check_transformers_version(version)
 
 
-@pytest.mark.parametrize("version", ["5.23.0", "5.24.0", "5.40.1", "5.99.0rc1"])
+@pytest.mark.parametrize("version", ["5.16.1", "5.17", "5.22.2", "5.25.0", "5.40.1", "5.99.0rc1"])
 def test_transformers_in_the_supported_range_is_accepted(version):
     from hf_prune.modeling.configuration_pruned_qwen2 import check_transformers_version
 

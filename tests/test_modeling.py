@@ -8,6 +8,8 @@ from conftest import CACHE_KWARG, tiny_qwen2
 from transformers import DynamicCache
 
 from hf_prune import PruningPlan, apply_plan
+from hf_prune.compat import enable_activation_checkpointing
+from hf_prune.modeling import PrunedQwen2Config, PrunedQwen2ForCausalLM, PrunedQwen2Model
 
 # The modeling files ship in every checkpoint and run on the user's transformers: a deprecation is a failure.
 pytestmark = pytest.mark.filterwarnings("error::FutureWarning", "error::DeprecationWarning")
@@ -44,24 +46,66 @@ def uncached_greedy(model, ids, mask, steps):
     return ids
 
 
+# Where the attention-free layers sit (4 layers): the cache must not depend on which layer comes first.
+ATTENTION_FREE = {"first": [0], "middle": [1, 2], "last": [3], "all_but_one": [0, 1, 3]}
+
+
+def attention_free_plan(layers: list[int]) -> PruningPlan:
+    return PruningPlan.from_dict({"layers": [
+        {"query_heads": [] if i in layers else [0, 1, 4, 6], "mlp_channels": list(range(0, 96, 3))} for i in range(4)
+    ]})
+
+
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
-def test_cached_generate_equals_uncached_decoding(pruned, attn):
-    pruned.set_attn_implementation(attn)
+@pytest.mark.parametrize("where", ["plan", *ATTENTION_FREE])
+def test_cached_generate_equals_uncached_decoding(pruned, attn, where):
+    model = pruned if where == "plan" else apply_plan(tiny_qwen2(seed=3), attention_free_plan(ATTENTION_FREE[where]))
+    model.set_attn_implementation(attn)
     ids, mask = left_padded_batch()
-    generated = pruned.generate(input_ids=ids, attention_mask=mask, max_new_tokens=12, do_sample=False,
-                                pad_token_id=0, eos_token_id=None)
-    assert torch.equal(generated, uncached_greedy(pruned, ids, mask, 12))
+    generated = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=12, do_sample=False,
+                               pad_token_id=0, eos_token_id=None)
+    assert torch.equal(generated, uncached_greedy(model, ids, mask, 12))
 
 
-def test_cache_gives_attention_free_layers_a_dummy_layer(pruned):
+@pytest.mark.parametrize("where", list(ATTENTION_FREE))
+def test_continuing_from_a_cache_equals_the_uncached_forward(where):
+    # Prefill, then feed the next tokens with the cache and no positions: positions and masks come from the cache.
+    model = apply_plan(tiny_qwen2(seed=5), attention_free_plan(ATTENTION_FREE[where]))
     ids, mask = left_padded_batch()
-    for cache in (None, DynamicCache(), DynamicCache(config=pruned.config)):
-        out = pruned(input_ids=ids, attention_mask=mask, use_cache=True, **{CACHE_KWARG: cache})
+    more = torch.tensor([[7, 8, 9], [10, 11, 12]])
+    full_ids, full_mask = torch.cat([ids, more], 1), torch.cat([mask, torch.ones_like(more)], 1)
+    positions = (full_mask.cumsum(-1) - 1).masked_fill(full_mask == 0, 0)
+    with torch.no_grad():
+        reference = model(input_ids=full_ids, attention_mask=full_mask, position_ids=positions, use_cache=False).logits
+        first = model(input_ids=ids, attention_mask=mask, position_ids=positions[:, :7], use_cache=True)
+        cache = getattr(first, CACHE_KWARG)
+        # Unpadded rows need no positions: the cache's length gives them.
+        rest = model(input_ids=more[1:], attention_mask=full_mask[1:], **{CACHE_KWARG: _row(cache, 1)}).logits
+        padded = model(input_ids=more[:1], attention_mask=full_mask[:1], position_ids=positions[:1, 7:],
+                       **{CACHE_KWARG: _row(cache, 0)}).logits
+    torch.testing.assert_close(rest[0], reference[1, 7:], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(padded[0], reference[0, 7:], rtol=1e-4, atol=1e-5)
+
+
+def _row(cache: DynamicCache, row: int) -> DynamicCache:
+    """A one-row copy of a cache (the documented `batch_select_indices`)."""
+    import copy
+
+    single = copy.deepcopy(cache)
+    single.batch_select_indices(torch.tensor([row]))
+    return single
+
+
+def test_the_cache_holds_exactly_the_layers_with_attention(pruned):
+    # PLAN: layer 0 has no attention; layers 1, 2, 3 keep 1, 2 and 2 KV heads (of 2).
+    ids, mask = left_padded_batch()
+    for given in (None, DynamicCache(), DynamicCache(config=pruned.config)):
+        out = pruned(input_ids=ids, attention_mask=mask, use_cache=True, **{CACHE_KWARG: given})
         cache = getattr(out, CACHE_KWARG)
-        assert type(cache.layers[0]).__name__ == "DummyLayer"
+        assert given is None or cache is given
+        filled = [layer for layer in cache.layers if getattr(layer, "keys", None) is not None and layer.keys.numel()]
+        assert [layer.keys.shape[1] for layer in filled] == [1, 2, 2]
         assert cache.get_seq_length() == ids.shape[1]
-        # The KV cache of layer 3 holds only its 2 kept KV heads.
-        assert cache.layers[3].keys.shape[1] == 2
 
 
 def test_switching_attention_implementation_reaches_every_layer(pruned):
@@ -85,6 +129,31 @@ def test_hidden_states_are_returned_for_every_layer(pruned):
     assert len(out.hidden_states) == 5  # embeddings + 4 layers
 
 
+@pytest.mark.parametrize("return_dict", [True, False])
+def test_outputs_equal_stock_qwen2_for_a_keep_everything_plan(return_dict):
+    # hidden_states, attentions, logits and the returned cache, as transformers' own Qwen2ForCausalLM gives them.
+    stock = tiny_qwen2(seed=7)
+    ours = apply_plan(stock, PruningPlan.from_dict({"layers": [{}] * 4}))
+    for model in (stock, ours):
+        model.set_attn_implementation("eager")
+    ids, mask = left_padded_batch()
+    with torch.no_grad():
+        ref, out = (m(input_ids=ids, attention_mask=mask, output_hidden_states=True, output_attentions=True,
+                      use_cache=True, return_dict=return_dict) for m in (stock, ours))
+    if not return_dict:
+        assert isinstance(out, tuple) and len(out) == len(ref)
+        ref, out = dict(zip(("logits", "cache", "hidden_states", "attentions"), ref)), \
+            dict(zip(("logits", "cache", "hidden_states", "attentions"), out))
+    else:
+        ref, out = {**ref, "cache": getattr(ref, CACHE_KWARG)}, {**out, "cache": getattr(out, CACHE_KWARG)}
+    torch.testing.assert_close(out["logits"], ref["logits"], rtol=1e-5, atol=1e-5)
+    for name in ("hidden_states", "attentions"):
+        assert len(out[name]) == len(ref[name]) == (5 if name == "hidden_states" else 4)
+        for a, b in zip(out[name], ref[name]):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert out["cache"].get_seq_length() == ref["cache"].get_seq_length() == ids.shape[1]
+
+
 def test_gradient_checkpointing_and_backward(pruned):
     ids, _ = left_padded_batch()
     pruned.train()
@@ -92,7 +161,7 @@ def test_gradient_checkpointing_and_backward(pruned):
     loss_plain.backward()
     grads = {n: p.grad.clone() for n, p in pruned.named_parameters()}
     pruned.zero_grad()
-    pruned.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    enable_activation_checkpointing(pruned)  # under the installed transformers' name
     loss_ckpt = pruned(input_ids=ids, labels=ids, use_cache=False).loss
     loss_ckpt.backward()
     assert torch.allclose(loss_plain, loss_ckpt)
@@ -116,8 +185,6 @@ def test_model_sets_every_attribute_the_stock_qwen2_model_sets():
     # everything that __init__ sets in the installed transformers, or inherited methods could miss an attribute.
     from conftest import tiny_qwen2_config
     from transformers.models.qwen2.modeling_qwen2 import Qwen2ForCausalLM, Qwen2Model
-
-    from hf_prune import PrunedQwen2Config, PrunedQwen2ForCausalLM, PrunedQwen2Model
 
     config = tiny_qwen2_config()
     data = {k: v for k, v in config.to_dict().items() if k not in ("model_type", "transformers_version")}

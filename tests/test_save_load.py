@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 
 import pytest
@@ -11,7 +12,9 @@ from conftest import run_without_hf_prune, tiny_qwen2
 from safetensors.torch import load_file, save_file
 from transformers import AutoModel, AutoModelForCausalLM
 
-from hf_prune import PrunedQwen2ForCausalLM, PrunedQwen2Model, PruningPlan, apply_plan, to_qwen2
+from hf_prune import PruningPlan, apply_plan
+from hf_prune.format import to_qwen2
+from hf_prune.modeling import PrunedQwen2ForCausalLM, PrunedQwen2Model
 
 # The modeling files ship in every checkpoint and run on the user's transformers: a deprecation is a failure.
 pytestmark = pytest.mark.filterwarnings("error::FutureWarning", "error::DeprecationWarning")
@@ -119,6 +122,39 @@ def test_weights_that_disagree_with_the_config_are_refused(saved):
     save_file(weights, path / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(ValueError, match=r"layer 3: model.layers.3.mlp.gate_proj.weight is \[10, 64\] in the weights but \[50, 64\]"):
         AutoModelForCausalLM.from_pretrained(path)
+
+
+def _drop_a_shard_consistently(path) -> list[str]:
+    """Re-save ``path`` in several shards, delete one and edit the index to match; returns the tensors lost."""
+    model = AutoModelForCausalLM.from_pretrained(path)
+    (path / "model.safetensors").unlink()
+    model.save_pretrained(path, max_shard_size="20KB")
+    index_file = path / "model.safetensors.index.json"
+    index = json.loads(index_file.read_text())
+    shard = sorted(set(index["weight_map"].values()))[1]
+    lost = sorted(k for k, v in index["weight_map"].items() if v == shard)
+    index["weight_map"] = {k: v for k, v in index["weight_map"].items() if v != shard}
+    index_file.write_text(json.dumps(index))
+    (path / shard).unlink()
+    return lost
+
+
+def test_weights_missing_from_a_consistently_edited_index_are_refused(saved):
+    path, _ = saved
+    lost = _drop_a_shard_consistently(path)
+    with pytest.raises(ValueError, match=r"lacks \d+ weight tensor\(s\).*" + re.escape(lost[0])):
+        AutoModelForCausalLM.from_pretrained(path)
+    out = run_without_hf_prune(
+        f"""
+        from transformers import AutoModelForCausalLM
+        try:
+            AutoModelForCausalLM.from_pretrained({str(path)!r}, trust_remote_code=True)
+        except ValueError as err:
+            print("REFUSED", err)
+        """,
+        cwd=path.parent,
+    )
+    assert "REFUSED" in out and lost[0] in out
 
 
 def test_device_map_auto_and_dtype(saved):

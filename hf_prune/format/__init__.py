@@ -17,12 +17,14 @@ _EXPORTS = {
     "Family": ".family", "family_of": ".family",
     "llama_to_qwen2": ".convert",
     "save_pruned_model": ".checkpoint", "PLAN_FILE": ".checkpoint",
+    "refresh_code_files": ".refresh", "stale_code_files": ".refresh",
 }
 __all__ = list(_EXPORTS)
 __getattr__, __dir__ = lazy_attributes(globals(), _EXPORTS)
 
 if TYPE_CHECKING:
     from .checkpoint import PLAN_FILE, save_pruned_model
+    from .refresh import refresh_code_files, stale_code_files
     from .convert import llama_to_qwen2
     from .geometry import check_supported, head_dim_of, layer_shapes
     from .plan import LayerPlan, LayerShape, PruningPlan

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from .._lazy import lazy_attributes
 
 _EXPORTS = {
-    "PushResult": ".push", "push_pruned_folders": ".push",
+    "PushResult": ".push", "push_pruned_folders": ".push", "refresh_code": ".refresh",
     "CardInfo": ".card", "render_model_card": ".card", "write_model_card": ".card",
     "check_card_metadata": ".card", "CHART_FILENAME": ".card", "CARD_TAGS": ".card",
 }
@@ -21,3 +21,4 @@ __getattr__, __dir__ = lazy_attributes(globals(), _EXPORTS)
 if TYPE_CHECKING:
     from .card import CARD_TAGS, CHART_FILENAME, CardInfo, check_card_metadata, render_model_card, write_model_card
     from .push import PushResult, push_pruned_folders
+    from .refresh import refresh_code

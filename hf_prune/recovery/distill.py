@@ -36,6 +36,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.trainer_utils import get_last_checkpoint
 
+from ..compat import disable_activation_checkpointing, is_activation_checkpointing, training_checkpointing_argument
 from ..data.windows import CalibrationWindows
 from ..errors import RecoveryDivergedError, RecoveryError
 from ..fileio import write_text_atomic
@@ -278,8 +279,6 @@ def _with_lora(model: torch.nn.Module, config: RecoveryConfig) -> torch.nn.Modul
 
 def _arguments(config: RecoveryConfig, out: Path, checkpoints: bool, device: torch.device) -> TrainingArguments:
     """The ``TrainingArguments`` of a recovery run (one place that maps RecoveryConfig onto them)."""
-    checkpointing = ("activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__
-                     else "gradient_checkpointing")  # the name before transformers 5.24
     return TrainingArguments(
         output_dir=str(out), max_steps=config.max_steps, per_device_train_batch_size=config.batch_size,
         gradient_accumulation_steps=config.gradient_accumulation_steps, learning_rate=config.lr,
@@ -289,7 +288,8 @@ def _arguments(config: RecoveryConfig, out: Path, checkpoints: bool, device: tor
         train_sampling_strategy="sequential", dataloader_num_workers=0, remove_unused_columns=False,
         logging_steps=1, logging_nan_inf_filter=False, report_to="none", disable_tqdm=True,
         save_strategy="steps" if checkpoints else "no", save_steps=max(config.save_steps, 1), save_total_limit=1,
-        bf16=config.bf16, use_cpu=device.type == "cpu", **{checkpointing: config.gradient_checkpointing},
+        bf16=config.bf16, use_cpu=device.type == "cpu",
+        **{training_checkpointing_argument(): config.gradient_checkpointing},
     )
 
 
@@ -384,11 +384,8 @@ def _trainer(model, teacher, config: RecoveryConfig, windows: CalibrationWindows
 
 def _disable_checkpointing(model: torch.nn.Module) -> None:
     """Leave the returned model as it came: the Trainer turned activation checkpointing on if asked."""
-    if hasattr(type(model), "is_activation_checkpointing"):
-        if model.is_activation_checkpointing:
-            model.activation_checkpointing_disable()
-    elif getattr(model, "is_gradient_checkpointing", False):  # transformers before 5.24
-        model.gradient_checkpointing_disable()
+    if is_activation_checkpointing(model):
+        disable_activation_checkpointing(model)
 
 
 def _cleanup(out: Path, keep: bool) -> None:
