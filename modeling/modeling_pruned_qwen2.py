@@ -10,9 +10,10 @@ so a pruned model behaves like the model it was cut from. The decoder stack's fo
 (as transformers' own modeling files are self-contained): it depends only on the documented `Cache` API and masking
 utilities, not on how the installed version's `Qwen2Model.forward` handles a layer without attention.
 
-Layers without attention hold no KV cache. Each attention module's `layer_idx` is its rank among the layers that
-have attention, so the cache holds exactly those layers, in order: whatever reads the cache's layer 0 (its length,
-mask sizes, generation's bookkeeping) reads a layer that has attention.
+Layers without attention hold no KV cache: the cache holds the layers that have attention, in order (a layer
+writes to the slot of its rank among them), so whatever reads the cache's layer 0 (its length, mask sizes,
+generation's bookkeeping) reads a layer that has attention. Each attention module keeps `layer_idx` = its layer's
+position in the stack, which serving stacks (vLLM's and SGLang's Transformers backends) use to find its KV cache.
 """
 
 import torch
@@ -33,6 +34,26 @@ from transformers.models.qwen2.modeling_qwen2 import (
 from .configuration_pruned_qwen2 import PrunedQwen2Config
 
 
+class CacheSlot:
+    """The KV cache as one attention layer sees it: ``update`` writes to slot ``index`` of the cache.
+
+    The stock attention module calls ``cache.update(keys, values, self.layer_idx, ...)`` with its position in the
+    stack; the pruned model's cache holds only the layers that have attention, so the write goes to the layer's rank
+    among them. Everything else is the cache's own.
+    """
+
+    def __init__(self, cache: Cache, index: int):
+        self.cache, self.index = cache, index
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
+        return self.cache.update(key_states, value_states, self.index, *args, **kwargs)
+
+    def __getattr__(self, name: str):
+        if name.startswith("__") or name == "cache":  # not delegated: copying, pickling, a half-built slot
+            raise AttributeError(name)
+        return getattr(self.cache, name)
+
+
 class PrunedQwen2DecoderLayer(GradientCheckpointingLayer):
     """A Qwen2 decoder layer at its own size; a removed sublayer (``skip``) has no module and no pre-norm.
 
@@ -50,6 +71,7 @@ class PrunedQwen2DecoderLayer(GradientCheckpointingLayer):
         sizes = config.layer_size(layer_idx)
         self.hidden_size = config.hidden_size
         self.layer_idx = layer_idx
+        self.cache_index: int | None = None  # rank among the layers with attention: set by the model
 
         self.self_attn = self.input_layernorm = None
         if sizes["num_attention_heads"] is not None:
@@ -75,9 +97,10 @@ class PrunedQwen2DecoderLayer(GradientCheckpointingLayer):
         """``(hidden_states, attention weights)``; the weights are ``None`` without attention or from fused kernels."""
         weights = None
         if self.self_attn is not None:
+            slot = None if cache is None else CacheSlot(cache, self.cache_index)
             # Positional: the cache parameter is named `past_key_values` before transformers 5.24 and `cache` after.
             attn_out, weights = self.self_attn(
-                self.input_layernorm(hidden_states), position_embeddings, attention_mask, cache, **kwargs
+                self.input_layernorm(hidden_states), position_embeddings, attention_mask, slot, **kwargs
             )
             hidden_states = hidden_states + attn_out
         if self.mlp is not None:
@@ -236,7 +259,7 @@ class PerLayerModelMixin:
         # The cache holds the layers that have attention, in order (see the module docstring).
         with_attention = [i for i, layer in enumerate(self.layers) if layer.self_attn is not None]
         for rank, idx in enumerate(with_attention):
-            self.layers[idx].self_attn.layer_idx = rank
+            self.layers[idx].cache_index = rank
         # A cache built from the config (as `generate()` builds one) gives cache layer `rank` the type of model layer
         # `rank`; that is only right if removing attention sublayers leaves the sliding/full pattern in place.
         types = list(config.layer_types)

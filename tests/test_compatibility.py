@@ -29,7 +29,7 @@ def listed_names() -> set[str]:
     section = text.split("## Names the shipped files use", 1)[1].split("\n## ", 1)[0]
     names = set()
     for span in re.findall(r"`([^`]+)`", section):
-        names.update(part.strip() for part in span.split(","))
+        names.update(part.strip() for part in span.split(",") if re.fullmatch(r"[A-Za-z_][\w.]*", part.strip()))
     # `transformers.Cache` lists the class; `Cache.get_seq_length` lists a member as `Owner.member`.
     return names | {name.rsplit(".", 1)[1] for name in names if "." in name and not name.startswith(THIRD_PARTY)}
 

@@ -96,6 +96,14 @@ def _row(cache: DynamicCache, row: int) -> DynamicCache:
     return single
 
 
+def test_attention_modules_keep_their_position_in_the_stack(pruned):
+    # Serving stacks (vLLM's and SGLang's Transformers backends) find a layer's KV cache by `self_attn.layer_idx`, as
+    # in stock Qwen2 where it is the layer's position; the compact cache numbering must not leak into it.
+    assert [(i, layer.self_attn.layer_idx) for i, layer in enumerate(pruned.model.layers) if layer.self_attn] == [
+        (1, 1), (2, 2), (3, 3)]
+    assert [layer.cache_index for layer in pruned.model.layers] == [None, 0, 1, 2]
+
+
 def test_the_cache_holds_exactly_the_layers_with_attention(pruned):
     # PLAN: layer 0 has no attention; layers 1, 2, 3 keep 1, 2 and 2 KV heads (of 2).
     ids, mask = left_padded_batch()
