@@ -11,7 +11,7 @@ from transformers import AutoConfig
 from transformers.integrations.heterogeneity.configuration_utils import AmbiguousGlobalPerLayerAttributeError
 
 import hf_prune  # noqa: F401  (registers pruned_qwen2)
-from hf_prune import PrunedQwen2Config
+from hf_prune.modeling import PrunedQwen2Config
 
 # The modeling files ship in every checkpoint and run on the user's transformers: a deprecation is a failure.
 pytestmark = pytest.mark.filterwarnings("error::FutureWarning", "error::DeprecationWarning")

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from hf_prune import InvalidPlanError, PruningPlan
+from hf_prune import PruningPlan
+from hf_prune.errors import InvalidPlanError
 from hf_prune.format.plan import LayerShape
 
 # The modeling files ship in every checkpoint and run on the user's transformers: a deprecation is a failure.

@@ -18,18 +18,10 @@ from test_modeling import left_padded_batch, uncached_greedy
 from test_slicing import random_plan
 from transformers import AutoModel, AutoModelForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
-from hf_prune import (
-    NotUniformError,
-    PrunedQwen3Config,
-    PrunedQwen3ForCausalLM,
-    PrunedQwen3Model,
-    PruningPlan,
-    UnsupportedModelError,
-    apply_plan,
-    compensate,
-    prune,
-    to_qwen2,
-)
+from hf_prune import PruningPlan, apply_plan, compensate, prune
+from hf_prune.errors import NotUniformError, UnsupportedModelError
+from hf_prune.format import to_qwen2
+from hf_prune.modeling import PrunedQwen3Config, PrunedQwen3ForCausalLM, PrunedQwen3Model
 from hf_prune.engine import decoder_params
 from hf_prune.engine.memory import ModelDims
 from hf_prune.format import to_qwen3

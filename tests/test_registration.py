@@ -28,7 +28,7 @@ print("REGISTERED")
 @pytest.mark.parametrize("first", [
     "import hf_prune",                                                    # then transformers, by the check
     "import transformers; import hf_prune",                               # transformers already there
-    "import hf_prune; from hf_prune import PrunedQwen2Config",            # the config file imports transformers
+    "import hf_prune; from hf_prune.modeling import PrunedQwen2Config",   # the config file imports transformers
     "import hf_prune.modeling.modeling_pruned_qwen2",                      # the modeling file imports transformers
     "import hf_prune.modeling.modeling_pruned_qwen3",                      # ... and the qwen3 one imports qwen2's
     "import hf_prune; hf_prune.apply_plan",                               # a lazy attribute pulls them in

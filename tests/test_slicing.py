@@ -10,16 +10,10 @@ import torch
 from conftest import tiny_qwen2
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from hf_prune import (
-    ConfigMismatchError,
-    InvalidPlanError,
-    NotUniformError,
-    PrunedQwen2ForCausalLM,
-    PruningPlan,
-    UnsupportedModelError,
-    apply_plan,
-    to_qwen2,
-)
+from hf_prune import PruningPlan, apply_plan
+from hf_prune.errors import ConfigMismatchError, InvalidPlanError, NotUniformError, UnsupportedModelError
+from hf_prune.format import to_qwen2
+from hf_prune.modeling import PrunedQwen2ForCausalLM
 
 # The modeling files ship in every checkpoint and run on the user's transformers: a deprecation is a failure.
 pytestmark = pytest.mark.filterwarnings("error::FutureWarning", "error::DeprecationWarning")
@@ -158,7 +152,7 @@ def test_bad_inputs_raise_specific_errors(tiny_model):
 
 
 def test_llama_conversion_is_exact():
-    from hf_prune import llama_to_qwen2
+    from hf_prune.format import llama_to_qwen2
 
     torch.manual_seed(0)
     llama = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
