@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import pytest
 import torch
@@ -104,11 +103,6 @@ def test_prune_config_holds_recovery_as_dict_or_object(tmp_path):
     r = RecoveryConfig(tokens=1000, seq_len=64, batch_size=4, gradient_accumulation_steps=2)
     assert (r.max_steps, r.num_windows, r.tokens_used) == (2, 16, 1024)
     assert RecoveryConfig().lr == 1e-4 and RecoveryConfig(lora=True).lr == 1e-3
-
-
-def test_readme_reference_is_the_dataclass():
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
-    assert RecoveryConfig.reference() in readme, "regenerate the README's RecoveryConfig table"
 
 
 # ---- training --------------------------------------------------------------------------------------------
