@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import statistics
 import struct
 from pathlib import Path
 
@@ -92,6 +93,19 @@ def test_card_has_every_section_and_the_numbers():
     assert "1.35x" in text
     assert '`sparsity-30` (this card)' in text and '`revision="sparsity-70"`' in text
     assert "$" not in text.replace("$ ", "")  # no placeholder left
+
+
+def test_evaluation_table_summarises_the_domains_by_mean_and_geometric_mean_of_ratios():
+    before, after = {"code": 4.21, "web": 13.5, "math": 6.0}, {"code": 5.02, "web": 15.9, "math": 7.7}
+    text = render_model_card(make_info(eval_before=before, eval_after=after))
+    mean_before, mean_after = statistics.mean(before.values()), statistics.mean(after.values())
+    ratio = statistics.geometric_mean([after[d] / before[d] for d in before])
+    assert f"| **mean** | {mean_before:.2f} | {mean_after:.2f} | +{100 * (mean_after / mean_before - 1):.1f}% |" in text
+    assert f"| **geometric mean, ratio to dense** | 1.000x | {ratio:.3f}x | +{100 * (ratio - 1):.1f}% |" in text
+    assert "weighs every domain's change alike" in text
+    # One domain: nothing to summarise.
+    text = render_model_card(make_info(eval_before={"code": 4.21}, eval_after={"code": 5.02}))
+    assert "**mean**" not in text and "weighs every domain" not in text and "| code | 4.21 | 5.02 | +19.2% |" in text
 
 
 def test_card_metadata_is_valid_hub_metadata():

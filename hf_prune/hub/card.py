@@ -313,7 +313,8 @@ def _change(before: float | None, after: float | None) -> str:
 
 
 def _eval_table(info: CardInfo) -> dict[str, Any]:
-    """``eval_header`` and ``eval_rows``: dense, pruned (and recovered) perplexity per domain, change vs dense."""
+    """``eval_header`` and ``eval_rows``: dense, pruned (and recovered) perplexity per domain, change vs dense, then
+    the summary rows (``eval_summary``: whether there are any)."""
     recovered = dict(info.eval_recovered)
     header = ["domain", "dense (before)", "pruned (after)"]
     header += ["pruned + recovered", "change (recovered vs dense)"] if recovered else ["change"]
@@ -327,7 +328,22 @@ def _eval_table(info: CardInfo) -> dict[str, Any]:
         else:
             row.append(_change(before, after))
         rows.append(row)
-    return {"eval_header": header, "eval_rows": _cells(rows)}
+    summary = _summary_rows([info.eval_before, info.eval_after] + ([recovered] if recovered else []))
+    return {"eval_header": header, "eval_rows": _cells(rows + summary), "eval_summary": bool(summary)}
+
+
+def _summary_rows(columns: Sequence[Mapping[str, float]]) -> list[list[str]]:
+    """The mean of the perplexities and the geometric mean of the per-domain ratios to dense (``columns[0]``), over
+    the domains every column measured: the mean is dominated by the domain with the highest perplexity, the
+    geometric mean weighs each domain's change alike. None for fewer than two such domains."""
+    dense = columns[0]
+    domains = [d for d in dense if all(col.get(d) for col in columns)]
+    if len(domains) < 2:
+        return []
+    means = [sum(col[d] for d in domains) / len(domains) for col in columns]
+    ratios = [math.exp(sum(math.log(col[d] / dense[d]) for d in domains) / len(domains)) for col in columns]
+    return [["**mean**", *(f"{m:.2f}" for m in means), _change(means[0], means[-1])],
+            ["**geometric mean, ratio to dense**", *(f"{r:.3f}x" for r in ratios), _change(1.0, ratios[-1])]]
 
 
 def _accuracy_table(info: CardInfo) -> dict[str, Any]:
