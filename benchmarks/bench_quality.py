@@ -6,7 +6,9 @@
 Calibrates on ``../shared/corpus/calib`` (or ``$HF_PRUNE_CORPUS/calib``) and evaluates on the disjoint ``dev``
 split, with the same calibration windows (same seed) for every method. Writes
 ``benchmarks/results/quality_<model>.json``, prints markdown tables, and draws a PNG of mean perplexity vs
-sparsity (matplotlib, a benchmark-only extra) next to the JSON.
+sparsity (matplotlib, a benchmark-only extra) next to the JSON. Every level is summarised twice (``summary`` in
+the JSON, both in the table): the mean of the per-domain perplexities, and the geometric mean of the per-domain
+ratios to dense, which one high-perplexity domain cannot dominate.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import time
 from pathlib import Path
 
 import torch
-from common import DOMAINS, MODELS, ROOT, calib_file, corpus_dir, dev_files, finish_perplexity_plot, load_model
+from common import (DOMAINS, MODELS, ROOT, calib_file, corpus_dir, dev_files, finish_perplexity_plot, geometric_mean,
+                    load_model)
 
 from hf_prune import CalibrationMix, evaluate_perplexity, prune
 from hf_prune.format.geometry import layer_shapes
@@ -37,17 +40,25 @@ def evaluate(model, tokenizer, evals, args, calibration):
     return {"per_domain": report.per_domain, "mean": report.mean, "worst": max(report.per_domain.values())}
 
 
-def run_method(model, tokenizer, calibration, evals, spec, sparsities, args, label=None):
-    """``spec`` is a preset name, optionally with overrides: ``gisp:normalization=gisp:steps=4``."""
-    t0 = time.perf_counter()
-    method, *overrides = spec.split(":")
-    kwargs = {"steps": args.steps} if method == "gisp" and args.steps else {}
-    for item in overrides:
+def parse_overrides(items: list[str]) -> dict:
+    """``["steps=4", "compensation_toward=kept"]`` -> ``{"steps": 4, "compensation_toward": "kept"}`` (numbers
+    parsed, anything else kept as text)."""
+    kwargs = {}
+    for item in items:
         key, value = item.split("=")
         try:
             kwargs[key] = int(value) if value.isdigit() else float(value)
         except ValueError:
             kwargs[key] = value
+    return kwargs
+
+
+def run_method(model, tokenizer, calibration, evals, spec, sparsities, args, label=None):
+    """``spec`` is a preset name, optionally with overrides: ``gisp:normalization=gisp:steps=4``."""
+    t0 = time.perf_counter()
+    method, *overrides = spec.split(":")
+    kwargs = {"steps": args.steps} if method == "gisp" and args.steps else {}
+    kwargs.update(parse_overrides(overrides))
     result = prune(model, tokenizer, calibration, sparsities, method=method, num_samples=args.num_samples,
                    seq_len=args.seq_len, seed=args.seed, batch_size=args.batch_size, show_progress=False, **kwargs)
     prune_seconds = time.perf_counter() - t0
@@ -89,12 +100,27 @@ def add_run_options(parser: argparse.ArgumentParser, *, steps: int | None = None
     parser.add_argument("--threads", type=int, default=2)
 
 
+def to_dense(row: dict, dense: dict) -> float:
+    """The geometric mean over the domains of a level's perplexity ratio to dense: the summary figure that weighs
+    every domain's change alike (the mean of perplexities is dominated by the highest-perplexity domain)."""
+    return geometric_mean(row["per_domain"][d] / dense["per_domain"][d] for d in dense["per_domain"])
+
+
+def summary(results: dict, dense: dict) -> dict:
+    """``{method: {level: {"mean", "geomean_to_dense"}}}``: the two summary figures of every measured level."""
+    return {m: {s: {"mean": row["mean"], "geomean_to_dense": to_dense(row, dense)} for s, row in res["levels"].items()}
+            for m, res in results.items()}
+
+
 def table(results: dict, sparsities: list[float], dense: dict) -> str:
+    """Mean perplexity and, in brackets, the geometric mean of the per-domain ratios to dense."""
     lines = ["| method | " + " | ".join(f"{s:.0%}" for s in sparsities) + " |",
              "|---|" + "---|" * len(sparsities)]
-    lines.append(f"| dense | {dense['mean']:.2f} |" + " |" * (len(sparsities) - 1))
+    lines.append(f"| dense | {dense['mean']:.2f} (1.000x) |" + " |" * (len(sparsities) - 1))
     for method, res in results.items():
-        lines.append(f"| {method} | " + " | ".join(f"{res['levels'][str(s)]['mean']:.2f}" for s in sparsities) + " |")
+        cells = [f"{res['levels'][str(s)]['mean']:.2f} ({to_dense(res['levels'][str(s)], dense):.3f}x)"
+                 if str(s) in res["levels"] else "" for s in sparsities]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -145,7 +171,8 @@ def main() -> None:
     parser.add_argument("--out", default=None)
     parser.add_argument("--append", action="store_true",
                         help="keep the methods already in --out and run only the missing ones")
-    parser.add_argument("--plot-only", action="store_true", help="redraw --out's plot from its JSON; run nothing")
+    parser.add_argument("--plot-only", action="store_true",
+                        help="redraw --out's plot and rewrite its summary from its JSON; run nothing")
     args = parser.parse_args()
     if args.plot_only:
         out = Path(args.out or ROOT / "benchmarks" / "results" / f"quality_{args.model}.json")
@@ -153,6 +180,8 @@ def main() -> None:
         levels = [float(s) for s in saved["settings"]["sparsities"].split(",") if s]
         plot(out.with_suffix(".png"), {**saved["methods"], **peer_series(args.model)}, levels, saved["dense"],
              f"{args.model}: mean dev perplexity")
+        out.write_text(json.dumps({**saved, "summary": summary(saved["methods"], saved["dense"])}, indent=1))
+        print(table(saved["methods"], levels, saved["dense"]))
         return
     torch.set_num_threads(args.threads)
     corpus = corpus_dir("bench_quality")
@@ -194,7 +223,8 @@ def main() -> None:
         if m not in results:
             results[m] = run_method(model, tokenizer, calibration, evals, m, sparsities, args)
             # Saved after every method: a long run that stops part-way keeps what it measured.
-            out.write_text(json.dumps({**previous, "settings": settings, "dense": dense, "methods": results}, indent=1))
+            out.write_text(json.dumps({**previous, "settings": settings, "dense": dense, "methods": results,
+                                       "summary": summary(results, dense)}, indent=1))
 
     single = dict(previous.get("single_domain", {}))
     single_levels = [float(s) for s in args.single_domain.split(",") if s]
@@ -217,8 +247,9 @@ def main() -> None:
 
     # Keys this script does not write (notes, studies merged by hand) are kept.
     out.write_text(json.dumps({**previous, "settings": settings, "dense": dense, "methods": results,
-                               "single_domain": single}, indent=1))
-    print("\nMean dev perplexity (equal-weight mean over domains):\n" + table(results, sparsities, dense))
+                               "single_domain": single, "summary": summary(results, dense)}, indent=1))
+    print("\nMean dev perplexity over the domains (geometric mean of the per-domain ratios to dense):\n"
+          + table(results, sparsities, dense))
     if single:
         print(f"\nCalibration data, {args.single_method}: mean / worst-domain perplexity\n| calibration | " +
               " | ".join(f"{s:.0%} mean | {s:.0%} worst" for s in single_levels) + " |\n|---|" +

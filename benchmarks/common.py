@@ -6,6 +6,7 @@ added too, so they also run without installing hf-prune.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from pathlib import Path
@@ -49,6 +50,13 @@ def load_model(name: str, dtype: torch.dtype = torch.float32):
     if name == "qwen":
         return assets.load_qwen_coder_05b(dtype=dtype)
     sys.exit(f"unknown model {name!r}: one of {', '.join(MODELS)}")
+
+
+def geometric_mean(values) -> float:
+    """The geometric mean of positive numbers (of perplexity ratios: one domain's 2x weighs as much as another's
+    0.5x, unlike the arithmetic mean of perplexities, which the highest-perplexity domain dominates)."""
+    values = list(values)
+    return math.exp(sum(math.log(v) for v in values) / len(values))
 
 
 def status_kb(key: str) -> int:
