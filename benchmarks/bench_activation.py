@@ -37,14 +37,15 @@ def main() -> None:
     parser.add_argument("--eval-windows", type=int, default=4)
     args = parser.parse_args()
     import hf_prune
-    from hf_prune.engine.batches import LossRecorder, calibration_batches
+    from hf_prune.data import as_calibration
+    from hf_prune.engine.batches import LossRecorder
     from hf_prune.engine.importance import get_importance
     from hf_prune.engine.objectives import lm_loss
 
     corpus = corpus_dir("bench_activation")
     mix = hf_prune.CalibrationMix({d: {"source": calib_file(corpus, d), "weight": 1.0} for d in DOMAINS})
     model, tokenizer = load_model(args.model)
-    batches = calibration_batches(mix, tokenizer, args.num_samples, args.seq_len, 0, 4, torch.device("cpu"))
+    batches = as_calibration(mix).batches(args.num_samples, args.seq_len, 0, 4, torch.device("cpu"), tokenizer=tokenizer)
     scores, seconds = {}, {}
     for name in ("taylor", "activation-taylor"):
         t0 = time.perf_counter()

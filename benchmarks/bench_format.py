@@ -247,7 +247,7 @@ def profile_prefill(models: dict, input_ids: torch.Tensor) -> dict:
 def memory_child(args) -> None:
     """Run in a fresh process: load one model, reset the RSS high-water mark, generate once, report JSON."""
     torch.set_num_threads(args.threads)
-    from hf_prune import PrunedQwen2ForCausalLM
+    from hf_prune.modeling import PrunedQwen2ForCausalLM
     from transformers import Qwen2ForCausalLM
 
     gc.collect()

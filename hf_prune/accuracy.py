@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import EvaluationError
+from .options import is_int, is_number
 
 __all__ = ["TaskSpec", "TaskSuite", "AccuracyReport", "resolve_task_specs", "prepare_tasks", "evaluate_tasks",
            "check_task_options", "EVAL_EXTRA_HINT"]
@@ -113,11 +114,11 @@ def resolve_task_specs(tasks: str | os.PathLike[str] | Sequence[str | os.PathLik
 
 def check_task_options(*, num_fewshot: int = 0, limit: int | float | None = None, batch_size: int = 8) -> None:
     """Raise :class:`EvaluationError` for unusable settings (cheap: call it before loading a model)."""
-    if not isinstance(num_fewshot, int) or isinstance(num_fewshot, bool) or num_fewshot < 0:
+    if not is_int(num_fewshot) or num_fewshot < 0:
         raise EvaluationError(f"num_fewshot must be an integer >= 0, got {num_fewshot!r}")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit <= 0):
+    if limit is not None and (not is_number(limit) or limit <= 0):
         raise EvaluationError(f"limit must be a positive number of examples (or a fraction < 1), got {limit!r}")
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+    if not is_int(batch_size) or batch_size < 1:
         raise EvaluationError(f"batch_size must be an integer >= 1, got {batch_size!r}")
 
 

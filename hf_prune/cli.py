@@ -20,7 +20,6 @@ import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 from .config import PruneConfig
@@ -249,7 +248,7 @@ def _task_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_prune_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``hf-prune prune`` (shared with ``optimum-cli prune``)."""
-    from .pipeline import DEFAULT_CALIBRATION
+    from .job.arguments import DEFAULT_CALIBRATION
 
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.description = (
@@ -268,7 +267,7 @@ def add_prune_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("evaluation")
     group.add_argument("--evaluation", default=None, metavar="SPEC",
                        help="held-out evaluation domains (same forms as --calibration); omitted: no evaluation")
-    group.add_argument("--eval-seq-len", type=_positive_int, default=_default("pipeline.prune_and_push", "eval_seq_len"),
+    group.add_argument("--eval-seq-len", type=_positive_int, default=_default("job.run.prune_and_push", "eval_seq_len"),
                        metavar="N", help="tokens per evaluation window (default: %(default)s)")
     group.add_argument("--eval-max-windows", type=_positive_int, default=None, metavar="N",
                        help="at most N windows per evaluation domain")
@@ -278,7 +277,7 @@ def add_prune_arguments(parser: argparse.ArgumentParser) -> None:
                        help="examples in each accuracy prompt (default: %(default)s, zero-shot)")
     group.add_argument("--eval-limit", type=_limit, default=None, metavar="N", help="at most N examples per task")
     group = parser.add_argument_group("output and Hub")
-    group.add_argument("--output-dir", default=_default("pipeline.prune_and_push", "output_dir"), metavar="DIR",
+    group.add_argument("--output-dir", default=_default("job.run.prune_and_push", "output_dir"), metavar="DIR",
                        help="where the level folders go (default: %(default)s)")
     group.add_argument("--overwrite", action="store_true",
                        help="replace a non-empty output folder; allow pushing to a repo that has content")
@@ -315,31 +314,33 @@ def _max_memory(text: str) -> dict[int | str, str]:
 
 
 # ---- commands ------------------------------------------------------------------------------------------
+def _model_arguments(args: argparse.Namespace) -> Any:
+    """The model options of ``prune`` and ``evaluate`` (their ``loading the model`` group)."""
+    from .job.arguments import ModelArguments
+
+    return ModelArguments(args.model, tokenizer=args.tokenizer, revision=args.revision, torch_dtype=args.dtype,
+                          device_map=args.device_map)
+
+
 def _dry_run(args: argparse.Namespace, config: PruneConfig) -> int:
     """Print the memory plan from the model's config.json alone (no weights loaded) and the options that fit."""
-    from .engine.memory import fit_options, format_bytes, plan_for_devices
-    from .loading import check_model_source, parse_dtype
-    from .pipeline import model_config
+    from .job.checks import check_inputs
+    from .job.memory import dry_run
 
-    source = check_model_source(args.model, revision=args.revision)
-    plan, kwargs = plan_for_devices(model_config(source, revision=args.revision), config, device_map=args.device_map,
-                                    max_memory=args.max_memory, dtype=parse_dtype(args.dtype),
-                                    world_size=int(os.environ.get("WORLD_SIZE", "1")))
-    print(plan)
-    if not plan.fits:
-        print("\nThe run would be refused. Options: " + "; ".join(
-            fit_options(model_config(source, revision=args.revision), config, plan, kwargs) or ["more devices"]))
-    print(f"\ndry run: nothing loaded (largest per-device peak {format_bytes(plan.peak)})")
+    source = check_inputs(model=_model_arguments(args)).source
+    print(dry_run(source, config, revision=args.revision, device_map=args.device_map, max_memory=args.max_memory,
+                  dtype=args.dtype))
     return 0
 
 
 def run_prune(args: argparse.Namespace) -> int:
-    from .pipeline import prune_and_push
+    from .engine.distributed import launched_rank
+    from .job.run import prune_and_push
 
     config = config_from_args(args)  # invalid values fail here, before anything is loaded
     if getattr(args, "dry_run", False):
         return _dry_run(args, config)
-    main_rank = os.environ.get("RANK", "0") == "0"
+    main_rank = launched_rank() == 0
     if not main_rank:  # torchrun: rank 0 alone logs and prints
         configure_output(True)
     result = prune_and_push(
@@ -366,53 +367,21 @@ def run_prune(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from .accuracy import check_task_options, resolve_task_specs
-    from .data.spec import as_mix, check_overlap
-    from .errors import EvaluationError
-    from .evaluation import check_evaluation_options
-    from .loading import check_model_source, load_model, load_tokenizer, parse_dtype
+    from .job.arguments import DataArguments, EvaluationArguments
+    from .job.commands import evaluate_model
 
-    # Everything is checked before the model is loaded: data specs, tasks, windows, dtype, the model's config.json.
-    if args.evaluation is None and args.tasks is None:
-        raise EvaluationError("give --evaluation (perplexity per domain), --tasks (accuracy) or both")
-    evals, calibration = as_mix(args.evaluation), as_mix(args.calibration)
-    check_overlap(calibration, evals, documents=False)
-    check_evaluation_options(seq_len=args.seq_len, max_windows_per_domain=args.max_windows)
-    if args.tasks is not None:
-        resolve_task_specs(args.tasks)
-        check_task_options(num_fewshot=args.num_fewshot, limit=args.limit, batch_size=args.batch_size)
-    parse_dtype(args.dtype)
-    source = check_model_source(args.model, revision=args.revision)
-    suite = _prepared_tasks(args.tasks)  # lm-eval loads every task now: an unreachable dataset fails before loading
-    tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else load_tokenizer(args.model, revision=args.revision)
-    model = load_model(source, dtype=args.dtype, device_map=args.device_map, revision=args.revision)
+    evaluation = EvaluationArguments(args.evaluation, args.seq_len, args.max_windows, args.tasks, args.num_fewshot,
+                                     args.limit, args.batch_size)
+    report, accuracy = evaluate_model(_model_arguments(args), DataArguments(args.calibration), evaluation,
+                                      show_progress=not args.quiet)
     out: dict[str, Any] = {}
-    if evals is not None:
-        from .evaluation import evaluate_perplexity
-
-        report = evaluate_perplexity(model, tokenizer, evals, seq_len=args.seq_len,
-                                     max_windows_per_domain=args.max_windows, calibration=calibration,
-                                     label=str(args.model), progress=not args.quiet)
-        out["perplexity"] = report.to_dict()
-        print("\n" + report.to_markdown())
-    if suite is not None:
-        from .accuracy import evaluate_tasks
-
-        accuracy = evaluate_tasks(model, tokenizer, suite, num_fewshot=args.num_fewshot, limit=args.limit,
-                                  batch_size=args.batch_size, label=str(args.model))
-        out["accuracy"] = accuracy.to_dict()
-        print("\n" + accuracy.to_markdown())
+    for name, result in (("perplexity", report), ("accuracy", accuracy)):
+        if result is not None:
+            out[name] = result.to_dict()
+            print("\n" + result.to_markdown())
     if args.json:
         _write_evaluation_json(args.json, out)
     return 0
-
-
-def _prepared_tasks(tasks: str | None) -> Any:
-    if tasks is None:
-        return None
-    from .accuracy import prepare_tasks
-
-    return prepare_tasks(tasks)
 
 
 def _write_evaluation_json(path: str, out: dict[str, Any]) -> None:
@@ -426,48 +395,16 @@ def _write_evaluation_json(path: str, out: dict[str, Any]) -> None:
 
 
 def _cmd_push(args: argparse.Namespace) -> int:
-    from .errors import PushArgumentError
-    from .hub.push import push_pruned_folders
-    from .pipeline import resolve_primary
+    from .job.arguments import OutputArguments
+    from .job.commands import push_folders
 
-    folders: dict[str, Path] = {}
-    for given in map(Path, args.folders):
-        if (given / "config.json").is_file():
-            candidates = [given]
-        else:  # an output dir: its level folders
-            candidates = sorted(p for p in given.glob("sparsity-*") if (p / "config.json").is_file()) if given.is_dir() else []
-            if not candidates:
-                raise PushArgumentError(f"{given} is neither a checkpoint folder (config.json) nor a folder of "
-                                        "sparsity-XX/ level folders")
-        for folder in candidates:
-            if folder.name in folders:
-                raise PushArgumentError(f"two folders would go to branch {folder.name!r}")
-            folders[folder.name] = folder
-    primary = args.primary if args.primary in folders else _primary_branch(args.primary, list(folders), resolve_primary)
-    results = push_pruned_folders(args.repo_id, folders, primary=primary, private=args.private, overwrite=args.overwrite)
+    output = OutputArguments(repo_id=args.repo_id, push=True, primary=args.primary, private=args.private,
+                             overwrite=args.overwrite)
+    results = push_folders(output, args.folders)
     print("\n| branch | commit | url |\n|---|---|---|")
     for r in results:
         print(f"| {r.branch} | {r.commit_id[:12]} | {r.commit_url} |")
     return 0
-
-
-def _primary_branch(primary: str | None, branches: list[str], resolve: Callable) -> str:
-    """The branch for main among level branches ``sparsity-XX`` (others sort last), as prune_and_push picks it."""
-    from .errors import PushArgumentError
-
-    def level(branch: str) -> float:
-        try:
-            return float(branch.split("-", 1)[1]) / 100
-        except (IndexError, ValueError):
-            return float("inf")
-
-    levels = {level(b): b for b in branches if level(b) != float("inf")}
-    if primary is None:
-        return min(branches, key=lambda b: (level(b), b))
-    try:
-        return levels[resolve(primary, sorted(levels))]
-    except (PushArgumentError, ValueError):
-        raise PushArgumentError(f"--primary {primary!r} is none of the branches {sorted(branches)}") from None
 
 
 _SERVE_HINT = {
@@ -480,16 +417,11 @@ _SERVE_HINT = {
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from .fileio import check_output_dir
-    from .loading import check_model_source
+    from .job.arguments import ModelArguments, OutputArguments
+    from .job.commands import export_folder
 
-    # Checked before anything heavy is imported: the folder is a model, the output folder may be written.
-    check_model_source(args.folder)
-    check_output_dir(args.output_dir, args.overwrite)
-    from .serving.api import export
-
-    out = export(args.folder, args.format, args.output_dir, tokenizer=args.tokenizer, overwrite=args.overwrite,
-                 dtype=args.dtype)
+    out = export_folder(ModelArguments(args.folder, tokenizer=args.tokenizer),
+                        OutputArguments(args.output_dir, args.overwrite), args.format, dtype=args.dtype)
     print(f"wrote {out} ({args.format}); serve it with: {_SERVE_HINT[args.format].format(out=out)}")
     return 0
 

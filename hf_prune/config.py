@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .engine.presets import (
+from .presets import (
     ALLOCATIONS,
     AUTO,
     AUTO_ATTENTION_WEIGHTS,

@@ -25,8 +25,10 @@ from typing import Any
 from typing import TYPE_CHECKING
 
 from .data.sources import DomainSource
-from .data.spec import check_overlap, domains_of
+from .data.calibration import as_calibration
+from .data.spec import check_overlap
 from .errors import CalibrationError, EvaluationError
+from .options import is_int
 
 if TYPE_CHECKING:
     from .data.mix import CalibrationMix
@@ -138,7 +140,7 @@ def _window_plan(n_tokens: int, seq_len: int, stride: int, cap: int | None) -> l
 
 
 def _positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    return is_int(value) and value >= 1
 
 
 def check_evaluation_options(*, seq_len: int, stride: int | None = None, batch_size: int = 1,
@@ -152,6 +154,16 @@ def check_evaluation_options(*, seq_len: int, stride: int | None = None, batch_s
         raise EvaluationError(f"batch_size must be >= 1, got {batch_size!r}")
     if max_windows_per_domain is not None and not _positive_int(max_windows_per_domain):
         raise EvaluationError(f"max_windows_per_domain must be >= 1, got {max_windows_per_domain!r}")
+
+
+def _domains(eval_texts: Any) -> dict[str, Any]:
+    """``{domain: DomainSource | documents}`` of the evaluation text (checked before any model work)."""
+    data = as_calibration(eval_texts)
+    domains = data.domains() if data is not None else None
+    if domains is None:
+        raise CalibrationError("evaluation texts must be a CalibrationMix or a mapping domain -> source/texts, got "
+                               f"{type(eval_texts).__name__}")
+    return domains
 
 
 # ---- main entry --------------------------------------------------------------------------------------
@@ -197,7 +209,7 @@ def evaluate_perplexity(
     stride = seq_len if stride is None else stride
     check_evaluation_options(seq_len=seq_len, stride=stride, batch_size=batch_size,
                              max_windows_per_domain=max_windows_per_domain)
-    evals = domains_of(eval_texts)
+    evals = _domains(eval_texts)
     if calibration is not None:
         check_overlap(calibration, eval_texts, tokenizer=tokenizer)
 

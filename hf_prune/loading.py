@@ -210,7 +210,7 @@ def load_model(source: ModelSource, *, dtype: Any = "auto", device_map: Any = No
                token: str | None = None, max_memory: Any = None):
     """Load a checked :class:`ModelSource` as a (pruned) Qwen2 / Qwen3 causal LM, in eval mode.
 
-    A Llama model is converted exactly to Qwen2 (:func:`hf_prune.llama_to_qwen2`).
+    A Llama model is converted exactly to Qwen2 (:func:`hf_prune.format.llama_to_qwen2`).
     """
     from transformers import AutoModelForCausalLM
 

@@ -258,8 +258,8 @@ import huggingface_hub.utils.logging as hub_logging
 from hf_prune.cli import configure_output
 hub = hub_logging.get_logger("huggingface_hub.test")  # huggingface_hub's own handler, as in a real run
 configure_output(quiet={quiet})
-logging.getLogger("hf_prune.pipeline").info("loading m")
-logging.getLogger("hf_prune.pipeline").warning("a warning")
+logging.getLogger("hf_prune.job.run").info("loading m")
+logging.getLogger("hf_prune.job.run").warning("a warning")
 hub.warning("a hub warning")
 """
 

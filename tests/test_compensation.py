@@ -9,7 +9,8 @@ import pytest
 import torch
 from conftest import stdlib_corpus, tiny_qwen2
 
-from hf_prune import CalibrationMix, PruneConfig, PruningError, PruningPlan, apply_plan, compensate, evaluate_perplexity, prune
+from hf_prune import CalibrationMix, PruneConfig, PruningPlan, apply_plan, compensate, evaluate_perplexity, prune
+from hf_prune.errors import PruningError
 from hf_prune.engine.compensation import refit
 
 CALIB = torch.randint(3, 128, (16, 32), generator=torch.Generator().manual_seed(0))  # 512 tokens > 96 MLP inputs

@@ -7,7 +7,8 @@ import torch
 from conftest import tiny_qwen2
 
 import hf_prune.engine.pruner as pruner_module
-from hf_prune import PruningError, UnsupportedModelError, apply_plan, prune
+from hf_prune import apply_plan, prune
+from hf_prune.errors import PruningError, UnsupportedModelError
 from hf_prune.engine import METHODS, decoder_params
 
 CALIB = torch.randint(3, 128, (12, 24), generator=torch.Generator().manual_seed(0))
@@ -226,7 +227,8 @@ def test_layer_balance_spreads_removal_across_layers(model):
     """Synthetic scores where layer 0's channels are 10x cheaper: at face value global allocation takes them
     all from layer 0; layer_balance prices concentrated removal up and spreads it, budget unchanged."""
     from hf_prune.engine.allocation import Constraints, allocate
-    from hf_prune.engine.structures import LayerScores, ModelGeometry
+    from hf_prune.engine.structures import LayerScores
+    from hf_prune.format.geometry import ModelGeometry
 
     geometry = ModelGeometry.of(model)
     gen = torch.Generator().manual_seed(0)
@@ -284,8 +286,9 @@ def test_schedule_is_pluggable(model):
 
 
 def test_the_names_of_the_pieces_match_their_registries():
-    """PruneConfig checks names against engine.presets without importing torch: they must name what exists."""
-    from hf_prune.engine import importance, objectives, presets, schedule
+    """PruneConfig checks names against hf_prune.presets without importing torch: they must name what exists."""
+    from hf_prune import presets
+    from hf_prune.engine import importance, objectives, schedule
 
     assert tuple(importance._CRITERIA) == presets.CRITERIA
     assert tuple(objectives._OBJECTIVES) == presets.OBJECTIVES

@@ -17,7 +17,9 @@ from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast, Qwen2ForCausalLM
 
 import hf_prune
-from hf_prune import ExportError, LayerPlan, NotUniformError, OutputExistsError, PruningError, PruningPlan, apply_plan
+from hf_prune import PruningPlan, apply_plan
+from hf_prune.errors import ExportError, NotUniformError, OutputExistsError, PruningError
+from hf_prune.format import LayerPlan
 
 IDS = torch.randint(3, 128, (2, 11), generator=torch.Generator().manual_seed(3))
 

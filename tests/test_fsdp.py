@@ -19,7 +19,8 @@ except ImportError:  # pragma: no cover
     from test_push import make_tiny_base
     from test_scale import _env
 
-from hf_prune import PruneConfig, PruningError
+from hf_prune import PruneConfig
+from hf_prune.errors import PruningError
 from hf_prune.engine import fsdp
 from hf_prune.engine.importance import TaylorImportance
 from hf_prune.engine.objectives import lm_loss

@@ -16,10 +16,10 @@ from hf_prune.cli import build_parser, config_from_args
 from hf_prune.engine.allocation import allocate
 from hf_prune.engine import priors
 from hf_prune.engine import pruner as pruner_module
-from hf_prune.engine.presets import AUTO_ATTENTION_WEIGHTS, AUTO_EVIDENCE, AUTO_LAYER_BALANCES
+from hf_prune.presets import AUTO_ATTENTION_WEIGHTS, AUTO_EVIDENCE, AUTO_LAYER_BALANCES
 from hf_prune.engine.priors import candidates, holdout_windows, start_priors
 from hf_prune.engine.pruner import Pruner
-from hf_prune.engine.structures import ModelGeometry
+from hf_prune.format.geometry import ModelGeometry
 from hf_prune.errors import PruningError
 from hf_prune.format.slicing import apply_plan
 

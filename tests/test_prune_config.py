@@ -8,9 +8,10 @@ import json
 
 import pytest
 
-from hf_prune import PruneConfig, PruningError
+from hf_prune import PruneConfig
+from hf_prune.errors import PruningError
 from hf_prune.cli import add_prune_arguments, build_parser, config_from_args
-from hf_prune.engine.presets import METHODS
+from hf_prune.presets import METHODS
 
 
 def test_defaults_round_trip_through_dict_and_file(tmp_path):

@@ -19,7 +19,8 @@ except ImportError:  # pragma: no cover
 
 from hf_prune.errors import OutputExistsError
 from hf_prune.errors import CalibrationError, HubAuthError, PruningError, PushArgumentError
-from hf_prune.pipeline import EVAL_FILE, level_name, prune_and_push
+from hf_prune.config import level_name
+from hf_prune.job import EVAL_FILE, prune_and_push
 
 TOKEN = "hf_TESTSECRETdoNotLeak0123456789"
 USER = "test-user"

@@ -11,7 +11,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, pipeline
 
-from hf_prune import PrunedQwen2ForCausalLM, PruningPlan, apply_plan
+from hf_prune import PruningPlan, apply_plan
+from hf_prune.modeling import PrunedQwen2ForCausalLM
 
 pytestmark = pytest.mark.real
 

@@ -307,13 +307,13 @@ def test_training_windows_follow_the_mix_and_a_seed_of_their_own(tmp_path, monke
 def test_bad_recovery_input_fails_before_the_model_is_loaded(tmp_path, monkeypatch):
     import importlib.util
 
-    import hf_prune.pipeline as pipeline
+    import hf_prune.job.levels as levels
     from test_push import make_tiny_base
 
     def no_loading(*args, **kwargs):
         raise AssertionError("the model was loaded")
 
-    monkeypatch.setattr(pipeline, "_model", no_loading)
+    monkeypatch.setattr(levels, "load_model", no_loading)
     with pytest.raises(RecoveryError, match="tokens must be > 0"):  # before even the model folder is looked at
         prune_and_push("/no/such/model", None, recovery={"method": "kd", "tokens": 0}, output_dir=tmp_path / "o")
     find_spec = importlib.util.find_spec

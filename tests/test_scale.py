@@ -19,7 +19,8 @@ except ImportError:  # pragma: no cover
     from test_push import make_tiny_base
 
 import hf_prune
-from hf_prune import InsufficientMemoryError, PruneConfig
+from hf_prune import PruneConfig
+from hf_prune.errors import InsufficientMemoryError
 from hf_prune.engine.dispatch import is_dispatched
 from hf_prune.engine.importance import TaylorImportance
 from hf_prune.engine.memory import ModelDims, format_bytes, memory_plan, parse_size

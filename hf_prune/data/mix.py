@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import CalibrationError
+from ..options import is_number
 from .sources import DomainSource, source_fields
 
 if TYPE_CHECKING:
@@ -63,9 +64,7 @@ def _domain_from_spec(name: str, value: Any, base_dir: Path | None = None) -> Do
         raise CalibrationError(f"domain names must be non-empty strings, got {name!r}")
     if isinstance(value, DomainSource):
         return value if value.name == name else DomainSource(**{**_fields_of(value), "name": name})
-    if isinstance(value, bool):
-        raise CalibrationError(f"domain {name!r}: expected a weight, a source or a mapping, got {value!r}")
-    if isinstance(value, (int, float)):
+    if is_number(value) or isinstance(value, float):  # a non-finite float is refused by _weight, which names it
         spec: dict[str, Any] = {"weight": value}
     elif isinstance(value, (str, os.PathLike)):
         spec = {"source": os.fspath(value)}

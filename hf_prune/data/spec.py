@@ -1,80 +1,25 @@
-"""Data specs as users write them, and the one check that evaluation text is not calibration text.
+"""The one check that evaluation text is not calibration text.
 
-A spec is a :class:`~hf_prune.CalibrationMix`, its command-line form (``"web=0.3,code=data/code.jsonl@0.7"``), a
-YAML/JSON mix file, a mapping, or ``{domain: [documents]}`` for evaluation. :func:`as_mix` turns any of them
-into a mix and checks local files exist; :func:`check_overlap` refuses an evaluation source that is also a
-calibration source and warns about shared documents. Neither imports torch.
+:func:`check_overlap` refuses an evaluation source that is also a calibration source and warns about shared
+documents. It reads both specs through :func:`~hf_prune.data.calibration.as_calibration` and imports no torch.
 """
 
 from __future__ import annotations
 
-import os
 import warnings
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from ..errors import CalibrationError, DataOverlapWarning
-from .mix import CalibrationMix, _domain_from_spec
+from .calibration import Domains, as_calibration
 from .sources import DomainSource, document_hashes, load_documents
 
-__all__ = ["as_mix", "domains_of", "check_overlap"]
-
-Domains = dict[str, "DomainSource | list[str]"]
+__all__ = ["check_overlap"]
 
 
-def _is_documents(value: Any) -> bool:
-    return isinstance(value, (list, tuple)) and all(isinstance(t, str) for t in value)
-
-
-def as_mix(spec: Any) -> Any:
-    """A :class:`CalibrationMix` from a spec string / file path / mapping (local files checked to exist);
-    ``{domain: [documents]}`` and other objects (windows, batches, a mix) pass through."""
-    if spec is None:
-        return None
-    if isinstance(spec, CalibrationMix):
-        mix = spec
-    elif isinstance(spec, (str, os.PathLike)):
-        mix = CalibrationMix.parse(os.fspath(spec))
-    elif isinstance(spec, Mapping):
-        if spec and all(_is_documents(v) for v in spec.values()):
-            return dict(spec)
-        mix = CalibrationMix(spec)
-    else:
-        return spec
-    for src in mix.sources:
-        if src.is_local:
-            src.files()  # a missing file or unsupported type fails now, naming the domain
-    return mix
-
-
-def _describes_text(spec: Any) -> bool:
-    return isinstance(getattr(spec, "spec", None) or spec, (CalibrationMix, Mapping))
-
-
-def domains_of(spec: Any) -> Domains:
-    """``{domain: DomainSource | documents}`` of a spec (a mix, a mapping, or windows drawn from a mix)."""
-    spec = getattr(spec, "spec", None) or spec  # CalibrationWindows carry the spec of the mix they came from
-    if isinstance(spec, CalibrationMix):
-        return {s.name: s for s in spec.sources}
-    if not isinstance(spec, Mapping):
-        raise CalibrationError(
-            f"evaluation texts must be a CalibrationMix or a mapping domain -> source/texts, got {type(spec).__name__}"
-        )
-    if set(spec) == {"domains"} and isinstance(spec["domains"], Mapping):
-        spec = spec["domains"]
-    out: Domains = {}
-    for name, value in spec.items():
-        if _is_documents(value):
-            docs = [v for v in value if v.strip()]
-            if not docs:
-                raise CalibrationError(f"domain {name!r}: no non-empty evaluation texts")
-            out[name] = docs
-        else:
-            out[name] = _domain_from_spec(name, value)
-    if not out:
-        raise CalibrationError("no evaluation domains given")
-    return out
+def _domains(spec: Any) -> Domains | None:
+    data = as_calibration(spec)
+    return data.domains() if data is not None else None
 
 
 def _origin(src: DomainSource) -> set[Any]:
@@ -88,8 +33,8 @@ def check_overlap(calibration: Any, evaluation: Any, *, tokenizer: Any = None, d
     """Refuse evaluation sources that are calibration sources; warn about documents found in both.
 
     Args:
-        calibration, evaluation: specs in any form :func:`domains_of` reads; anything else (pre-tokenised
-            calibration) is not checked.
+        calibration, evaluation: specs in any form :func:`~hf_prune.data.calibration.as_calibration` reads; data
+            given as tokens (without the mix it was drawn from) is not checked.
         tokenizer: renders chat sources when documents are compared.
         documents: also compare documents (reads every non-streamed source once); ``False`` compares only
             where the text comes from (instant).
@@ -97,9 +42,9 @@ def check_overlap(calibration: Any, evaluation: Any, *, tokenizer: Any = None, d
     Raises:
         CalibrationError: an evaluation domain reads the same file or Hub split as a calibration domain.
     """
-    if not (_describes_text(calibration) and _describes_text(evaluation)):
+    calib, evals = _domains(calibration), _domains(evaluation)
+    if calib is None or evals is None:
         return  # no evaluation, or pre-tokenised calibration: nothing to compare
-    calib, evals = domains_of(calibration), domains_of(evaluation)
     sources = {cname: _origin(c) for cname, c in calib.items() if isinstance(c, DomainSource)}
     for ename, esrc in evals.items():
         if not isinstance(esrc, DomainSource):

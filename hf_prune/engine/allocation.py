@@ -23,9 +23,10 @@ from typing import Any, NamedTuple
 import torch
 
 from ..errors import PruningError
+from ..format.geometry import ModelGeometry
 from ..format.plan import LayerPlan, PruningPlan
-from .presets import ALLOCATIONS, NORMALIZATIONS
-from .structures import LayerScores, ModelGeometry
+from ..presets import ALLOCATIONS, NORMALIZATIONS
+from .structures import LayerScores
 
 __all__ = ["Constraints", "allocate", "NORMALIZATIONS"]
 

@@ -1,62 +1,26 @@
-"""Calibration input for the scoring rounds: batches from any accepted form, and a per-domain loss log."""
+"""What the scoring rounds do with calibration batches: a progress bar, per-window losses, a per-domain loss log.
+
+The batches themselves come from :meth:`hf_prune.data.calibration.Calibration.batches`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
-from ..errors import PruningError
 from .objectives import lm_loss
 
-__all__ = ["calibration_batches", "is_mix", "LossRecorder", "describe_calibration", "window_losses"]
+__all__ = ["LossRecorder", "window_losses", "batch_progress"]
 
 
-def is_mix(calibration: Any) -> bool:
-    """Whether ``calibration`` draws its own windows (a ``CalibrationMix``), as opposed to ready tokens."""
-    from ..data.windows import CalibrationWindows
-
-    return hasattr(calibration, "sample") and not isinstance(calibration, CalibrationWindows)
-
-
-def calibration_batches(calibration: Any, tokenizer: Any, num_samples: int, seq_len: int, seed: int,
-                        batch_size: int, device: torch.device) -> list[dict[str, Any]]:
-    """Normalise the accepted calibration inputs into a list of batches (dicts of tensors, with domain labels)."""
-    from ..data.multiple_choice import MultipleChoiceBatch
-    from ..data.windows import CalibrationWindows
-
-    if is_mix(calibration):
-        if tokenizer is None:
-            raise PruningError("A CalibrationMix needs the tokenizer: prune(model, tokenizer, calibration, ...).")
-        calibration = calibration.sample(tokenizer, num_samples, seq_len, seed=seed)
-    if isinstance(calibration, torch.Tensor):
-        calibration = CalibrationWindows(calibration.long(), ["calibration"] * calibration.shape[0])
-    if isinstance(calibration, CalibrationWindows):
-        return [
-            {"input_ids": ids.to(device), "domains": list(domains)}
-            for ids, domains in calibration.iter_batches(batch_size)
-        ]
-    if isinstance(calibration, MultipleChoiceBatch):
-        # Batches hold whole questions, so the margin objective sees every question's correct and wrong choices.
-        out = []
-        questions = calibration.question_index
-        for start in range(0, calibration.num_questions, batch_size):
-            rows = (questions >= start) & (questions < start + batch_size)
-            out.append({k: getattr(calibration, k)[rows].to(device) for k in calibration.__dataclass_fields__})
-        return out
-    if isinstance(calibration, Sequence) and calibration and isinstance(calibration[0], Mapping):
-        return [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in b.items()} for b in calibration]
-    raise PruningError(
-        "calibration must be a CalibrationMix, CalibrationWindows, a [N, seq_len] tensor of token ids, a "
-        f"MultipleChoiceBatch or a list of batch dicts; got {type(calibration).__name__}."
-    )
-
-
-def describe_calibration(calibration: Any) -> Any:
-    """What identifies the calibration data in a run's state: a mix's spec, else the type's name."""
-    return calibration.to_dict() if hasattr(calibration, "to_dict") else type(calibration).__name__
+def batch_progress(batches: Iterable[Any], desc: str, disable: bool) -> Iterator[Any]:
+    """``batches`` with a per-batch progress bar that disappears when done (every criterion shows one)."""
+    total = len(batches) if hasattr(batches, "__len__") else None
+    return iter(tqdm(batches, desc=desc, total=total, disable=disable, leave=False, unit="batch"))
 
 
 def window_losses(model, ids: torch.Tensor) -> torch.Tensor:

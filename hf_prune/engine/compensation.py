@@ -31,11 +31,11 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import PruneConfig
+from ..data.calibration import as_calibration
 from ..errors import PruningError
 from ..format.geometry import head_dim_of
 from ..format.plan import PruningPlan, ResolvedLayer
 from ..format.slicing import apply_plan
-from .batches import calibration_batches
 from .dispatch import redispatch
 from .distributed import all_reduce_tensor, shard, world_size
 
@@ -138,8 +138,11 @@ class CompensationData:
 
 def compensation_batches(calibration: Any, tokenizer: Any, config: PruneConfig, device: torch.device) -> CompensationData:
     """``config.compensation_samples`` windows of ``config.seq_len`` tokens (a mix), or the given batches."""
-    batches = calibration_batches(calibration, tokenizer, config.compensation_samples, config.seq_len, config.seed,
-                                  config.batch_size, device)
+    data = as_calibration(calibration)
+    if data is None:
+        raise PruningError("compensation needs calibration data (its statistics are the activations on it).")
+    batches = data.batches(config.compensation_samples, config.seq_len, config.seed, config.batch_size, device,
+                           tokenizer=tokenizer)
     return CompensationData([{k: v for k, v in b.items() if k in ("input_ids", "attention_mask")} for b in batches])
 
 

@@ -12,6 +12,10 @@ rank its share of the batches. What the ranks accumulate is added up with ``all_
 
 Rank 0 alone writes, logs and pushes (see :func:`hf_prune.prune_and_push`). Outside a process group every
 function here is the single-process identity, so the engine calls them unconditionally.
+
+This is the one module that reads torchrun's environment (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``). Those
+readers run without torch: the command line and the checks before loading use them, and must stay instant, so
+torch is imported by the collectives when they are first called.
 """
 
 from __future__ import annotations
@@ -21,13 +25,14 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import torch
-import torch.distributed as dist
+if TYPE_CHECKING:
+    import torch
 
-__all__ = ["init_from_env", "is_distributed", "rank", "world_size", "is_main", "shard", "all_reduce_sums",
-           "all_reduce_tensor", "all_reduce_floats", "barrier", "TRAFFIC", "Traffic"]
+__all__ = ["launched_world_size", "launched_rank", "local_rank", "rank_device_map", "init_from_env",
+           "is_distributed", "rank", "world_size", "is_main", "shard", "all_reduce_sums", "all_reduce_tensor",
+           "all_reduce_floats", "barrier", "TRAFFIC", "Traffic"]
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -52,33 +57,69 @@ class Traffic:
 TRAFFIC = Traffic()
 
 
+# ---- torchrun's environment (no torch) ----------------------------------------------------------------------
+def launched_world_size() -> int:
+    """Processes torchrun started for this run (``WORLD_SIZE``; 1 outside torchrun), before any process group."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def launched_rank() -> int:
+    """This process's rank as torchrun numbered it (``RANK``; 0 outside torchrun)."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def local_rank() -> int:
+    """This process's GPU index on its machine (``LOCAL_RANK``; 0 outside torchrun)."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def rank_device_map(device_map: Any) -> Any:
+    """A data-parallel rank's device: ``cuda:LOCAL_RANK`` on GPUs when no ``device_map`` is given."""
+    import torch
+
+    if device_map is None and torch.cuda.is_available():
+        return {"": local_rank()}
+    return device_map
+
+
+def _dist():
+    import torch.distributed as dist
+
+    return dist
+
+
+# ---- the process group and its collectives ----------------------------------------------------------------
 def init_from_env() -> bool:
     """Join the process group ``torchrun`` describes (``WORLD_SIZE`` > 1); ``nccl`` on GPUs, else ``gloo``.
 
     Returns whether this process is one rank of several. A group the caller initialised is used as it is.
     """
+    import torch
+
+    dist = _dist()
     if dist.is_available() and dist.is_initialized():
         return dist.get_world_size() > 1
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    if launched_world_size() <= 1:
         return False
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(local_rank())
     dist.init_process_group(backend=backend, timeout=TIMEOUT)
     logger.debug("rank %d of %d joined the %s process group", dist.get_rank(), dist.get_world_size(), backend)
     return True
 
 
 def is_distributed() -> bool:
+    dist = _dist()
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def rank() -> int:
-    return dist.get_rank() if is_distributed() else 0
+    return _dist().get_rank() if is_distributed() else 0
 
 
 def world_size() -> int:
-    return dist.get_world_size() if is_distributed() else 1
+    return _dist().get_world_size() if is_distributed() else 1
 
 
 def is_main() -> bool:
@@ -94,6 +135,9 @@ def shard(batches: Sequence[T]) -> list[T]:
 def all_reduce_tensor(tensor: torch.Tensor) -> torch.Tensor:
     """``tensor`` summed over the ranks, in place (unchanged in one process)."""
     if is_distributed():
+        import torch
+
+        dist = _dist()
         if dist.get_backend() == "nccl" and tensor.device.type != "cuda":  # NCCL reduces GPU tensors only
             on_gpu = tensor.to(f"cuda:{torch.cuda.current_device()}")
             dist.all_reduce(on_gpu)
@@ -109,6 +153,8 @@ def all_reduce_sums(tensors: Sequence[torch.Tensor], count: int) -> int:
     """Sum every tensor over the ranks in place; returns the total ``count`` (one process: unchanged)."""
     if not is_distributed():
         return count
+    import torch
+
     for t in tensors:
         all_reduce_tensor(t)
     device = tensors[0].device if tensors else torch.device("cpu")
@@ -120,11 +166,11 @@ def all_reduce_floats(values: dict[str, float], device: Any = "cpu") -> dict[str
     if not is_distributed():
         return values
     gathered: list[Any] = [None] * world_size()
-    dist.all_gather_object(gathered, values)
+    _dist().all_gather_object(gathered, values)
     keys = sorted({k for part in gathered for k in part})
     return {k: float(sum(part.get(k, 0.0) for part in gathered)) for k in keys}
 
 
 def barrier() -> None:
     if is_distributed():
-        dist.barrier()
+        _dist().barrier()

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -30,8 +29,9 @@ import torch
 
 from ..errors import PruningError
 from ..format.geometry import head_dim_of
-from .distributed import all_reduce_sums, all_reduce_tensor, world_size
-from .priors import is_auto
+from ..presets import is_auto
+from .batches import batch_progress
+from .distributed import all_reduce_sums, all_reduce_tensor, local_rank, world_size
 from .structures import LayerScores
 
 __all__ = ["check_config", "shard_model", "is_sharded", "local_rows", "sharded_taylor", "ShardedBuffers"]
@@ -60,7 +60,7 @@ def check_config(config: Any) -> None:
 def device() -> torch.device:
     """Where this rank's shards live: ``cuda:LOCAL_RANK`` on GPUs, else the CPU (gloo)."""
     if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return torch.device("cuda", local_rank())
     return torch.device("cpu")
 
 
@@ -146,11 +146,9 @@ class ShardedBuffers:
 
 def _run_batches(model, batches: Sequence[Batch], objective, raw_objective, show_progress: bool) -> int:
     """Forward and backward of this rank's batches, padded to the most any rank has; returns the sample count."""
-    from .importance import _progress
-
     most = _most(len(batches))
     dev, count = device(), 0
-    for i, batch in enumerate(_progress(list(range(most)), "taylor scores (fsdp)", not show_progress)):
+    for i, batch in enumerate(batch_progress(list(range(most)), "taylor scores (fsdp)", not show_progress)):
         real = i < len(batches)
         batch = {k: v.to(dev) if torch.is_tensor(v) else v for k, v in (batches[i] if real else batches[0]).items()}
         size = batch["input_ids"].shape[0] if real else 0

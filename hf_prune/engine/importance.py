@@ -12,10 +12,10 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from ..errors import PruningError
 from ..format.geometry import head_dim_of
+from .batches import LossRecorder, batch_progress
 from .distributed import all_reduce_sums
 from .objectives import Objective
 from .structures import LayerScores
@@ -68,11 +68,6 @@ def _structure_sums(model, elementwise: Callable[[torch.nn.Module, str, torch.Te
             )
         scores.append(LayerScores(heads, kv, channels).to(torch.float32))
     return scores
-
-
-def _progress(batches: Iterable[Batch], desc: str, disable: bool) -> Iterator[Batch]:
-    total = len(batches) if hasattr(batches, "__len__") else None
-    return iter(tqdm(batches, desc=desc, total=total, disable=disable, leave=False, unit="batch"))
 
 
 class Importance:
@@ -150,7 +145,7 @@ class TaylorImportance(Importance):
             handles = [p.register_post_accumulate_grad_hook(_add_into(buf)) for p, buf in buffers.items()]
             count = 0
             try:
-                for batch in _progress(batches, "taylor scores", not show_progress):
+                for batch in batch_progress(batches, "taylor scores", not show_progress):
                     size = batch["input_ids"].shape[0]
                     loss = objective(model, batch)
                     (loss * size).backward()  # loss x batch size: the gradient of the summed per-sample losses
@@ -174,7 +169,6 @@ class TaylorImportance(Importance):
             return _structure_sums(model, elementwise)
 
     def _sharded(self, model, batches, objective, show_progress: bool) -> list[LayerScores]:
-        from .batches import LossRecorder
         from .fsdp import sharded_taylor
 
         raw = objective.objective if isinstance(objective, LossRecorder) else objective
@@ -257,7 +251,7 @@ class ActivationTaylorImportance(Importance):
             for p in model.parameters():
                 p.requires_grad_(False)
             model.eval()
-            for batch in _progress(batches, "activation-taylor scores", not show_progress):
+            for batch in batch_progress(batches, "activation-taylor scores", not show_progress):
                 size = batch["input_ids"].shape[0]
                 (objective(model, batch) * size).backward()
                 count += size
@@ -336,7 +330,7 @@ class FisherImportance(Importance):
         with _only_structured_grads(model) as params:
             totals: list[LayerScores] | None = None
             count = 0
-            for batch in _progress(batches, "fisher scores", not show_progress):
+            for batch in batch_progress(batches, "fisher scores", not show_progress):
                 for group in _split(batch, self.group_size):
                     objective(model, group).backward()
                     squares = [s.map(torch.square) for s in _structure_sums(model, signed)]
@@ -406,7 +400,7 @@ class _ActivationImportance(Importance):
         count = 0
         try:
             with torch.no_grad():
-                for batch in _progress(batches, f"{self.name} statistics", not show_progress):
+                for batch in batch_progress(batches, f"{self.name} statistics", not show_progress):
                     model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"), use_cache=False)
                     count += 1
         finally:

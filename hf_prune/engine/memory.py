@@ -21,9 +21,7 @@ overhead per device. Imports neither torch nor transformers unless devices must 
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -32,6 +30,8 @@ from typing import Any
 
 from ..config import PruneConfig
 from ..errors import InsufficientMemoryError, PruningError
+from ..format.geometry import ModelGeometry, config_mapping
+from ..options import is_number
 from .schedule import get_schedule
 
 __all__ = ["ModelDims", "MemoryPlan", "DevicePlan", "memory_plan", "parse_size", "check_fits", "format_bytes",
@@ -51,7 +51,7 @@ def format_bytes(n: float) -> str:
 
 def parse_size(value: int | float | str) -> int:
     """Bytes of ``"75GiB"``, ``"80GB"``, ``"512MiB"`` or a number (bytes)."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
+    if is_number(value):
         return int(value)
     match = re.fullmatch(r"\s*([0-9.]+)\s*([KMGT]i?B?|B)?\s*", str(value), flags=re.IGNORECASE)
     if not match:
@@ -65,48 +65,43 @@ def parse_size(value: int | float | str) -> int:
 # ---- the model's sizes ---------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ModelDims:
-    """The sizes that decide memory: per layer ``(query heads, KV heads, MLP width)`` (0: sublayer removed)."""
+    """The sizes that decide memory: the model's :class:`~hf_prune.format.geometry.ModelGeometry` (which counts
+    its parameters) and the dtype its weights are loaded in."""
 
-    hidden_size: int
-    head_dim: int
-    vocab_size: int
-    layers: tuple[tuple[int, int, int], ...]
-    tie_word_embeddings: bool
-    attention_bias: bool
+    geometry: ModelGeometry
     dtype: str
-    qk_norm: bool = False  # Qwen3: per-head q_norm / k_norm (head_dim each) in every attention sublayer
 
     @property
     def dtype_bytes(self) -> int:
         return _DTYPE_BYTES[self.dtype]
 
+    @property
+    def hidden_size(self) -> int:
+        return self.geometry.hidden_size
+
+    @property
+    def head_dim(self) -> int:
+        return self.geometry.head_dim
+
+    @property
+    def vocab_size(self) -> int:
+        return self.geometry.vocab_size
+
+    @property
+    def layers(self) -> tuple[tuple[int, int, int], ...]:
+        """Per layer ``(query heads, KV heads, MLP width)``, 0 for a removed sublayer."""
+        return tuple((s.num_attention_heads, s.num_key_value_heads, s.intermediate_size) for s in self.geometry.shapes)
+
     @classmethod
     def from_config(cls, config: Any, dtype: str | None = None) -> ModelDims:
         """From a ``config.json`` mapping, a transformers config, or a folder / file holding ``config.json``."""
-        if isinstance(config, (str, os.PathLike)):
-            path = Path(config)
-            config = json.loads((path / "config.json" if path.is_dir() else path).read_text(encoding="utf-8"))
-        if not isinstance(config, Mapping):
-            config = config.to_dict()
-        text = config.get("text_config") or config
-        hidden, heads = int(text["hidden_size"]), int(text["num_attention_heads"])
-        kv = int(text.get("num_key_value_heads") or heads)
-        head_dim = int(text.get("head_dim") or hidden // heads)
-        layers = [(heads, kv, int(text["intermediate_size"]))] * int(text["num_hidden_layers"])
-        for index, sizes in (text.get("per_layer_config") or {}).items():  # pruned_qwen2: sparse overrides
-            h, k, i = layers[int(index)]
-            skip = sizes.get("skip") or ()
-            h, k = (0, 0) if "attention" in skip else (sizes.get("num_attention_heads", h), sizes.get("num_key_value_heads", k))
-            i = 0 if "mlp" in skip else sizes.get("intermediate_size", i)
-            layers[int(index)] = (int(h), int(k), int(i))
-        bias = bool(text.get("attention_bias", text.get("model_type") in ("qwen2", "pruned_qwen2", None)))
+        mapping = config_mapping(config)
+        text = mapping.get("text_config") or mapping
         name = dtype if dtype not in (None, "auto") else (text.get("dtype") or text.get("torch_dtype") or "float32")
         name = str(name).replace("torch.", "")
         if name not in _DTYPE_BYTES:
             raise PruningError(f"unknown dtype {name!r} for the memory plan; use float32, bfloat16 or float16.")
-        return cls(hidden, head_dim, int(text["vocab_size"]), tuple(layers),
-                   bool(config.get("tie_word_embeddings", text.get("tie_word_embeddings", False))), bias, name,
-                   text.get("model_type") in ("qwen3", "pruned_qwen3"))
+        return cls(ModelGeometry.from_config(mapping), name)
 
     @classmethod
     def from_model(cls, model: Any) -> ModelDims:
@@ -114,32 +109,30 @@ class ModelDims:
         from ..format.geometry import head_dim_of, layer_shapes
 
         dims = cls.from_config(model.config, str(next(model.parameters()).dtype))
-        shapes = tuple((s.num_attention_heads, s.num_key_value_heads, s.intermediate_size) for s in layer_shapes(model))
-        return replace(dims, layers=shapes, head_dim=head_dim_of(model.config))
+        geometry = replace(dims.geometry, shapes=tuple(layer_shapes(model)), head_dim=head_dim_of(model.config))
+        return replace(dims, geometry=geometry)
 
     # ---- parameter counts ----
     def layer_params(self, index: int, keep: float = 1.0) -> int:
         """Parameters of decoder layer ``index`` (``keep``: the fraction of its prunable parameters left)."""
-        norms = self.hidden_size * sum(1 for n in self.layers[index][::2] if n)
-        if self.qk_norm and self.layers[index][0]:
-            norms += 2 * self.head_dim
-        return self.layer_prunable(index, keep) + norms
+        s = self.geometry.shapes[index]
+        return self.layer_prunable(index, keep) + self.geometry.layer_norm_params(s.num_attention_heads,
+                                                                                   s.intermediate_size)
 
     def layer_prunable(self, index: int, keep: float = 1.0) -> int:
         """Parameters of layer ``index``'s projections (the weights that get score buffers)."""
-        heads, kv, inter = self.layers[index]
-        h, d, bias = self.hidden_size, self.head_dim, int(self.attention_bias)
-        attn = heads * d * (2 * h + bias) + 2 * kv * d * (h + bias)
-        return int(keep * (attn + 3 * h * inter))
+        s = self.geometry.shapes[index]
+        return int(keep * self.geometry.projection_params(s.num_attention_heads, s.num_key_value_heads,
+                                                         s.intermediate_size))
 
     @property
     def embedding_params(self) -> int:
-        return self.vocab_size * self.hidden_size
+        return self.geometry.embedding_params
 
     @property
     def head_params(self) -> int:
         """Final norm and (untied) lm_head."""
-        return self.hidden_size + (0 if self.tie_word_embeddings else self.vocab_size * self.hidden_size)
+        return self.geometry.head_params
 
     def total_params(self, keep: float = 1.0) -> int:
         return self.embedding_params + self.head_params + sum(self.layer_params(i, keep) for i in range(len(self.layers)))

@@ -19,7 +19,6 @@ records it (``StepLog.priors``).
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -27,22 +26,18 @@ from typing import Any
 
 import torch
 
+from ..data.calibration import as_calibration
 from ..errors import PruningError
 from ..format.plan import PruningPlan
 from .allocation import Constraints
-from .batches import is_mix, window_losses
+from .batches import window_losses
 from .compensation import DenseStatistics
 from .distributed import all_reduce_floats, shard
 from .memory import available_bytes
-from .presets import AUTO, AUTO_ATTENTION_WEIGHTS, AUTO_EVIDENCE, AUTO_LAYER_BALANCES, METHODS
+from ..presets import AUTO, AUTO_ATTENTION_WEIGHTS, AUTO_EVIDENCE, AUTO_LAYER_BALANCES, METHODS, is_auto
 
 __all__ = ["is_auto", "check_memory", "start_priors", "candidates", "holdout_windows", "holdout_size",
            "choose_plan"]
-
-
-def is_auto(config: Any) -> bool:
-    """Whether a (resolved) config asks for any prior to be chosen per model."""
-    return AUTO in (config.attention_weight, config.layer_balance)
 
 
 def check_memory(model) -> None:
@@ -100,14 +95,16 @@ def holdout_windows(calibration: Any, tokenizer: Any, num_samples: int, seq_len:
     ``seed``) does not contain, in the mix's proportions.
 
     A larger draw with the same seed contains the scoring windows (each domain's windows are a prefix of one
-    seeded permutation), so its other rows are held back.
+    seeded permutation), so its other rows are held back. The scoring draw is the one scoring used (a
+    :class:`~hf_prune.data.calibration.Calibration` keeps its draws), not drawn again.
     """
-    if not is_mix(calibration):
+    calibration = as_calibration(calibration)
+    if calibration is None or calibration.mix is None:
         raise PruningError("attention_weight / layer_balance 'auto' hold back windows of a CalibrationMix; with "
-                           f"pre-tokenised calibration ({type(calibration).__name__}) give them as numbers.")
+                           "calibration given as tokens, give them as numbers.")
     size = holdout_size(num_samples)
-    scoring = calibration.sample(tokenizer, num_samples, seq_len, seed=seed).input_ids
-    larger = calibration.sample(tokenizer, num_samples + size, seq_len, seed=seed).input_ids
+    scoring = calibration.draw(num_samples, seq_len, seed, tokenizer=tokenizer).input_ids
+    larger = calibration.draw(num_samples + size, seq_len, seed, tokenizer=tokenizer).input_ids
     seen = {tuple(row.tolist()) for row in scoring}
     held = [row for row in larger if tuple(row.tolist()) not in seen][:size]
     if not held:

@@ -21,14 +21,15 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import PruneConfig
+from ..data.calibration import as_calibration
 from ..errors import PruningError
 from ..fileio import write_text_atomic
-from ..format.geometry import check_supported
+from ..format.geometry import ModelGeometry, check_supported
 from ..format.plan import PruningPlan
 from ..format.slicing import apply_plan
 from ..options import is_number
 from .allocation import Constraints, allocate
-from .batches import LossRecorder, calibration_batches, describe_calibration
+from .batches import LossRecorder
 from .compensation import CompensationData, DenseStatistics, compensate, compensation_batches
 from .dispatch import redispatch
 from .distributed import TRAFFIC, is_main, shard, world_size
@@ -38,7 +39,7 @@ from .importance import get_importance
 from .objectives import get_objective
 from .priors import check_memory, choose_plan, holdout_windows, is_auto, start_priors
 from .schedule import check_schedule, get_schedule
-from .structures import LayerScores, ModelGeometry, kv_cache_per_token
+from .structures import LayerScores, kv_cache_per_token
 
 __all__ = ["Pruner", "prune", "PruneResult", "StepLog", "STATE_FILE"]
 
@@ -226,7 +227,8 @@ class Pruner:
         check_supported(model)
         self.config = PruneConfig.coerce(config, **overrides).resolved()
         c = self.config
-        self.model, self.tokenizer, self.calibration, self.show_progress = model, tokenizer, calibration, show_progress
+        self.model, self.tokenizer, self.show_progress = model, tokenizer, show_progress
+        self.calibration = as_calibration(calibration)
         check_fsdp(c)
         self.criterion = get_importance(c.importance, seed=c.seed)
         self.objective = get_objective(c.objective)
@@ -241,12 +243,12 @@ class Pruner:
         # Drawn once, before any model work: spec errors (empty domain, missing file...) surface here.
         self.batches = self._draw(c.seed) if self.criterion.needs_data else []
         self.compensation_data = self._compensation_data(geometry) if c.compensation else None
-        self.holdout = (holdout_windows(calibration, tokenizer, c.num_samples, c.seq_len, c.seed).to(self.device)
+        self.holdout = (holdout_windows(self.calibration, tokenizer, c.num_samples, c.seq_len, c.seed).to(self.device)
                         if is_auto(c) else None)
         self.priors_at = start_priors(c) if is_auto(c) else None  # "auto": where the next round's choice starts
         self.key = hashlib.sha256(json.dumps(
             {"config": c.fingerprint(), "schedule": self.schedule, "base_params": self.base_params,
-             "calibration": describe_calibration(calibration)}, sort_keys=True, default=str).encode()).hexdigest()[:16]
+             "calibration": self.calibration and self.calibration.describe()}, sort_keys=True, default=str).encode()).hexdigest()[:16]
         self._kv0 = kv_cache_per_token(geometry.shapes)
         self.current = model
         self.cumulative = PruningPlan.keep_all(geometry.shapes).explicit(geometry.shapes)
@@ -257,8 +259,6 @@ class Pruner:
         self._statistics: DenseStatistics | None = None  # "auto" priors with compensation: built at first use
 
     def _compensation_data(self, geometry: ModelGeometry) -> CompensationData:
-        if self.calibration is None:
-            raise PruningError("compensation needs calibration data (its statistics are the activations on it).")
         data = compensation_batches(self.calibration, self.tokenizer, self.config, self.device)
         dims = max(max(s.intermediate_size for s in geometry.shapes),
                    max(s.num_attention_heads for s in geometry.shapes) * geometry.head_dim)
@@ -275,8 +275,10 @@ class Pruner:
     def _draw(self, seed: int) -> list[dict[str, Any]]:
         """The calibration batches (every rank draws the same) and this rank's share of them."""
         c = self.config
-        batches = calibration_batches(self.calibration, self.tokenizer, c.num_samples, c.seq_len, seed, c.batch_size,
-                                      self.device)
+        if self.calibration is None:
+            raise PruningError("scoring needs calibration data: give a CalibrationMix, windows or token ids.")
+        batches = self.calibration.batches(c.num_samples, c.seq_len, seed, c.batch_size, self.device,
+                                           tokenizer=self.tokenizer)
         if not batches:
             raise PruningError("The calibration set has no tokens.")
         if len(batches) < world_size():

@@ -26,7 +26,7 @@ _SCHEDULES: dict[str, Schedule] = {"linear": linear_schedule}
 
 
 def get_schedule(schedule: str | Schedule) -> Schedule:
-    """A schedule by name (see :data:`hf_prune.engine.presets.SCHEDULES`) or the callable itself."""
+    """A schedule by name (see :data:`hf_prune.presets.SCHEDULES`) or the callable itself."""
     return _SCHEDULES[schedule] if isinstance(schedule, str) else schedule
 
 

@@ -1,7 +1,7 @@
 """The pruned model format: plans (what each layer keeps), per-layer geometry, slicing, conversion, checkpoints.
 
-May import: ``hf_prune.modeling`` (the shipped config/modeling files), ``errors``, ``fileio``; torch and
-transformers. Knows nothing of scores, data or the Hub.
+May import: ``hf_prune.modeling`` (the shipped config/modeling files), ``errors``, ``fileio``, ``options``;
+torch and transformers. Knows nothing of scores, data or the Hub.
 """
 
 from __future__ import annotations

@@ -58,7 +58,7 @@ def family_of(model: Any) -> Family:
         if family.holds(model):
             return family
     model_type = getattr(getattr(model, "config", None), "model_type", None)
-    hint = " Convert it first with hf_prune.llama_to_qwen2(model)." if model_type == "llama" else ""
+    hint = " Convert it first with hf_prune.format.llama_to_qwen2(model)." if model_type == "llama" else ""
     names = " / ".join(f"{f.stock_model.__name__} / {f.pruned_model.__name__}" for f in FAMILIES)
     raise UnsupportedModelError(
         f"hf_prune prunes {names} models; got {type(model).__name__} (model_type={model_type!r}).{hint}"

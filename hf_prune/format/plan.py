@@ -15,6 +15,7 @@ from typing import Any
 
 from ..errors import InvalidPlanError
 from ..fileio import write_text_atomic
+from ..options import is_int
 
 __all__ = ["LayerPlan", "PruningPlan", "LayerShape"]
 
@@ -115,7 +116,7 @@ class PruningPlan:
                 if raw is not None:
                     if isinstance(raw, (str, bytes)) or not isinstance(raw, Sequence):
                         raise InvalidPlanError(f"Layer {idx}: {key} must be a list of integers.")
-                    if not all(isinstance(i, int) and not isinstance(i, bool) for i in raw):
+                    if not all(is_int(i) for i in raw):
                         raise InvalidPlanError(f"Layer {idx}: {key} must contain only integers, got {list(raw)[:5]}.")
                     raw = list(raw)
                 values[key] = raw

@@ -85,7 +85,7 @@ def apply_plan(model: PreTrainedModel, plan: PruningPlan) -> PrunedQwen2ForCausa
 
     ``model`` (a stock ``Qwen2ForCausalLM`` / ``Qwen3ForCausalLM`` or an already pruned model; indices refer to its
     current layout) is left untouched: the result owns copies of every tensor. The result is a
-    :class:`~hf_prune.PrunedQwen2ForCausalLM` (model type ``pruned_qwen2``) for a Qwen2 model and a
+    :class:`~hf_prune.modeling.PrunedQwen2ForCausalLM` (model type ``pruned_qwen2``) for a Qwen2 model and a
     ``PrunedQwen3ForCausalLM`` (``pruned_qwen3``) for a Qwen3 model, whose ``q_norm`` / ``k_norm`` are kept whole.
     Query heads are regrouped under their KV head; a KV head whose query heads are all removed goes too, so the KV
     cache shrinks; a layer keeping no query heads (no MLP channels) loses its attention (MLP) sublayer and that

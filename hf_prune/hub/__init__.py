@@ -1,6 +1,7 @@
 """Publishing on the Hugging Face Hub: model cards (template, metadata, chart) and atomic, one-branch-per-level pushes.
 
-May import: ``errors``, ``modeling`` (the supported transformers range, for the card); huggingface_hub, Jinja2,
+May import: ``errors``, ``options``, ``modeling`` (the supported transformers range and the shipped files, for
+the card and code refreshes); huggingface_hub, Jinja2,
 matplotlib, tenacity. Knows nothing of pruning: it publishes folders and describes them.
 """
 

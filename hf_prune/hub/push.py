@@ -29,6 +29,7 @@ from ..errors import (
     PushIncompleteError,
     RepoExistsError,
 )
+from ..options import is_int, is_number
 
 __all__ = ["PushResult", "push_pruned_folders", "resolve_token", "check_repo_id"]
 
@@ -146,9 +147,9 @@ def _validate_arguments(
     check_repo_id(repo_id)
     if not isinstance(folders, Mapping) or not folders:
         raise PushArgumentError("folders must be a non-empty mapping of branch name -> local folder.")
-    if not isinstance(max_retries, int) or isinstance(max_retries, bool) or max_retries < 0:
+    if not is_int(max_retries) or max_retries < 0:
         raise PushArgumentError(f"max_retries must be an int >= 0, got {max_retries!r}.")
-    if not isinstance(backoff_s, (int, float)) or backoff_s < 0:
+    if not is_number(backoff_s) or backoff_s < 0:
         raise PushArgumentError(f"backoff_s must be a number >= 0, got {backoff_s!r}.")
     if commit_message is not None and (not isinstance(commit_message, str) or not commit_message.strip()):
         raise PushArgumentError("commit_message must be a non-empty string or None.")

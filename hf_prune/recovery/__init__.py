@@ -4,6 +4,9 @@
 transformers' ``Trainer`` (a distillation ``compute_loss``) and, for LoRA, PEFT adapters merged back, so the
 result keeps the pruned model's class and shapes. Training windows come from the calibration mix
 (:mod:`hf_prune.recovery.data`).
+
+May import: ``data`` (the training windows), ``compat``, ``errors``, ``fileio``, ``options``; torch,
+transformers, PEFT. It knows nothing of the engine: it trains whatever pruned model it is given.
 """
 
 from __future__ import annotations

@@ -11,14 +11,13 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import math
-import numbers
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import RecoveryError
-from ..options import Options
+from ..options import Options, is_number
 from ..options import option as _option
 
 __all__ = ["RecoveryConfig", "parse_tokens", "RECOVERY_METHODS", "TEACHER_METHODS", "LR_SCHEDULERS"]
@@ -44,9 +43,7 @@ def parse_tokens(value: Any) -> int:
     Raises:
         RecoveryError: not a number, not whole, or not positive.
     """
-    if isinstance(value, bool):
-        raise RecoveryError(f"recovery tokens must be a number of tokens like 100000, '100k' or '2M', got {value!r}.")
-    if isinstance(value, numbers.Real):
+    if is_number(value):
         number = float(value)
     else:
         match = _TOKENS.match(str(value))

@@ -322,7 +322,7 @@ def recover(student: torch.nn.Module, teacher: torch.nn.Module | None, tokenizer
         teacher: the dense model for ``method="kd"`` / ``"local"`` (``None`` for ``"lm"``); left unchanged.
         tokenizer: the tokenizer (needed when ``calibration`` is a mix).
         calibration: a :class:`~hf_prune.CalibrationMix` (windows drawn by :func:`training_windows`),
-            :class:`~hf_prune.CalibrationWindows` or a ``[N, seq_len]`` token tensor.
+            :class:`~hf_prune.data.CalibrationWindows` or a ``[N, seq_len]`` token tensor.
         config: a :class:`RecoveryConfig`, its dict or a method name; ``overrides`` replace fields.
         state_dir: folder for checkpoints every ``save_steps``; a call with the same folder and options resumes
             from its last checkpoint. ``None``: no checkpoints.

@@ -1,7 +1,8 @@
 """What the engine offers by name: the method presets and the names of every swappable piece.
 
-Kept free of torch so that a :class:`~hf_prune.PruneConfig` (and the command line) can check names instantly;
-the modules that implement the pieces check at import that their registries match these names.
+Part of the recipe layer with :mod:`hf_prune.config` (which checks names against it), below the engine that
+implements the pieces: kept free of torch so that a :class:`~hf_prune.PruneConfig` (and the command line) can
+check names instantly; the engine's modules check at import that their registries match these names.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from dataclasses import dataclass
 
 __all__ = ["Method", "METHODS", "CRITERIA", "ALLOCATIONS", "NORMALIZATIONS", "OBJECTIVES", "SCHEDULES", "COMPENSATIONS",
            "COMPENSATION_TARGETS", "COMPENSATION_WHEN", "AUTO", "AUTO_ATTENTION_WEIGHTS", "AUTO_LAYER_BALANCES",
-           "AUTO_EVIDENCE"]
+           "AUTO_EVIDENCE", "is_auto"]
 
 #: Importance criteria (:mod:`hf_prune.engine.importance`).
 CRITERIA = ("taylor", "activation-taylor", "fisher", "wanda-sp", "flap", "magnitude", "random")
@@ -34,6 +35,11 @@ AUTO_LAYER_BALANCES = (0.0, 1.0, 2.0, 4.0)
 #: A step is taken only when the neighbour's mean held-back loss is lower by more than this many paired standard
 #: errors (the usual two-sided 95% bound; fixed before any measurement, not tuned).
 AUTO_EVIDENCE = 2.0
+
+
+def is_auto(config) -> bool:
+    """Whether a (resolved) config asks for any prior to be chosen per model."""
+    return AUTO in (config.attention_weight, config.layer_balance)
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,9 @@
 
 A level folder holds the checkpoint (:func:`~hf_prune.format.checkpoint.save_pruned_model`: safetensors,
 ``config.json`` with ``auto_map``, the remote-code files, the tokenizer), ``pruning_plan.json``,
-``prune_config.json`` (the :class:`~hf_prune.PruneConfig` that produced it), ``eval_results.json`` and the model
-card with its chart. It appears complete or not at all.
+``prune_config.json`` (the :class:`~hf_prune.PruneConfig` that produced it) and ``eval_results.json``; it
+appears complete or not at all. Its model card and chart are written once every level is evaluated
+(:func:`write_cards`): a card compares the level with all the others.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import CONFIG_FILE, PruneConfig, level_name
-from .format.plan import PruningPlan
+from ..config import CONFIG_FILE, PruneConfig, level_name
+from ..format.plan import PruningPlan
+from .record import DenseRecord, LevelRecord
 
 __all__ = ["BaseModelInfo", "describe_base_model", "calibration_description", "level_card", "save_level",
-           "recovery_description", "accuracy_card_fields", "EVAL_FILE"]
+           "write_cards", "recovery_description", "EVAL_FILE"]
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +76,7 @@ def describe_base_model(model: Any, path: str, *, local: bool, base_model: str |
     ``base_model`` / ``license`` override what the cards say; a local model has no Hub id unless ``base_model``
     names one.
     """
-    from .format.geometry import layer_shapes
+    from ..format.geometry import layer_shapes
 
     hub_id = base_model or (None if local else path)
     name = hub_id or Path(str(getattr(model.config, "_name_or_path", "") or path or "model")).name or "model"
@@ -89,13 +91,13 @@ def describe_base_model(model: Any, path: str, *, local: bool, base_model: str |
 
 def calibration_description(calibration: Any, config: PruneConfig,
                             sources: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """How the model card describes the calibration data (domain shares and where each domain's text is from)."""
-    from .data.mix import CalibrationMix
-
+    """How the model card describes the calibration data (domain shares and where each domain's text is from);
+    ``calibration`` is a :class:`~hf_prune.data.calibration.Calibration`."""
     out: dict[str, Any] = {"num_samples": config.num_samples, "seq_len": config.seq_len, "seed": config.seed}
-    if not isinstance(calibration, CalibrationMix):
-        out["data"] = type(calibration).__name__
+    if calibration.mix is None:
+        out["data"] = calibration.kind
         return out
+    calibration = calibration.mix
     out["domains"] = {s.name: round(s.weight, 4) for s in calibration.sources}
     origins = dict(sources or {})
     # Local paths mean nothing to a reader of the card: the file name (or the description given) is shown.
@@ -142,61 +144,52 @@ def recovery_description(recovery: Any) -> dict[str, Any]:
     return out
 
 
-def level_card(base: BaseModelInfo, model: Any, *, config: PruneConfig, sparsity: float, measured: float,
-               kv_cache_reduction: float, calibration: Mapping[str, Any], dense: Any = None, pruned: Any = None,
-               eval_seq_len: int = 256, repo_id: str | None = None, recovered: Any = None, recovery: Any = None,
-               accuracy: Mapping[str, Any] | None = None):
-    """The :class:`~hf_prune.hub.CardInfo` of one level (``dense`` / ``pruned`` / ``recovered``: PerplexityReports,
-    or None; ``recovery``: the level's :class:`~hf_prune.recovery.RecoveryResult`, or None; ``accuracy``:
-    ``{"dense": AccuracyReport, "pruned": ..., "recovered": ...}`` or None)."""
-    from .format.geometry import layer_shapes
-    from .hub.card import CardInfo
+def level_card(base: BaseModelInfo, record: LevelRecord, dense: DenseRecord, *, config: PruneConfig,
+               calibration: Mapping[str, Any], eval_seq_len: int = 256, repo_id: str | None = None,
+               accuracy_columns: list[tuple[str, dict[str, Any]]] = ()):
+    """The :class:`~hf_prune.hub.CardInfo` of one level: a view of its record (``accuracy_columns``: the whole
+    run's accuracy table, :func:`~hf_prune.job.record.accuracy_columns`)."""
+    from ..hub.card import CardInfo
 
+    own = record.own_accuracy
+    accuracy = {} if own is None else {"accuracy": own.to_dict(), "accuracy_columns": accuracy_columns,
+                                       "accuracy_sources": dict(own.sources)}
     return CardInfo(
         base_model=base.hub_id, base_model_source=base.name, base_model_revision=base.revision, license=base.license,
-        repo_id=repo_id, method=_method(config), calibration=dict(calibration), target_sparsity=sparsity,
-        achieved_sparsity=float(measured), params_before=base.params,
-        params_after=sum(p.numel() for p in model.parameters()), kv_cache_reduction=float(kv_cache_reduction),
-        layers=[asdict(s) for s in layer_shapes(model)], base_layers=base.layers,
-        eval_before=dense.per_domain if dense is not None else {},
-        eval_after=pruned.per_domain if pruned is not None else {}, eval_seq_len=eval_seq_len,
-        eval_recovered=recovered.per_domain if recovered is not None else {},
-        recovery=recovery_description(recovery) if recovery is not None else None,
-        **accuracy_card_fields(accuracy or {}, level_name(sparsity)),
-        other_levels=[(s, level_name(s)) for s in config.target_sparsity], branch=level_name(sparsity),
+        repo_id=repo_id, method=_method(config), calibration=dict(calibration), target_sparsity=record.target,
+        achieved_sparsity=float(record.sparsity), params_before=base.params, params_after=record.params,
+        kv_cache_reduction=float(record.kv_cache_reduction), layers=record.layers, base_layers=base.layers,
+        eval_before=dense.perplexity.per_domain if dense.perplexity is not None else {},
+        eval_after=record.perplexity.per_domain if record.perplexity is not None else {}, eval_seq_len=eval_seq_len,
+        eval_recovered=record.recovered_perplexity.per_domain if record.recovered_perplexity is not None else {},
+        recovery=recovery_description(record.recovery) if record.recovery is not None else None,
+        **accuracy, other_levels=[(s, level_name(s)) for s in config.target_sparsity], branch=record.branch,
     )
 
 
-def accuracy_card_fields(accuracy: Mapping[str, Any], branch: str) -> dict[str, Any]:
-    """The accuracy fields of a level's CardInfo: its own results (recovered if it was) and dense vs it."""
-    reports = {k: v for k, v in accuracy.items() if v is not None}
-    if not reports:
-        return {}
-    own = reports.get("recovered") or reports["pruned"]
-    columns = [("dense", reports["dense"].to_dict()), (branch, reports["pruned"].to_dict())]
-    if "recovered" in reports:
-        columns.append((f"{branch} recovered", reports["recovered"].to_dict()))
-    return {"accuracy": own.to_dict(), "accuracy_columns": columns, "accuracy_sources": dict(own.sources)}
-
-
 def save_level(folder: str | os.PathLike, model: Any, tokenizer: Any, *, plan: PruningPlan, config: PruneConfig,
-               card, evaluation: Mapping[str, Any], overwrite: bool = False) -> Path:
-    """Write one level folder (see the module docstring) atomically; returns its path.
+               evaluation: Mapping[str, Any], overwrite: bool = False) -> Path:
+    """Write one level folder (see the module docstring; the card comes later) atomically; returns its path.
 
     Args:
         plan: the level's plan (indices into the base model) with its metadata.
         config: the run's config, saved as ``prune_config.json``.
-        card: the level's :class:`~hf_prune.hub.CardInfo` (see :func:`level_card`).
         evaluation: what ``eval_results.json`` holds.
     """
-    from .format.checkpoint import save_pruned_model
-    from .hub.card import write_model_card
+    from ..format.checkpoint import save_pruned_model
 
     def extra(tmp: Path) -> None:
         (tmp / EVAL_FILE).write_text(json.dumps(dict(evaluation), indent=2) + "\n", encoding="utf-8")
         config.save(tmp / CONFIG_FILE)
-        write_model_card(tmp, card)
 
     path = save_pruned_model(model, folder, tokenizer=tokenizer, plan=plan, overwrite=overwrite, extra=extra)
     logger.info("saved %s", path)
     return path
+
+
+def write_cards(cards: Mapping[Path, Any]) -> None:
+    """Write each folder's model card (README.md and its chart), once every level is known."""
+    from ..hub.card import write_model_card
+
+    for folder, card in cards.items():
+        write_model_card(folder, card)

@@ -1,0 +1,132 @@
+"""The checks before any loading: one function for :func:`~hf_prune.prune_and_push` and every command.
+
+A typo fails in a second and leaves nothing on disk: :func:`check_inputs` checks every argument group it is
+given, in one fixed order, without torch, the weights or (except for a Hub model's ``config.json``) the network.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..config import PruneConfig, level_name
+from ..errors import PruningError, PushArgumentError
+from .arguments import DataArguments, EvaluationArguments, ModelArguments, OutputArguments
+
+__all__ = ["CheckedInputs", "check_inputs", "resolve_primary"]
+
+
+@dataclass(frozen=True)
+class CheckedInputs:
+    """What the checks found, in the form the later steps use.
+
+    Attributes:
+        calibration, evaluation: :class:`~hf_prune.data.calibration.Calibration` of the data (``None``: not given).
+        tasks: the accuracy tasks' specs as given (``None``: no accuracy); loaded by lm-eval later.
+        out: the output folder (checked: new, empty or ``overwrite``).
+        repo_id: the Hub repo the levels go to (``None``: not pushed).
+        primary: the level for ``main``.
+        source: the checked :class:`~hf_prune.loading.ModelSource` (``None`` for a model already loaded).
+    """
+
+    calibration: Any = None
+    evaluation: Any = None
+    tasks: Any = None
+    out: Path | None = None
+    repo_id: str | None = None
+    primary: float | None = None
+    source: Any = None
+
+
+def resolve_primary(primary: float | str | None, levels: list[float]) -> float:
+    """The level for ``main``: ``primary`` as a sparsity or a level name; ``None`` gives the lowest level."""
+    if primary is None:
+        return levels[0]
+    if isinstance(primary, str):
+        by_name = {level_name(s): s for s in levels}
+        if primary in by_name:
+            return by_name[primary]
+        try:
+            primary = float(primary)
+        except ValueError:
+            raise PushArgumentError(f"primary must be one of the levels {levels} (or {sorted(by_name)}), "
+                                    f"got {primary!r}.") from None
+    for s in levels:
+        if abs(s - float(primary)) < 1e-6:
+            return s
+    raise PushArgumentError(f"primary must be one of the levels {levels}, got {primary!r}.")
+
+
+def _push_target(output: OutputArguments) -> str | None:
+    from ..hub.push import check_repo_id
+
+    if output.push and output.repo_id is None:
+        raise PushArgumentError("push=True needs a repo_id ('namespace/name').")
+    if output.push_to is not None:
+        check_repo_id(output.push_to)
+    return output.push_to
+
+
+def _check_evaluation(evaluation: EvaluationArguments) -> Any:
+    """The window settings and the accuracy tasks (their files found, lm-eval not needed yet)."""
+    from ..evaluation import check_evaluation_options
+
+    check_evaluation_options(seq_len=evaluation.seq_len, max_windows_per_domain=evaluation.max_windows)
+    if evaluation.tasks is None:
+        return None
+    from ..accuracy import TaskSuite, check_task_options, resolve_task_specs
+
+    check_task_options(**evaluation.task_options())
+    if not isinstance(evaluation.tasks, TaskSuite):
+        resolve_task_specs(evaluation.tasks)  # a missing file or an empty folder fails here; lm-eval loads them later
+    return evaluation.tasks
+
+
+def _check_model(model: ModelArguments) -> Any:
+    """A path's ``config.json`` (the checked source), or a loaded model that comes with its tokenizer."""
+    from ..loading import check_model_source
+
+    if not model.is_loaded:
+        return check_model_source(model.model, revision=model.revision, token=model.token)
+    if model.tokenizer is None:
+        raise PruningError("a loaded model needs its tokenizer: prune_and_push(model, tokenizer=tokenizer, ...).")
+    return None
+
+
+def check_inputs(*, model: ModelArguments | None = None, data: DataArguments | None = None,
+                 evaluation: EvaluationArguments | None = None, output: OutputArguments | None = None,
+                 config: PruneConfig | None = None) -> CheckedInputs:
+    """Check every group given, before anything is loaded; the groups left out are not part of the command.
+
+    Order: the primary level, the output folder, the Hub repo, the evaluation settings and tasks, the calibration
+    and evaluation data (an evaluation source shared with the calibration is refused), recovery's extras, the
+    dtype, the Hub token (when pushing), and last the model (a folder's or Hub model's ``config.json``).
+
+    Raises:
+        PruningError, RecoveryError, CalibrationError, EvaluationError, ModelLoadError, UnsupportedModelError,
+            PushArgumentError, HubAuthError, OutputExistsError: the first argument found wrong.
+    """
+    from ..data.calibration import as_calibration
+    from ..data.spec import check_overlap
+    from ..fileio import check_output_dir
+
+    primary = resolve_primary(output.primary, list(config.target_sparsity)) if output and config else None
+    out = check_output_dir(output.output_dir, output.overwrite) if output and output.output_dir is not None else None
+    repo_id = _push_target(output) if output else None
+    tasks = _check_evaluation(evaluation) if evaluation else None
+    calibration = as_calibration(data.calibration) if data else None
+    evals = as_calibration(evaluation.evaluation) if evaluation else None
+    check_overlap(calibration, evals, documents=False)
+    if config is not None and config.recovery is not None:
+        config.recovery.check_available()
+    if model is not None:
+        from ..loading import parse_dtype
+
+        parse_dtype(model.torch_dtype)
+    if repo_id is not None:
+        from ..hub.push import resolve_token
+
+        resolve_token(model.token if model else None)
+    source = _check_model(model) if model is not None else None
+    return CheckedInputs(calibration, evals, tasks, out, repo_id, primary, source)

@@ -1,0 +1,91 @@
+"""The other jobs of the command line: evaluate a model, push saved levels, export a level for serving.
+
+Each starts with :func:`~hf_prune.job.checks.check_inputs`, like :func:`~hf_prune.prune_and_push`; the command line
+only parses arguments and prints.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..errors import EvaluationError, PushArgumentError
+from .arguments import DataArguments, EvaluationArguments, ModelArguments, OutputArguments
+from .checks import check_inputs, resolve_primary
+
+__all__ = ["evaluate_model", "level_folders", "primary_branch", "push_folders", "export_folder"]
+
+
+def evaluate_model(model: ModelArguments, data: DataArguments, evaluation: EvaluationArguments, *,
+                   show_progress: bool = True) -> tuple[Any, Any]:
+    """(:class:`~hf_prune.evaluation.PerplexityReport` or ``None``, :class:`~hf_prune.accuracy.AccuracyReport` or
+    ``None``) of one model, checked (and its tasks loaded) before the weights are read."""
+    from ..accuracy import prepare_tasks
+    from ..data.spec import check_overlap
+    from .levels import Evaluator, load_model, load_tokenizer
+
+    if evaluation.evaluation is None and evaluation.tasks is None:
+        raise EvaluationError("give --evaluation (perplexity per domain), --tasks (accuracy) or both")
+    checked = check_inputs(model=model, data=data, evaluation=evaluation)
+    tasks = prepare_tasks(checked.tasks) if checked.tasks is not None else None  # an unreachable dataset fails now
+    tokenizer = load_tokenizer(model, checked.source)
+    check_overlap(checked.calibration, checked.evaluation, tokenizer=tokenizer)
+    loaded, _, _ = load_model(model, checked.source)
+    return Evaluator(tokenizer, checked.evaluation, evaluation, tasks, show_progress)(loaded, str(model.model))
+
+
+def level_folders(paths: list[str]) -> dict[str, Path]:
+    """``{branch: folder}`` of checkpoint folders, or of the ``sparsity-XX/`` level folders of output dirs."""
+    folders: dict[str, Path] = {}
+    for given in map(Path, paths):
+        if (given / "config.json").is_file():
+            candidates = [given]
+        else:  # an output dir: its level folders
+            candidates = sorted(p for p in given.glob("sparsity-*") if (p / "config.json").is_file()) if given.is_dir() else []
+            if not candidates:
+                raise PushArgumentError(f"{given} is neither a checkpoint folder (config.json) nor a folder of "
+                                        "sparsity-XX/ level folders")
+        for folder in candidates:
+            if folder.name in folders:
+                raise PushArgumentError(f"two folders would go to branch {folder.name!r}")
+            folders[folder.name] = folder
+    return folders
+
+
+def primary_branch(primary: str | None, branches: list[str]) -> str:
+    """The branch for main among level branches ``sparsity-XX`` (others sort last), as prune_and_push picks it."""
+    if primary in branches:
+        return primary
+
+    def level(branch: str) -> float:
+        try:
+            return float(branch.split("-", 1)[1]) / 100
+        except (IndexError, ValueError):
+            return float("inf")
+
+    levels = {level(b): b for b in branches if level(b) != float("inf")}
+    if primary is None:
+        return min(branches, key=lambda b: (level(b), b))
+    try:
+        return levels[resolve_primary(primary, sorted(levels))]
+    except (PushArgumentError, ValueError):
+        raise PushArgumentError(f"--primary {primary!r} is none of the branches {sorted(branches)}") from None
+
+
+def push_folders(output: OutputArguments, paths: list[str]) -> list[Any]:
+    """Push saved level folders to ``output.repo_id``, one branch each, ``main`` last."""
+    from ..hub.push import push_pruned_folders
+
+    folders = level_folders(paths)
+    check_inputs(output=output)
+    return push_pruned_folders(output.repo_id, folders, primary=primary_branch(output.primary, list(folders)),
+                               private=output.private, overwrite=output.overwrite)
+
+
+def export_folder(model: ModelArguments, output: OutputArguments, format: str, *, dtype: str | None = None) -> Path:
+    """Write a saved model folder in a serving format (checked before anything heavy is imported)."""
+    check_inputs(model=model, output=output)
+    from ..serving.api import export
+
+    return export(model.model, format, output.output_dir, tokenizer=model.tokenizer, overwrite=output.overwrite,
+                  dtype=dtype)

@@ -1,0 +1,65 @@
+"""The memory step of a job: the run's plan from the model's ``config.json``, logged, and refused if it cannot fit."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ..config import PruneConfig
+from ..engine.distributed import launched_rank, launched_world_size
+
+__all__ = ["model_config", "check_memory", "dry_run"]
+
+logger = logging.getLogger(__name__)
+
+
+def model_config(source: Any, *, revision: str | None = None, token: str | None = None) -> dict[str, Any]:
+    """The full ``config.json`` of a checked model source (a Hub model's is read from the Hub: one small file)."""
+    needed = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size")
+    config = dict(source.config)
+    if source.local or all(k in config for k in needed):
+        return config
+    import json
+
+    from huggingface_hub import hf_hub_download
+
+    path = hf_hub_download(source.name, "config.json", revision=revision, token=token)
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def _dtype_name(dtype: Any) -> str:
+    from ..loading import parse_dtype
+
+    name = parse_dtype(dtype)
+    return name if isinstance(name, str) else str(name)
+
+
+def check_memory(config_json: Mapping[str, Any], config: PruneConfig, *, device_map: Any = None,
+                 max_memory: Mapping[Any, Any] | None = None, dtype: Any = "auto"):
+    """Log the memory plan and refuse a run that cannot fit (:class:`~hf_prune.errors.InsufficientMemoryError`)."""
+    from ..engine.memory import check_fits
+
+    plan = check_fits(config_json, config, device_map=device_map, max_memory=max_memory, dtype=_dtype_name(dtype),
+                      world_size=launched_world_size())
+    if launched_rank() == 0:
+        for line in str(plan).splitlines():
+            logger.info("%s", line)
+    return plan
+
+
+def dry_run(source: Any, config: PruneConfig, *, revision: str | None = None, device_map: Any = None,
+            max_memory: Mapping[Any, Any] | None = None, dtype: Any = "auto") -> str:
+    """The memory plan of a run from the model's ``config.json`` alone, and the options that would make it fit."""
+    from ..engine.memory import fit_options, format_bytes, plan_for_devices
+
+    config_json = model_config(source, revision=revision)
+    plan, kwargs = plan_for_devices(config_json, config, device_map=device_map, max_memory=max_memory,
+                                    dtype=_dtype_name(dtype), world_size=launched_world_size())
+    lines = [str(plan)]
+    if not plan.fits:
+        lines.append("\nThe run would be refused. Options: " + "; ".join(
+            fit_options(config_json, config, plan, kwargs) or ["more devices"]))
+    lines.append(f"\ndry run: nothing loaded (largest per-device peak {format_bytes(plan.peak)})")
+    return "\n".join(lines)
