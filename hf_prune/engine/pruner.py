@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from ..compat import disable_activation_checkpointing, enable_activation_checkpointing
 from ..config import PruneConfig
 from ..data.calibration import as_calibration
 from ..errors import PruningError
@@ -298,7 +299,7 @@ class Pruner:
         checkpointing = (self.config.gradient_checkpointing and self.criterion.needs_grad
                          and getattr(self.criterion, "supports_checkpointing", True))
         if checkpointing:
-            self.current.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            enable_activation_checkpointing(self.current)
         try:
             # fsdp: a copy sharded over the ranks is scored (and dropped with its shards when the round ends);
             # self.current stays whole on every rank, for slicing.
@@ -306,7 +307,7 @@ class Pruner:
             return self.criterion(model, batches, recorder, show_progress=self.show_progress)
         finally:
             if checkpointing:
-                self.current.activation_checkpointing_disable()
+                disable_activation_checkpointing(self.current)
 
     def step(self) -> StepLog:
         """One round: score the current model, remove this round's share, slice. Returns the round's log."""
