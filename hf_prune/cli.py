@@ -1,4 +1,4 @@
-"""The ``hf-prune`` command line: ``prune``, ``evaluate``, ``push``, ``export`` and the offline ``demo``.
+"""The ``hf-prune`` command line: ``prune``, ``evaluate``, ``push``, ``export``, ``refresh-code`` and the offline ``demo``.
 
 The ``prune`` options of the pruning run are generated from :class:`~hf_prune.PruneConfig` (a field is an option,
 its help text and its default); the others are :func:`~hf_prune.prune_and_push`'s own, with its defaults.
@@ -394,6 +394,17 @@ def _write_evaluation_json(path: str, out: dict[str, Any]) -> None:
     write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
+def _cmd_refresh_code(args: argparse.Namespace) -> int:
+    from .job.commands import refresh_code
+
+    changed = refresh_code(args.target, hub=args.hub, branches=args.branch)
+    for where, what in changed.items():
+        print(f"{where}: {', '.join(what) if what else 'already current'}")
+    if args.hub and not changed:
+        print(f"{args.target}: every branch already current")
+    return 0
+
+
 def _cmd_push(args: argparse.Namespace) -> int:
     from .job.arguments import OutputArguments
     from .job.commands import push_folders
@@ -497,6 +508,21 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--private", action="store_true", help="create the repo private")
     u.add_argument("--overwrite", action="store_true", help="allow pushing to a repo that already has content")
     u.set_defaults(func=_cmd_push)
+
+    r = sub.add_parser("refresh-code", help="replace the modeling code inside saved levels or a Hub repo with this "
+                                            "version's (nothing else changes)",
+                       description="Checkpoints carry their modeling code (used with trust_remote_code=True where "
+                                   "hf-prune is not installed); an old copy may not run on a newer transformers. "
+                                   "This rewrites only those files: in level folders (a level folder or an output "
+                                   "folder of them), or on every branch of a Hub repo (--hub; one commit per branch "
+                                   "whose files differ).",
+                       epilog="The token comes from HF_TOKEN or `hf auth login` (never from the command line).")
+    r.add_argument("target", metavar="FOLDER_OR_REPO", help="a level folder, an output folder, or with --hub a repo id")
+    r.add_argument("--hub", action="store_true", help="TARGET is a Hub repo 'namespace/name'")
+    r.add_argument("--branch", action="append", default=None, metavar="BRANCH",
+                   help="with --hub: only this branch (repeat for several; default: every branch)")
+    r.add_argument("-q", "--quiet", action="store_true", help="no informational logs")
+    r.set_defaults(func=_cmd_refresh_code)
 
     _export_parser(sub)
 

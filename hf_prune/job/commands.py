@@ -13,7 +13,7 @@ from ..errors import EvaluationError, PushArgumentError
 from .arguments import DataArguments, EvaluationArguments, ModelArguments, OutputArguments
 from .checks import check_inputs, resolve_primary
 
-__all__ = ["evaluate_model", "level_folders", "primary_branch", "push_folders", "export_folder"]
+__all__ = ["evaluate_model", "level_folders", "primary_branch", "push_folders", "export_folder", "refresh_code"]
 
 
 def evaluate_model(model: ModelArguments, data: DataArguments, evaluation: EvaluationArguments, *,
@@ -89,3 +89,18 @@ def export_folder(model: ModelArguments, output: OutputArguments, format: str, *
 
     return export(model.model, format, output.output_dir, tokenizer=model.tokenizer, overwrite=output.overwrite,
                   dtype=dtype)
+
+
+def refresh_code(target: str, *, hub: bool = False, branches: list[str] | None = None,
+                 endpoint: str | None = None) -> dict[str, list[str]]:
+    """Replace the shipped modeling files of saved levels (``target`` a folder) or of a Hub repo (``hub``) with this
+    version's; returns ``{level folder or branch: files rewritten}`` (one commit per branch that changed)."""
+    if not hub:
+        if branches:
+            raise PushArgumentError("--branch selects branches of a Hub repo: add --hub.")
+        from ..format.refresh import refresh_code_files
+
+        return {str(folder): names for folder, names in refresh_code_files(target).items()}
+    from ..hub.refresh import refresh_code as refresh_hub
+
+    return {result.branch: [result.commit_url] for result in refresh_hub(target, branches=branches, endpoint=endpoint)}
