@@ -154,3 +154,16 @@ def test_refresh_code_refuses_a_named_branch_that_is_not_a_pruned_checkpoint(loc
     with pytest.raises(PushArgumentError, match="no branch \\['nope'\\]"):
         refresh_code(repo, branches=["nope"], token=HUB_TOKEN, endpoint=local_hub.endpoint)
     assert not local_hub.commits_on(repo, "main")
+
+
+def test_the_refresh_code_command(tmp_path, capsys):
+    from hf_prune.cli import main
+
+    old_checkpoint(tmp_path / "out" / "sparsity-30")
+    assert main(["refresh-code", str(tmp_path / "out")]) == 0
+    assert capsys.readouterr().out.strip() == (f"{tmp_path / 'out' / 'sparsity-30'}: configuration_pruned_qwen2.py, "
+                                               "modeling_pruned_qwen2.py")
+    assert main(["refresh-code", str(tmp_path / "out" / "sparsity-30")]) == 0
+    assert capsys.readouterr().out.strip().endswith("already current")
+    assert main(["refresh-code", str(tmp_path / "out"), "--branch", "main"]) == 1
+    assert "--branch selects branches of a Hub repo: add --hub" in capsys.readouterr().err
