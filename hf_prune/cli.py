@@ -1,4 +1,4 @@
-"""The ``hf-prune`` command line: ``prune``, ``evaluate``, ``push``, ``export``, ``refresh-code`` and the offline ``demo``.
+"""The ``hf-prune`` command line: ``prune``, ``evaluate``, ``push``, ``export``, ``refresh-code`` and the ``demo``.
 
 The ``prune`` options of the pruning run are generated from :class:`~hf_prune.PruneConfig` (a field is an option,
 its help text and its default); the others are :func:`~hf_prune.prune_and_push`'s own, with its defaults.
@@ -367,13 +367,13 @@ def run_prune(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from .job.arguments import DataArguments, EvaluationArguments
+    from .job.arguments import DataArguments, EvaluationArguments, OutputArguments
     from .job.commands import evaluate_model
 
     evaluation = EvaluationArguments(args.evaluation, args.seq_len, args.max_windows, args.tasks, args.num_fewshot,
                                      args.limit, args.batch_size)
     report, accuracy = evaluate_model(_model_arguments(args), DataArguments(args.calibration), evaluation,
-                                      show_progress=not args.quiet)
+                                      output=OutputArguments(report_file=args.json), show_progress=not args.quiet)
     out: dict[str, Any] = {}
     for name, result in (("perplexity", report), ("accuracy", accuracy)):
         if result is not None:

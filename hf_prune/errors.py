@@ -23,6 +23,7 @@ __all__ = [
     "RecoveryError",
     "RecoveryDivergedError",
     "OutputExistsError",
+    "OutputNotWritableError",
     "AssetNotFoundError",
     "DataFetchError",
     "ModelCardError",
@@ -108,6 +109,10 @@ class RecoveryDivergedError(HfPruneError, FloatingPointError):
 # ---- files ---------------------------------------------------------------------------------------------
 class OutputExistsError(HfPruneError, FileExistsError):
     """The output folder exists and is not empty, and overwriting was not asked for."""
+
+
+class OutputNotWritableError(HfPruneError, PermissionError):
+    """An output location cannot be created or written (no permission, a file in the way, a read-only filesystem)."""
 
 
 class AssetNotFoundError(HfPruneError, FileNotFoundError):

@@ -15,9 +15,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import OutputExistsError
+from .errors import OutputExistsError, OutputNotWritableError
 
-__all__ = ["cache_dir", "check_output_dir", "atomic_file", "write_text_atomic", "atomic_dir"]
+__all__ = ["cache_dir", "check_output_dir", "check_writable", "atomic_file", "write_text_atomic", "atomic_dir"]
 
 
 def cache_dir() -> Path:
@@ -50,12 +50,40 @@ def _publish_mode(path: Path) -> None:
 
 
 def check_output_dir(path: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Refuse a non-empty existing folder unless ``overwrite``; call it before any expensive work."""
+    """Refuse a non-empty existing folder unless ``overwrite``, or one that cannot be written; call it before any
+    expensive work."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise OutputExistsError(f"{path} exists and is not a folder.")
     if path.is_dir() and any(path.iterdir()) and not overwrite:
         raise OutputExistsError(f"{path} exists and is not empty; pass overwrite=True (--overwrite) to replace it.")
+    return check_writable(path, folder=True)
+
+
+def check_writable(path: str | os.PathLike, *, folder: bool) -> Path:
+    """Refuse, before any work, a folder (``folder``) or file that could not be created or written at ``path``.
+
+    The nearest existing folder on the way is tried for real (a scratch folder is created in it and removed): a
+    permission, a read-only or virtual filesystem, or a file standing where a folder is needed all fail here, as
+    they would after the work.
+
+    Raises:
+        OutputNotWritableError: naming the path and why.
+    """
+    path = Path(path)
+    if path.exists() and path.is_dir() != folder:
+        wanted, found = ("folder", "file") if folder else ("file", "folder")
+        raise OutputNotWritableError(f"{path} is a {found}; a {wanted} is needed there.")
+    base = path if folder and path.is_dir() else path.parent
+    while not base.exists():
+        base = base.parent
+    if not base.is_dir():
+        raise OutputNotWritableError(f"{path} cannot be created: {base} is a file, not a folder.")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".hf-prune-probe-", dir=base))
+    except OSError as err:
+        raise OutputNotWritableError(f"{path} cannot be written: {base} refuses new files "
+                                     f"({err.strerror or type(err).__name__}).") from None
     return path
 
 

@@ -16,14 +16,14 @@ _EXPORTS = {
     "apply_plan": ".slicing", "to_stock": ".slicing", "to_qwen2": ".slicing", "to_qwen3": ".slicing",
     "Family": ".family", "family_of": ".family",
     "llama_to_qwen2": ".convert",
-    "save_pruned_model": ".checkpoint", "PLAN_FILE": ".checkpoint",
+    "save_pruned_model": ".checkpoint", "check_checkpoint": ".checkpoint", "PLAN_FILE": ".checkpoint",
     "refresh_code_files": ".refresh", "stale_code_files": ".refresh",
 }
 __all__ = list(_EXPORTS)
 __getattr__, __dir__ = lazy_attributes(globals(), _EXPORTS)
 
 if TYPE_CHECKING:
-    from .checkpoint import PLAN_FILE, save_pruned_model
+    from .checkpoint import PLAN_FILE, check_checkpoint, save_pruned_model
     from .refresh import refresh_code_files, stale_code_files
     from .convert import llama_to_qwen2
     from .geometry import check_supported, head_dim_of, layer_shapes

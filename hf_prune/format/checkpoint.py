@@ -10,7 +10,7 @@ from typing import Any
 from ..fileio import atomic_dir
 from .plan import PruningPlan
 
-__all__ = ["save_pruned_model", "PLAN_FILE"]
+__all__ = ["save_pruned_model", "check_checkpoint", "PLAN_FILE"]
 
 PLAN_FILE = "pruning_plan.json"
 
@@ -39,3 +39,84 @@ def save_pruned_model(
         if extra is not None:
             extra(tmp)
     return Path(path)
+
+
+def check_checkpoint(folder: str | os.PathLike) -> PruningPlan:
+    """Check that a saved level folder is a pruned checkpoint whose plan, config and weights agree; its plan.
+
+    Reads ``config.json``, ``pruning_plan.json`` and the safetensors headers (no weights): the config must be a
+    pruned model type, every layer's heads / KV heads / MLP width must be what the plan keeps, and the weights must
+    hold every tensor the config needs, at its shape.
+
+    Raises:
+        ModelLoadError: naming the first disagreement.
+    """
+    import json
+
+    from ..errors import InvalidPlanError, ModelLoadError
+    from ..modeling import pruned_model_type
+
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise ModelLoadError(f"{folder} has no config.json: not a saved checkpoint.")
+    try:
+        pruned_model_type(json.loads((folder / "config.json").read_text(encoding="utf-8")), str(folder))
+        if not (folder / PLAN_FILE).is_file():
+            raise ModelLoadError(f"{folder} has no {PLAN_FILE}: not a level folder written by hf-prune.")
+        plan = PruningPlan.load(folder / PLAN_FILE)
+    except ModelLoadError:
+        raise
+    except (ValueError, InvalidPlanError) as err:
+        raise ModelLoadError(f"{folder} is not a level folder written by hf-prune: {err}") from None
+    sizes = _config_layer_sizes(folder)
+    if len(sizes) != len(plan.layers):
+        raise ModelLoadError(f"{folder}: config.json has {len(sizes)} layers, {PLAN_FILE} {len(plan.layers)}.")
+    for idx, (layer, size) in enumerate(zip(plan.layers, sizes)):
+        kept = {"num_attention_heads": layer.query_heads, "num_key_value_heads": layer.kv_heads,
+                "intermediate_size": layer.mlp_channels}
+        for key, keep in kept.items():
+            if keep is not None and (len(keep) or None) != size[key]:
+                raise ModelLoadError(f"{folder}: layer {idx} keeps {len(keep)} by {PLAN_FILE} but config.json has "
+                                     f"{key} {size[key]}; the folder mixes files of different runs.")
+    _check_weights(folder)
+    return plan
+
+
+def _config_layer_sizes(folder: Path) -> list[dict[str, int | None]]:
+    from transformers import AutoConfig
+
+    from ..registration import register
+
+    register()  # the pruned model types, so AutoConfig reads them with the installed classes
+    return AutoConfig.from_pretrained(folder).layer_sizes()
+
+
+def _check_weights(folder: Path) -> None:
+    """Every tensor the config needs is in the safetensors files, at its shape (no weights read)."""
+    import json
+
+    import torch
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from ..errors import ModelLoadError
+
+    index = folder / "model.safetensors.index.json"
+    files = sorted({folder / f for f in json.loads(index.read_text())["weight_map"].values()}) if index.is_file() \
+        else [folder / "model.safetensors"]
+    stored = {}
+    for file in files:
+        if not file.is_file():
+            raise ModelLoadError(f"{folder}: the weights file {file.name} is missing.")
+        with safe_open(file, framework="pt") as f:
+            stored.update({key: list(f.get_slice(key).get_shape()) for key in f.keys()})
+    config = AutoConfig.from_pretrained(folder)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    expected = {k: list(v.shape) for k, v in model.state_dict().items()}
+    if config.tie_word_embeddings:
+        expected.pop("lm_head.weight", None)  # saved once, as the embedding
+    for key, shape in expected.items():
+        if stored.get(key) != shape:
+            found = "missing" if key not in stored else f"{stored[key]}"
+            raise ModelLoadError(f"{folder}: weight {key} is {found} but config.json needs {shape}.")

@@ -94,6 +94,7 @@ class OutputArguments:
         primary: the level for ``main`` (a sparsity or a level name; default the lowest).
         private, endpoint: Hub repo visibility and URL.
         base_model, license: what the model cards name as base model and licence.
+        report_file: a file the command writes its report to (``hf-prune evaluate --json``).
     """
 
     output_dir: str | os.PathLike | None = None
@@ -105,6 +106,7 @@ class OutputArguments:
     endpoint: str | None = None
     base_model: str | None = None
     license: str | None = None
+    report_file: str | os.PathLike | None = None
 
     @property
     def push_to(self) -> str | None:

@@ -12,7 +12,7 @@ from typing import Any
 
 from ..config import PruneConfig, level_name
 from ..errors import PruningError, PushArgumentError
-from .arguments import DataArguments, EvaluationArguments, ModelArguments, OutputArguments
+from .arguments import DataArguments, EvaluationArguments, ModelArguments, OutputArguments, RunArguments
 
 __all__ = ["CheckedInputs", "check_inputs", "resolve_primary"]
 
@@ -83,6 +83,23 @@ def _check_evaluation(evaluation: EvaluationArguments) -> Any:
     return evaluation.tasks
 
 
+def _check_outputs(output: OutputArguments | None, run: RunArguments | None,
+                   config: PruneConfig | None) -> Path | None:
+    """Every place the command will write, tried now: the output folder (see :mod:`~hf_prune.job.outputs`), the
+    report file and the state folder."""
+    from ..fileio import check_writable
+    from .outputs import check_output
+
+    state_dir = run.state_dir if run is not None else None
+    if output is not None and output.report_file is not None:
+        check_writable(output.report_file, folder=False)
+    if output is None or output.output_dir is None:
+        if state_dir is not None:
+            check_writable(state_dir, folder=True)
+        return None
+    return check_output(output.output_dir, overwrite=output.overwrite, state_dir=state_dir, config=config)
+
+
 def _check_model(model: ModelArguments) -> Any:
     """A path's ``config.json`` (the checked source), or a loaded model that comes with its tokenizer."""
     from ..loading import check_model_source
@@ -96,10 +113,11 @@ def _check_model(model: ModelArguments) -> Any:
 
 def check_inputs(*, model: ModelArguments | None = None, data: DataArguments | None = None,
                  evaluation: EvaluationArguments | None = None, output: OutputArguments | None = None,
-                 config: PruneConfig | None = None) -> CheckedInputs:
+                 config: PruneConfig | None = None, run: RunArguments | None = None) -> CheckedInputs:
     """Check every group given, before anything is loaded; the groups left out are not part of the command.
 
-    Order: the primary level, the output folder, the Hub repo, the evaluation settings and tasks, the calibration
+    Order: the primary level, the output locations (the output folder: writable, and empty unless overwritten or
+    an interrupted run's being resumed; the report file; the state folder), the Hub repo, the evaluation settings and tasks, the calibration
     and evaluation data (an evaluation source shared with the calibration is refused), recovery's extras, the
     dtype, the Hub token (when pushing), and last the model (a folder's or Hub model's ``config.json``).
 
@@ -109,10 +127,8 @@ def check_inputs(*, model: ModelArguments | None = None, data: DataArguments | N
     """
     from ..data.calibration import as_calibration
     from ..data.spec import check_overlap
-    from ..fileio import check_output_dir
-
     primary = resolve_primary(output.primary, list(config.target_sparsity)) if output and config else None
-    out = check_output_dir(output.output_dir, output.overwrite) if output and output.output_dir is not None else None
+    out = _check_outputs(output, run, config)
     repo_id = _push_target(output) if output else None
     tasks = _check_evaluation(evaluation) if evaluation else None
     calibration = as_calibration(data.calibration) if data else None

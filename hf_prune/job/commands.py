@@ -17,7 +17,7 @@ __all__ = ["evaluate_model", "level_folders", "primary_branch", "push_folders", 
 
 
 def evaluate_model(model: ModelArguments, data: DataArguments, evaluation: EvaluationArguments, *,
-                   show_progress: bool = True) -> tuple[Any, Any]:
+                   output: OutputArguments | None = None, show_progress: bool = True) -> tuple[Any, Any]:
     """(:class:`~hf_prune.evaluation.PerplexityReport` or ``None``, :class:`~hf_prune.accuracy.AccuracyReport` or
     ``None``) of one model, checked (and its tasks loaded) before the weights are read."""
     from ..accuracy import prepare_tasks
@@ -26,7 +26,7 @@ def evaluate_model(model: ModelArguments, data: DataArguments, evaluation: Evalu
 
     if evaluation.evaluation is None and evaluation.tasks is None:
         raise EvaluationError("give --evaluation (perplexity per domain), --tasks (accuracy) or both")
-    checked = check_inputs(model=model, data=data, evaluation=evaluation)
+    checked = check_inputs(model=model, data=data, evaluation=evaluation, output=output)
     tasks = prepare_tasks(checked.tasks) if checked.tasks is not None else None  # an unreachable dataset fails now
     tokenizer = load_tokenizer(model, checked.source)
     check_overlap(checked.calibration, checked.evaluation, tokenizer=tokenizer)

@@ -94,6 +94,7 @@ class LevelBuilder:
     state_dir: Any = None
     overwrite: bool = False
     show_progress: bool = True
+    ledger: Any = None  # a LevelLedger: the levels an interrupted run saved (kept), and where this one notes its own
 
     def _pruned(self, s: float):
         """The level's model: the run's own top level (a copy when recovery will train it), else rebuilt."""
@@ -126,6 +127,11 @@ class LevelBuilder:
         from ..format.geometry import layer_shapes
         from .save import save_level
 
+        plan = self.result.plans[s]
+        plan = type(plan)(layers=plan.layers, metadata={**plan.metadata, **self.plan_metadata})
+        saved = self.ledger.saved(level_name(s), plan.to_dict()) if self.ledger is not None else None
+        if saved is not None:
+            return LevelRecord.from_state(saved, self.out / level_name(s))
         pruned = self._pruned(s)
         record = LevelRecord(s, self.result.sparsity[s], self.result.kv_cache_reduction[s],
                              sum(p.numel() for p in pruned.parameters()), [])
@@ -133,11 +139,13 @@ class LevelBuilder:
         if self.windows is not None:
             pruned = self._recover(pruned, s, record)
         record.layers = [asdict(shape) for shape in layer_shapes(pruned)]
-        plan = self.result.plans[s]
-        plan = type(plan)(layers=plan.layers, metadata={**plan.metadata, **self.plan_metadata})
+        # A folder the interrupted run left (one that did not verify) is this run's to replace.
+        replace = self.overwrite or (self.ledger is not None and self.ledger.knows(level_name(s)))
         record.folder = save_level(self.out / level_name(s), pruned, self.tokenizer, plan=plan,
                                    config=self.result.config, evaluation=record.eval_results(base_name, dense),
-                                   overwrite=self.overwrite)
+                                   overwrite=replace)
+        if self.ledger is not None:
+            self.ledger.record(level_name(s), plan.to_dict(), record.to_state())
         del pruned
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

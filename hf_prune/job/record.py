@@ -90,6 +90,30 @@ class LevelRecord:
                 out["recovered"] = recovered
         return out
 
+    def to_state(self) -> dict[str, Any]:
+        """Everything but the folder, JSON-ready: what a resumed run reads back with :meth:`from_state`."""
+        return {"target": self.target, "sparsity": self.sparsity, "kv_cache_reduction": self.kv_cache_reduction,
+                "params": self.params, "layers": self.layers, "perplexity": _dict(self.perplexity),
+                "accuracy": _dict(self.accuracy), "recovery": _dict(self.recovery),
+                "recovered_perplexity": _dict(self.recovered_perplexity),
+                "recovered_accuracy": _dict(self.recovered_accuracy)}
+
+    @classmethod
+    def from_state(cls, data: Mapping[str, Any], folder: Path) -> LevelRecord:
+        """The record :meth:`to_state` wrote, of the level saved in ``folder``."""
+        from ..accuracy import AccuracyReport
+        from ..evaluation import PerplexityReport
+        from ..recovery.distill import RecoveryResult
+
+        def load(kind: Any, key: str) -> Any:
+            return kind.from_dict(data[key]) if data.get(key) is not None else None
+
+        return cls(data["target"], data["sparsity"], data["kv_cache_reduction"], data["params"], data["layers"],
+                   perplexity=load(PerplexityReport, "perplexity"), accuracy=load(AccuracyReport, "accuracy"),
+                   recovery=load(RecoveryResult, "recovery"),
+                   recovered_perplexity=load(PerplexityReport, "recovered_perplexity"),
+                   recovered_accuracy=load(AccuracyReport, "recovered_accuracy"), folder=folder)
+
     def eval_results(self, base_model: str, dense: DenseRecord) -> dict[str, Any]:
         """What the level's ``eval_results.json`` holds: perplexity of dense, pruned (and recovered); accuracy of
         each beside it, model by model."""

@@ -143,7 +143,7 @@ def run_job(job: Job) -> PruneAndPushResult:
 
     job = _join_process_group(job)
     checked = check_inputs(model=job.model, data=job.data, evaluation=job.evaluation, output=job.output,
-                           config=job.config)
+                           config=job.config, run=job.run)
     tokenizer = load_tokenizer(job.model, checked.source)
     checked = _prepare_tasks(checked)
     check_overlap(checked.calibration, checked.evaluation, tokenizer=tokenizer)  # documents, once for the whole run
@@ -228,6 +228,7 @@ def _evaluate_save_push(job: Job, checked: CheckedInputs, model, tokenizer, resu
     """Rank 0: evaluate the dense model, build and save every level, write the cards, push."""
     from ..engine.distributed import barrier, world_size
     from .levels import Evaluator, LevelBuilder
+    from .outputs import LevelLedger, remove_stale
     from .save import describe_base_model
 
     out = job.output
@@ -240,10 +241,13 @@ def _evaluate_save_push(job: Job, checked: CheckedInputs, model, tokenizer, resu
     builder = LevelBuilder(model, tokenizer, result, evaluate, checked.out, plan_metadata={
         "base_model": base.name, "base_model_path": base.path, "base_model_revision": base.revision,
         "calibration": mix.to_dict() if mix is not None else None, "settings": result.settings},
-        windows=windows, state_dir=job.run.state_dir, overwrite=out.overwrite, show_progress=job.run.show_progress)
+        windows=windows, state_dir=job.run.state_dir, overwrite=out.overwrite, show_progress=job.run.show_progress,
+        ledger=LevelLedger(job.run.state_dir, checked.out, job.config))
     records = [builder.build(s, dense, base.name) for s in result.config.target_sparsity]
     metrics = _metrics(job.config, dense, records)
     _write_cards(job, checked, result.config, base, dense, records, metrics)
+    # The folder now holds exactly this run's levels: other levels (overwrite) and leftovers of a kill go.
+    remove_stale(checked.out, {r.branch for r in records})
     folders = {r.target: r.folder for r in records}
     pushes = _push(job, checked, folders)
     if world_size() > 1:

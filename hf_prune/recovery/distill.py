@@ -263,6 +263,15 @@ class RecoveryResult:
                 "seconds": round(self.seconds, 2), "tokens_per_second": round(self.tokens_per_second, 1),
                 "final_loss": final, "domain_counts": self.domain_counts, "resumed_from": self.resumed_from}
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], model: Any = None) -> RecoveryResult:
+        """The summary :meth:`to_dict` wrote (the losses reduced to the final one), with ``model`` if given."""
+        final = data.get("final_loss")
+        return cls(model=model, config=RecoveryConfig.from_dict(data["config"]), steps=data["steps"],
+                   tokens=data["tokens"], seconds=data["seconds"], tokens_per_second=data["tokens_per_second"],
+                   losses=[] if final is None else [(data["steps"], final)], domain_counts=dict(data["domain_counts"]),
+                   resumed_from=data.get("resumed_from"))
+
 
 def _with_lora(model: torch.nn.Module, config: RecoveryConfig) -> torch.nn.Module:
     """The model wrapped with LoRA adapters on its linear layers (PEFT), seeded by ``config.seed``."""
