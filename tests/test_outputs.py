@@ -155,3 +155,44 @@ def test_a_kept_level_whose_files_changed_is_built_again(base, clean, tmp_path, 
     weights.write_bytes(bytes(data))
     run(base, out, state_dir=state)
     assert weights.read_bytes() == (clean[0] / "sparsity-20" / "model.safetensors").read_bytes()
+
+
+# ---- 4. push publishes only hf-prune's levels, under their own names ---------------------------------------------
+@pytest.mark.parametrize("case", ["base model", "gpt2 without weights", "renamed level", "mixed runs",
+                                  "missing shard"])
+def test_push_refuses_what_is_not_a_level_before_any_network_call(base, clean, tmp_path, local_hub, case, capsys,
+                                                                  monkeypatch):
+    import shutil
+
+    import huggingface_hub.constants as hf_constants
+    from conftest import HUB_TOKEN, HUB_USER
+
+    from hf_prune.cli import main
+
+    folder = tmp_path / "sparsity-20"
+    if case == "base model":
+        shutil.copytree(base["base"], folder)
+    elif case == "gpt2 without weights":
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 2}))
+    else:
+        shutil.copytree(clean[0] / "sparsity-40", folder)  # the 40% level...
+        if case == "renamed level":
+            pass  # ... under the 20% level's name
+        elif case == "mixed runs":
+            (folder / "pruning_plan.json").write_text((clean[0] / "sparsity-20" / "pruning_plan.json").read_text())
+        else:
+            (folder / "model.safetensors").unlink()
+    monkeypatch.setenv("HF_TOKEN", HUB_TOKEN)
+    monkeypatch.setattr(hf_constants, "ENDPOINT", local_hub.endpoint)
+    code = main(["push", f"{HUB_USER}/refused", str(folder)])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    expected = {"base model": "not a pruned checkpoint (model_type 'qwen2'",
+                "gpt2 without weights": "not a pruned checkpoint (model_type 'gpt2'",
+                "renamed level": "holds the level of sparsity 0.4 by its pruning plan, but its name makes it branch "
+                                 "'sparsity-20'",
+                "mixed runs": "the folder mixes files of different runs",
+                "missing shard": "the weights file model.safetensors is missing"}[case]
+    assert expected in err
+    assert local_hub.requests == []  # refused before any call to the Hub

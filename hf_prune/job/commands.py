@@ -35,7 +35,17 @@ def evaluate_model(model: ModelArguments, data: DataArguments, evaluation: Evalu
 
 
 def level_folders(paths: list[str]) -> dict[str, Path]:
-    """``{branch: folder}`` of checkpoint folders, or of the ``sparsity-XX/`` level folders of output dirs."""
+    """``{branch: folder}`` of checkpoint folders, or of the ``sparsity-XX/`` level folders of output dirs.
+
+    Each must be a level written by hf-prune (:func:`~hf_prune.format.checkpoint.check_checkpoint`: its config, plan
+    and weights agree) in a folder named after its plan's sparsity: the folder's name becomes the branch.
+
+    Raises:
+        PushArgumentError, ModelLoadError: naming the first folder that is not such a level.
+    """
+    from ..config import level_name
+    from ..format.checkpoint import check_checkpoint
+
     folders: dict[str, Path] = {}
     for given in map(Path, paths):
         if (given / "config.json").is_file():
@@ -48,6 +58,11 @@ def level_folders(paths: list[str]) -> dict[str, Path]:
         for folder in candidates:
             if folder.name in folders:
                 raise PushArgumentError(f"two folders would go to branch {folder.name!r}")
+            target = check_checkpoint(folder).metadata.get("target_sparsity")
+            if target is None or folder.name != level_name(target):
+                raise PushArgumentError(f"{folder} holds the level of sparsity {target} by its pruning plan, but its "
+                                        f"name makes it branch {folder.name!r}: push level folders as hf-prune named "
+                                        "them.")
             folders[folder.name] = folder
     return folders
 
