@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -142,6 +144,37 @@ def parse_dtype(dtype: Any) -> Any:
     if name is None:
         raise ModelLoadError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16.")
     return name
+
+
+_DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
+_DEVICE = re.compile(r"(cpu|meta|mps|disk|(cuda|xpu|npu|hpu|mlu|musa)(:\d+)?)")
+
+
+def check_device_map(device_map: Any) -> None:
+    """Refuse, before anything is loaded, a ``device_map`` ``from_pretrained`` would refuse after reading the
+    config, or one naming an accelerator this machine does not have (``cuda:7`` on a machine with two GPUs).
+
+    Raises:
+        ModelLoadError: naming the device.
+    """
+    if device_map is None or isinstance(device_map, int) or device_map in _DEVICE_MAP_STRATEGIES:
+        return
+    devices = device_map.values() if isinstance(device_map, Mapping) else [device_map]
+    for device in devices:
+        if isinstance(device, int) or not isinstance(device, str):
+            continue  # a GPU index, or a torch.device: accelerate checks those itself
+        match = _DEVICE.fullmatch(device)
+        if match is None:
+            raise ModelLoadError(f"device_map {device!r} is neither a device (cpu, cuda, cuda:0, mps...) nor one of "
+                                 f"{', '.join(_DEVICE_MAP_STRATEGIES)}.")
+        if match[2] in ("cuda", "xpu"):
+            import torch
+
+            backend = getattr(torch, match[2])
+            count = backend.device_count() if backend.is_available() else 0
+            index = int(match[3][1:]) if match[3] else 0
+            if index >= count:
+                raise ModelLoadError(f"device_map {device!r}: this machine has {count} {match[2]} device(s).")
 
 
 def _vocabulary_file(name_or_path: str, kwargs: dict[str, Any]) -> str | None:

@@ -196,3 +196,31 @@ def test_push_refuses_what_is_not_a_level_before_any_network_call(base, clean, t
                 "missing shard": "the weights file model.safetensors is missing"}[case]
     assert expected in err
     assert local_hub.requests == []  # refused before any call to the Hub
+
+
+# ---- 5. malformed inputs: one line, before the model loads ------------------------------------------------------
+@pytest.mark.parametrize("args, message", [
+    (["--calibration", "code=0.5=0.3"], "'0.5=0.3' is neither a local file nor a Hugging Face dataset id"),
+    (["--calibration", "a={tmp}/empty.jsonl"], "empty.jsonl' is empty"),
+    (["--calibration", "a={tmp}/binary.jsonl"], "binary.jsonl' is not UTF-8 text"),
+    (["--calibration", "a={tmp}/fields.jsonl"], "text field 'text' not found in '{tmp}/fields.jsonl'; columns are "
+                                                "['body']"),
+    (["--calibration", "a={tmp}/notjson.jsonl"], "the first line of '{tmp}/notjson.jsonl' is not a JSON record"),
+    (["--max-memory", "0=lots"], "not a memory size: 'lots'"),
+    (["--max-memory", "cpu=-5GiB"], "not a memory size: '-5GiB'"),
+    (["--device-map", "banana"], "device_map 'banana' is neither a device"),
+    (["--device-map", "cuda:99"], "device_map 'cuda:99': this machine has"),
+])
+def test_malformed_inputs_fail_in_one_line_before_loading(base, tmp_path, no_loading, capsys, args, message):
+    from hf_prune.cli import main
+
+    (tmp_path / "empty.jsonl").write_text("\n \n")
+    (tmp_path / "binary.jsonl").write_bytes(bytes(range(256)) * 8)
+    (tmp_path / "fields.jsonl").write_text('{"body": "some text"}\n')
+    (tmp_path / "notjson.jsonl").write_text("just a line of text\n")
+    args = [a.format(tmp=tmp_path) for a in args]
+    code = main(["prune", str(base["base"]), "--calibration", base["calibration"], "--output-dir",
+                 str(tmp_path / "out"), "-q", *args])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and message.format(tmp=tmp_path) in err[0], err
+    assert not (tmp_path / "out").exists()

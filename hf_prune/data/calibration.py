@@ -156,8 +156,8 @@ class _Tokens(Calibration):
 
 
 def as_calibration(spec: Any) -> Calibration | None:
-    """The :class:`Calibration` of any accepted form (``None`` stays ``None``); a mix's local files are checked
-    to exist.
+    """The :class:`Calibration` of any accepted form (``None`` stays ``None``); a mix's sources are checked
+    (:meth:`~hf_prune.data.sources.DomainSource.check`: local files read far enough to know they hold text).
 
     Raises:
         CalibrationError: an unknown form, a bad mix (unknown preset, missing file, bad weight...).
@@ -178,8 +178,7 @@ def as_calibration(spec: Any) -> Calibration | None:
 
 def _checked(mix: CalibrationMix) -> Calibration:
     for src in mix.sources:
-        if src.is_local:
-            src.files()  # a missing file or unsupported type fails now, naming the domain
+        src.check()  # a missing, empty or binary file, a field it lacks, a malformed dataset id: fails now
     return _Mix(mix)
 
 

@@ -139,6 +139,25 @@ class DomainSource:
             )
         return [path]
 
+    def check(self) -> None:
+        """Fail now, naming the domain, on a source that could not give text: a missing, empty, binary or
+        unreadable local file, text fields it lacks, or a name that is neither a local path nor a Hub dataset id.
+
+        Local files are read only as far as needed (the first record of a JSON-lines file, a parquet schema, a CSV
+        header); a Hub dataset is not contacted.
+        """
+        if not self.is_local:
+            from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+            try:
+                validate_repo_id(self.source)
+            except HFValidationError:
+                raise CalibrationError(f"domain {self.name!r}: {self.source!r} is neither a local file nor a Hugging "
+                                       "Face dataset id (namespace/name)") from None
+            return
+        for path in self.files():
+            _check_file(self, path)
+
     def identity(self) -> dict[str, Any]:
         """What the text of this source depends on, for cache keys and overlap checks.
 
@@ -183,6 +202,49 @@ def _looks_local(source: str) -> bool:
     return Path(source).suffix.lower() in SUPPORTED_EXTENSIONS
 
 
+# How much of a local file is read to know it holds usable text.
+_PEEK_BYTES = 1 << 16
+
+
+def _check_file(src: DomainSource, path: Path) -> None:
+    """One local file of ``src`` holds text in the fields ``src`` reads (see :meth:`DomainSource.check`)."""
+    with open(path, "rb") as f:
+        head = f.read(_PEEK_BYTES)
+    if not head.strip():
+        raise CalibrationError(f"domain {src.name!r}: file {str(path)!r} is empty")
+    builder = SUPPORTED_EXTENSIONS[path.suffix.lower()]
+    if builder == "parquet":
+        import pyarrow.parquet as pq  # installed with datasets
+
+        try:
+            _check_columns(src, pq.read_schema(path).names)
+        except CalibrationError:
+            raise
+        except Exception as exc:
+            raise CalibrationError(f"domain {src.name!r}: {str(path)!r} is not a readable parquet file "
+                                   f"({type(exc).__name__})") from None
+        return
+    try:
+        # A multi-byte character cut at the end of the peek is not an error.
+        text = head.decode("utf-8") if len(head) < _PEEK_BYTES else head.decode("utf-8", errors="ignore")[:-1]
+        if "\x00" in text or len(head) == _PEEK_BYTES and len(text.encode()) < len(head) - 4:
+            raise UnicodeDecodeError("utf-8", head, 0, 1, "binary data")
+    except UnicodeDecodeError:
+        raise CalibrationError(f"domain {src.name!r}: file {str(path)!r} is not UTF-8 text (binary data?)") from None
+    if builder == "json" and path.suffix.lower() == ".jsonl":
+        first = next((line for line in text.splitlines() if line.strip()), "")
+        try:
+            record = json.loads(first)
+        except ValueError:
+            raise CalibrationError(f"domain {src.name!r}: the first line of {str(path)!r} is not a JSON record: "
+                                   f"{first[:80]!r}") from None
+        _check_columns(src, list(record) if isinstance(record, dict) else [])
+    elif builder == "csv":
+        import csv
+
+        _check_columns(src, next(csv.reader([text.splitlines()[0]])))
+
+
 def hub_offline() -> bool:
     """Whether Hugging Face Hub access is switched off (``HF_HUB_OFFLINE``/``HF_DATASETS_OFFLINE``)."""
     for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
@@ -213,10 +275,8 @@ def _load_dataset(src: DomainSource) -> Any:
     import datasets
 
     if src.is_local:
+        src.check()
         files = src.files()
-        for p in files:
-            if p.stat().st_size == 0:
-                raise CalibrationError(f"domain {src.name!r}: file {str(p)!r} is empty")
         by_builder: dict[str, list[str]] = {}
         for p in files:
             by_builder.setdefault(SUPPORTED_EXTENSIONS[p.suffix.lower()], []).append(str(p))

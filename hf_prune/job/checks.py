@@ -100,6 +100,18 @@ def _check_outputs(output: OutputArguments | None, run: RunArguments | None,
     return check_output(output.output_dir, overwrite=output.overwrite, state_dir=state_dir, config=config)
 
 
+def _check_loading(model: ModelArguments) -> None:
+    """What ``from_pretrained`` would refuse after reading the config: the dtype, the device map, the memory map."""
+    from ..engine.memory import parse_size
+    from ..loading import check_device_map, parse_dtype
+
+    parse_dtype(model.torch_dtype)
+    check_device_map(model.device_map)
+    for device, size in (model.max_memory or {}).items():
+        if parse_size(size) <= 0:
+            raise PruningError(f"max_memory of {device!r} is {size!r}: give a positive size such as 20GiB.")
+
+
 def _check_model(model: ModelArguments) -> Any:
     """A path's ``config.json`` (the checked source), or a loaded model that comes with its tokenizer."""
     from ..loading import check_model_source
@@ -137,9 +149,7 @@ def check_inputs(*, model: ModelArguments | None = None, data: DataArguments | N
     if config is not None and config.recovery is not None:
         config.recovery.check_available()
     if model is not None:
-        from ..loading import parse_dtype
-
-        parse_dtype(model.torch_dtype)
+        _check_loading(model)
     if repo_id is not None:
         from ..hub.push import resolve_token
 
