@@ -41,8 +41,8 @@ def no_loading(monkeypatch):
     monkeypatch.setattr(levels, "load_model", refuse)
 
 
-def run(base, out, **kwargs):
-    return prune_and_push(str(base["base"]), None, calibration=base["calibration"], evaluation=base["evaluation"],
+def run(base, out, repo_id=None, **kwargs):
+    return prune_and_push(str(base["base"]), repo_id, calibration=base["calibration"], evaluation=base["evaluation"],
                           output_dir=out, target_sparsity=kwargs.pop("target_sparsity", (0.2, 0.4)), **FAST, **kwargs)
 
 
@@ -224,3 +224,27 @@ def test_malformed_inputs_fail_in_one_line_before_loading(base, tmp_path, no_loa
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1 and message.format(tmp=tmp_path) in err[0], err
     assert not (tmp_path / "out").exists()
+
+
+# ---- 6. nothing of this machine is published -----------------------------------------------------------------------
+def test_no_local_path_is_pushed(base, tmp_path, local_hub):
+    from conftest import HUB_TOKEN, HUB_USER
+
+    repo = f"{HUB_USER}/no-paths"
+    out = tmp_path / "out"
+    result = run(base, out, target_sparsity=(0.3,), repo_id=repo, token=HUB_TOKEN, endpoint=local_hub.endpoint)
+    assert [p.branch for p in result.pushes] == ["sparsity-30", "main"]
+    local = {str(out.resolve()), str(base["base"].resolve()), str(base["cal_a"].resolve().parent),
+             os.path.expanduser("~"), os.getcwd()}
+    for branch in ("sparsity-30", "main"):
+        for name, data in local_hub.branch_files(repo, branch).items():
+            leaked = [p for p in local if p.encode() in data]
+            assert not leaked, f"{branch}/{name} holds {leaked}"
+    # Local calibration files are named by file name and checksum instead.
+    import hashlib
+
+    plan = json.loads(local_hub.branch_files(repo, "main")["pruning_plan.json"])
+    domain = plan["calibration"]["domains"]["a"]
+    assert domain["source"] == "cal_a.jsonl"
+    assert domain["sha256"] == hashlib.sha256(base["cal_a"].read_bytes()).hexdigest()
+    assert plan["base_model_path"] == "base"

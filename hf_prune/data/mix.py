@@ -236,6 +236,11 @@ class CalibrationMix:
         """``{"domains": {name: {source, weight, ...}}}``; ``CalibrationMix(mix.to_dict()) == mix``."""
         return {"domains": {s.name: s.to_dict() for s in self.sources}}
 
+    def to_public_dict(self) -> dict[str, Any]:
+        """:meth:`to_dict` as published: local sources by file name and checksum, no local paths
+        (:meth:`~hf_prune.data.sources.DomainSource.to_public_dict`)."""
+        return {"domains": {s.name: s.to_public_dict() for s in self.sources}}
+
     # ---- data --------------------------------------------------------------------------------------
     def sample(
         self,

@@ -188,6 +188,20 @@ class DomainSource:
             out[f] = getattr(self, f)
         return out
 
+    def to_public_dict(self) -> dict[str, Any]:
+        """:meth:`to_dict` as published (plans, cards): a local source by its file or folder name and the sha256 of
+        its content, never its path on this machine."""
+        out = self.to_dict()
+        if self.is_local:
+            digest = hashlib.sha256()
+            for path in self.files():
+                with open(path, "rb") as f:
+                    for chunk in iter(lambda: f.read(1 << 20), b""):
+                        digest.update(chunk)
+            out["source"] = Path(self.source).expanduser().name
+            out["sha256"] = digest.hexdigest()
+        return out
+
     def with_weight(self, weight: float) -> DomainSource:
         return replace(self, weight=weight)
 

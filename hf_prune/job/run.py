@@ -13,6 +13,7 @@ import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from ..config import PruneConfig, level_name
@@ -238,9 +239,11 @@ def _evaluate_save_push(job: Job, checked: CheckedInputs, model, tokenizer, resu
     dense = evaluate.dense(model, base.params)
     checked.out.mkdir(parents=True, exist_ok=True)
     mix = checked.calibration.mix
+    # What every level's pruning_plan.json says of its origin, as published: no path of this machine.
     builder = LevelBuilder(model, tokenizer, result, evaluate, checked.out, plan_metadata={
-        "base_model": base.name, "base_model_path": base.path, "base_model_revision": base.revision,
-        "calibration": mix.to_dict() if mix is not None else None, "settings": result.settings},
+        "base_model": base.name, "base_model_path": Path(base.path).name if local else base.path,
+        "base_model_revision": base.revision,
+        "calibration": mix.to_public_dict() if mix is not None else None, "settings": result.settings},
         windows=windows, state_dir=job.run.state_dir, overwrite=out.overwrite, show_progress=job.run.show_progress,
         ledger=LevelLedger(job.run.state_dir, checked.out, job.config))
     records = [builder.build(s, dense, base.name) for s in result.config.target_sparsity]
