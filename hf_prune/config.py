@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import json
 import os
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,7 +156,12 @@ class PruneConfig(Options):
             if not is_number(v) or not 0 < v < 1:
                 raise PruningError(f"target_sparsity must be in (0, 1): give each level as a fraction in (0, 1) of the "
                                    f"decoder parameters, e.g. 0.3; got {v!r}.")
-        levels = tuple(sorted({round(float(v), 6) for v in values}))
+        rounded = [round(float(v), 6) for v in values]
+        twice = sorted(v for v, n in Counter(rounded).items() if n > 1)
+        if twice:  # a silent merge would give fewer levels than asked for
+            raise PruningError(f"target_sparsity lists {', '.join(f'{v:g}' for v in twice)} more than once: give "
+                               "each level once.")
+        levels = tuple(sorted(rounded))
         names = [level_name(s) for s in levels]
         if len(set(names)) != len(names):
             raise PruningError(f"sparsity levels {list(levels)} are too close: they would share a folder name.")

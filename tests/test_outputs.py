@@ -248,3 +248,13 @@ def test_no_local_path_is_pushed(base, tmp_path, local_hub):
     assert domain["source"] == "cal_a.jsonl"
     assert domain["sha256"] == hashlib.sha256(base["cal_a"].read_bytes()).hexdigest()
     assert plan["base_model_path"] == "base"
+
+
+# ---- 8. a level asked for twice is refused, not merged -------------------------------------------------------------
+def test_duplicate_sparsities_are_refused_on_the_command_line(base, tmp_path, no_loading, capsys):
+    from hf_prune.cli import main
+
+    code = main(["prune", str(base["base"]), "--sparsity", "0.3,0.3", "--output-dir", str(tmp_path / "out")])
+    assert code == 1
+    assert capsys.readouterr().err.strip() == "hf-prune: error: target_sparsity lists 0.3 more than once: give each " \
+                                              "level once."

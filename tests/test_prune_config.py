@@ -40,6 +40,7 @@ def test_resolved_fills_what_the_method_decides():
         ({"target_sparsity": 1.5}, r"target_sparsity must be in \(0, 1\)"),
         ({"target_sparsity": ()}, "names no level"),
         ({"target_sparsity": (0.3, 0.30001)}, "too close"),
+        ({"target_sparsity": (0.3, 0.2, 0.3)}, "target_sparsity lists 0.3 more than once"),
         ({"method": "nope"}, "Unknown method 'nope'"),
         ({"importance": "nope"}, "Unknown importance criterion 'nope'"),
         ({"allocation": "diagonal"}, "Unknown allocation 'diagonal'"),
