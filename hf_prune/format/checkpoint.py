@@ -68,7 +68,8 @@ def check_checkpoint(folder: str | os.PathLike) -> PruningPlan:
         raise
     except (ValueError, InvalidPlanError) as err:
         raise ModelLoadError(f"{folder} is not a level folder written by hf-prune: {err}") from None
-    sizes = _config_layer_sizes(folder)
+    config, model = _pruned_model(folder)
+    sizes = config.layer_sizes()
     if len(sizes) != len(plan.layers):
         raise ModelLoadError(f"{folder}: config.json has {len(sizes)} layers, {PLAN_FILE} {len(plan.layers)}.")
     for idx, (layer, size) in enumerate(zip(plan.layers, sizes)):
@@ -78,26 +79,31 @@ def check_checkpoint(folder: str | os.PathLike) -> PruningPlan:
             if keep is not None and (len(keep) or None) != size[key]:
                 raise ModelLoadError(f"{folder}: layer {idx} keeps {len(keep)} by {PLAN_FILE} but config.json has "
                                      f"{key} {size[key]}; the folder mixes files of different runs.")
-    _check_weights(folder)
+    _check_weights(folder, config, model)
     return plan
 
 
-def _config_layer_sizes(folder: Path) -> list[dict[str, int | None]]:
-    from transformers import AutoConfig
-
-    from ..registration import register
-
-    register()  # the pruned model types, so AutoConfig reads them with the installed classes
-    return AutoConfig.from_pretrained(folder).layer_sizes()
-
-
-def _check_weights(folder: Path) -> None:
-    """Every tensor the config needs is in the safetensors files, at its shape (no weights read)."""
+def _pruned_model(folder: Path) -> tuple[Any, Any]:
+    """(the folder's config, its causal LM built on the meta device: shapes only), from this package's classes."""
     import json
 
     import torch
+
+    from ..modeling.modeling_pruned_qwen2 import PrunedQwen2ForCausalLM
+    from ..modeling.modeling_pruned_qwen3 import PrunedQwen3ForCausalLM
+
+    model_type = json.loads((folder / "config.json").read_text(encoding="utf-8"))["model_type"]
+    cls = {"pruned_qwen2": PrunedQwen2ForCausalLM, "pruned_qwen3": PrunedQwen3ForCausalLM}[model_type]
+    config = cls.config_class.from_pretrained(folder)
+    with torch.device("meta"):
+        return config, cls(config)
+
+
+def _check_weights(folder: Path, config: Any, model: Any) -> None:
+    """Every tensor the config needs is in the safetensors files, at its shape (no weights read)."""
+    import json
+
     from safetensors import safe_open
-    from transformers import AutoConfig, AutoModelForCausalLM
 
     from ..errors import ModelLoadError
 
@@ -110,9 +116,6 @@ def _check_weights(folder: Path) -> None:
             raise ModelLoadError(f"{folder}: the weights file {file.name} is missing.")
         with safe_open(file, framework="pt") as f:
             stored.update({key: list(f.get_slice(key).get_shape()) for key in f.keys()})
-    config = AutoConfig.from_pretrained(folder)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
     expected = {k: list(v.shape) for k, v in model.state_dict().items()}
     if config.tie_word_embeddings:
         expected.pop("lm_head.weight", None)  # saved once, as the embedding
