@@ -1,9 +1,12 @@
-"""Shared fixtures: tiny random Qwen2 models for format tests, the real SmolLM2 for quality tests."""
+"""Shared test helpers: tiny random Qwen2 / Qwen3 models for format tests (and the model family as a parameter),
+the real SmolLM2 for quality tests, a tiny saved base model with a tokenizer and text, and a local Hub server."""
 
 from __future__ import annotations
 
 import inspect
+import json
 import os
+import random
 import subprocess
 import sys
 import textwrap
@@ -11,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import Qwen2Config, Qwen2ForCausalLM
+from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,6 +47,60 @@ def tiny_qwen2(seed: int = 0, **overrides) -> Qwen2ForCausalLM:
             for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
                 proj.bias.normal_(0, 0.1)
     return model
+
+
+def tiny_qwen3_config(**overrides) -> Qwen3Config:
+    """8 heads in 2 KV groups, head_dim 16 != hidden 64 / 8 heads, 4 layers (Qwen3: q_norm / k_norm, no biases)."""
+    values = dict(
+        vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=4, num_attention_heads=8,
+        num_key_value_heads=2, head_dim=16, max_position_embeddings=256, tie_word_embeddings=False,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, pad_token_id=0, eos_token_id=1,
+        bos_token_id=2,
+    )
+    values.update(overrides)
+    return Qwen3Config(**values)
+
+
+def tiny_qwen3(seed: int = 0, **overrides) -> Qwen3ForCausalLM:
+    torch.manual_seed(seed)
+    model = Qwen3ForCausalLM(tiny_qwen3_config(**overrides)).eval()
+    # Random init leaves q_norm / k_norm at 1; make them differ per dimension so keeping them whole is tested.
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.q_norm.weight.normal_(1, 0.3)
+            layer.self_attn.k_norm.weight.normal_(1, 0.3)
+    return model
+
+
+#: The model families hf-prune supports; tests that hold for every family take the ``family`` fixture.
+FAMILIES = ("qwen2", "qwen3")
+_TINY = {"qwen2": (tiny_qwen2_config, tiny_qwen2), "qwen3": (tiny_qwen3_config, tiny_qwen3)}
+
+
+def tiny_config(family: str, **overrides):
+    return _TINY[family][0](**overrides)
+
+
+def tiny_causal_lm(family: str, seed: int = 0, **overrides):
+    """A tiny random stock model of ``family`` (``qwen2``: head_dim 8 = hidden / heads; ``qwen3``: head_dim 16)."""
+    return _TINY[family][1](seed, **overrides)
+
+
+def head_dim(config) -> int:
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
+def pruned_classes(family: str):
+    """(PrunedXForCausalLM, PrunedXModel, PrunedXConfig) of ``family``."""
+    import hf_prune.modeling as modeling
+
+    name = {"qwen2": "Qwen2", "qwen3": "Qwen3"}[family]
+    return tuple(getattr(modeling, f"Pruned{name}{suffix}") for suffix in ("ForCausalLM", "Model", "Config"))
+
+
+@pytest.fixture(params=FAMILIES)
+def family(request) -> str:
+    return request.param
 
 
 @pytest.fixture
@@ -109,17 +166,50 @@ def stdlib_corpus(root: Path) -> dict[str, dict[str, Path]]:
     return {"calib": text.calibration, "eval": text.evaluation}
 
 
+WORDS = "the cat sat on a mat and dog ran to big red house with green door while sun shone over hills".split()
+#: The smallest run settings that exercise every step of a job (prune_and_push keyword arguments).
+FAST = dict(num_samples=8, seq_len=32, steps=2, eval_seq_len=32, show_progress=False)
+
+
+def _texts(seed: int, n: int) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(30, 80))) for _ in range(n)]
+
+
+def make_tiny_base(root: Path) -> dict[str, Path]:
+    """A tiny random Qwen2 with a small byte-level BPE tokenizer in ``root/base``, and four jsonl files
+    (``cal_a``, ``cal_b``, ``ev_a``, ``ev_b``; ``calibration`` and ``evaluation`` are the mix strings over them)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    root.mkdir(parents=True, exist_ok=True)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(_texts(0, 50), trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<pad>", "<eos>", "<bos>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>")
+    tiny_qwen2(vocab_size=320).save_pretrained(root / "base")
+    tokenizer.save_pretrained(root / "base")
+    paths = {"base": root / "base"}
+    for name, seed in (("cal_a", 1), ("cal_b", 2), ("ev_a", 3), ("ev_b", 4)):
+        paths[name] = root / f"{name}.jsonl"
+        paths[name].write_text("".join(json.dumps({"text": t}) + "\n" for t in _texts(seed, 40)))
+    paths["calibration"] = f"a={paths['cal_a']}@0.5,b={paths['cal_b']}@0.5"
+    paths["evaluation"] = f"a={paths['ev_a']},b={paths['ev_b']}"
+    return paths
+
+
 @pytest.fixture
-def local_hub(monkeypatch, tmp_path):
+def hub(monkeypatch, tmp_path):
     """A local Hub-compatible server (tests/hub_server.py) for the real huggingface_hub client; token ``HUB_TOKEN``."""
     import huggingface_hub.constants as hf_constants
 
-    try:  # rootdir on sys.path (tests/ as a package) or tests/ itself (pytest "prepend" import mode)
-        from tests.hub_server import LocalHub
-    except ImportError:  # pragma: no cover
-        from hub_server import LocalHub
+    from hub_server import LocalHub
 
-    monkeypatch.setattr(hf_constants, "HF_HUB_DISABLE_XET", True)  # the local server speaks basic LFS only
+    # hf_xet is installed and the client picks Xet for every upload unless told not to (read at call time); the
+    # local server speaks basic LFS only.
+    monkeypatch.setattr(hf_constants, "HF_HUB_DISABLE_XET", True)
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)  # it is the network here
     monkeypatch.delenv("HF_TOKEN", raising=False)  # no stored login or env token may stand in for the test token
     monkeypatch.setattr(hf_constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))

@@ -11,8 +11,9 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import REPO_ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO_ROOT
 
 #: The layers, lowest first: a part may import parts of its own layer or below, never above.
 LAYERS = [

@@ -29,10 +29,7 @@ from pathlib import Path
 import pytest
 import torch
 
-try:
-    from tests.conftest import REPO_ROOT, tiny_qwen2
-except ImportError:  # pragma: no cover
-    from conftest import REPO_ROOT, tiny_qwen2
+from conftest import REPO_ROOT, tiny_qwen2
 
 PAGES = [REPO_ROOT / "README.md", REPO_ROOT / "CHANGELOG.md", REPO_ROOT / "benchmarks" / "README.md",
          *sorted((REPO_ROOT / "docs").rglob("*.md"))]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import tiny_qwen2
+from conftest import REPO_ROOT, tiny_qwen2
 from hf_prune.data.multiple_choice import IGNORE_INDEX, score_choices
 from hf_prune.errors import CalibrationError, EvaluationError
 
@@ -155,7 +155,7 @@ def test_missing_lm_eval_names_the_extra(monkeypatch, tmp_path) -> None:
 # ---- the command line and prune_and_push ----------------------------------------------------------------------
 def _env() -> dict[str, str]:
     env = dict(os.environ)
-    root = str(Path(__file__).resolve().parents[1])
+    root = str(REPO_ROOT)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     env.pop("HF_PRUNE_DEBUG", None)
@@ -164,7 +164,7 @@ def _env() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
-    from test_push import make_tiny_base
+    from conftest import make_tiny_base
 
     return make_tiny_base(tmp_path_factory.mktemp("acc_base"))
 

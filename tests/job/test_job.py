@@ -17,10 +17,7 @@ from hf_prune.job import (DEFAULT_CALIBRATION, EVAL_FILE, DataArguments, DenseRe
                           OutputArguments, check_inputs, prune_and_push)
 from hf_prune.job.record import accuracy_columns
 
-try:
-    from tests.test_push import FAST, make_tiny_base
-except ImportError:  # pragma: no cover
-    from test_push import FAST, make_tiny_base
+from conftest import FAST, make_tiny_base
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import re
 import pytest
 import torch
 
-from conftest import tiny_qwen2
+from conftest import pruned_classes, tiny_causal_lm
 from hf_prune import PruneConfig, PruningPlan, RecoveryConfig, apply_plan, prune_and_push
 from hf_prune.errors import RecoveryDivergedError, RecoveryError
 from hf_prune.recovery import recover, training_windows
@@ -28,9 +28,9 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def _pair(seed: int = 0):
-    """(teacher, student): a tiny random Qwen2 whose logits are far from uniform, and a random pruned copy."""
-    teacher = tiny_qwen2(seed, initializer_range=0.1)
+def _pair(seed: int = 0, family: str = "qwen2"):
+    """(teacher, student): a tiny random model whose logits are far from uniform, and a random pruned copy."""
+    teacher = tiny_causal_lm(family, seed, initializer_range=0.1)
     g = torch.Generator().manual_seed(seed + 1)
     plan = PruningPlan.from_dict({"layers": [
         {"query_heads": [0, 2, 5, 7], "mlp_channels": sorted(torch.randperm(96, generator=g)[:48].tolist())}
@@ -106,14 +106,14 @@ def test_prune_config_holds_recovery_as_dict_or_object(tmp_path):
 
 
 # ---- training --------------------------------------------------------------------------------------------
-def test_kd_steps_lower_the_kl_to_the_teacher():
-    teacher, student = _pair()
+def test_kd_steps_lower_the_kl_to_the_teacher(family):
+    teacher, student = _pair(family=family)
     held_out = _tokens(16, seed=99)
     before = _kl(student, teacher, held_out)
     dense_weights = {k: v.clone() for k, v in teacher.state_dict().items()}
     result = recover(student, teacher, None, _tokens(48, seed=5), _options(), show_progress=False)
     after = _kl(student, teacher, held_out)
-    assert result.model is student and type(student).__name__ == "PrunedQwen2ForCausalLM" and not student.training
+    assert result.model is student and type(student) is pruned_classes(family)[0] and not student.training
     assert after < 0.8 * before, (before, after)
     assert result.steps == 6 and result.tokens == 48 * SEQ and result.tokens_per_second > 0
     # kd_loss is the KL the test computes (T = 1), on the teacher's own logits it is zero
@@ -207,8 +207,8 @@ class _Capture(TrainerCallback):
             self.logits = model(input_ids=self.ids).logits.clone()
 
 
-def test_lora_is_merged_back_and_matches_the_unmerged_adapters():
-    teacher, student = _pair()
+def test_lora_is_merged_back_and_matches_the_unmerged_adapters(family):
+    teacher, student = _pair(family=family)
     shapes = {k: v.shape for k, v in student.state_dict().items()}
     held_out = _tokens(4, seed=99)
     with torch.no_grad():
@@ -218,7 +218,7 @@ def test_lora_is_merged_back_and_matches_the_unmerged_adapters():
                      show_progress=False, callbacks=[capture])
     assert capture.kind == "PeftModelForCausalLM"
     merged = result.model
-    assert type(merged).__name__ == "PrunedQwen2ForCausalLM"
+    assert type(merged) is pruned_classes(family)[0]
     assert {k: v.shape for k, v in merged.state_dict().items()} == shapes  # same dense checkpoint, no lora_ keys
     with torch.no_grad():
         logits = merged(input_ids=held_out).logits
@@ -282,7 +282,7 @@ def test_a_nan_loss_stops_with_the_step_named():
 def test_training_windows_follow_the_mix_and_a_seed_of_their_own(tmp_path, monkeypatch):
     from hf_prune import CalibrationMix
     from hf_prune.loading import load_tokenizer
-    from test_push import make_tiny_base
+    from conftest import make_tiny_base
 
     monkeypatch.setenv("HF_PRUNE_CACHE", str(tmp_path / "cache"))
     base = make_tiny_base(tmp_path / "base")
@@ -308,7 +308,7 @@ def test_bad_recovery_input_fails_before_the_model_is_loaded(tmp_path, monkeypat
     import importlib.util
 
     import hf_prune.job.levels as levels
-    from test_push import make_tiny_base
+    from conftest import make_tiny_base
 
     def no_loading(*args, **kwargs):
         raise AssertionError("the model was loaded")
@@ -335,7 +335,7 @@ def test_prune_and_push_recovers_each_level(tmp_path, monkeypatch):
 
     from hf_prune import CalibrationMix, evaluate_perplexity
     from hf_prune.loading import load_tokenizer
-    from test_push import FAST, make_tiny_base
+    from conftest import FAST, make_tiny_base
 
     monkeypatch.setenv("HF_PRUNE_CACHE", str(tmp_path / "cache"))
     base = make_tiny_base(tmp_path / "base")

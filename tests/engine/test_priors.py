@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 import torch
 import torch.nn.functional as F
-from test_push import make_tiny_base
+from conftest import make_tiny_base
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hf_prune import CalibrationMix, PruneConfig, compensate, prune

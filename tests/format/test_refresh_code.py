@@ -115,7 +115,7 @@ def test_refresh_refuses_what_is_not_a_pruned_checkpoint(tmp_path):
         refresh_code_files(tmp_path / "empty")
 
 
-def test_refresh_code_on_the_hub_commits_only_the_code_once_per_branch(local_hub, tmp_path):
+def test_refresh_code_on_the_hub_commits_only_the_code_once_per_branch(hub, tmp_path):
     from conftest import HUB_TOKEN, HUB_USER
 
     from hf_prune.hub import refresh_code
@@ -124,36 +124,36 @@ def test_refresh_code_on_the_hub_commits_only_the_code_once_per_branch(local_hub
     old_checkpoint(tmp_path / "old")
     files = {p.name: p.read_bytes() for p in (tmp_path / "old").iterdir()}
     for branch in ("sparsity-30", "sparsity-50", "main"):
-        local_hub.create_repo_with_files(repo, files, branch=branch)
-    local_hub.create_repo_with_files(repo, {"notes.txt": b"not a model"}, branch="scratch")
-    before = {b: local_hub.branch_files(repo, b) for b in ("sparsity-30", "sparsity-50", "main", "scratch")}
+        hub.create_repo_with_files(repo, files, branch=branch)
+    hub.create_repo_with_files(repo, {"notes.txt": b"not a model"}, branch="scratch")
+    before = {b: hub.branch_files(repo, b) for b in ("sparsity-30", "sparsity-50", "main", "scratch")}
 
-    results = refresh_code(repo, token=HUB_TOKEN, endpoint=local_hub.endpoint, backoff_s=0.01)
+    results = refresh_code(repo, token=HUB_TOKEN, endpoint=hub.endpoint, backoff_s=0.01)
     assert [r.branch for r in results] == ["sparsity-30", "sparsity-50", "main"]  # main last; "scratch" left alone
     code = {name: text.encode() for name, text in shipped_files("pruned_qwen2").items()}
     for branch in ("sparsity-30", "sparsity-50", "main"):
-        assert len(local_hub.commits_on(repo, branch)) == 1
-        after = local_hub.branch_files(repo, branch)
+        assert len(hub.commits_on(repo, branch)) == 1
+        after = hub.branch_files(repo, branch)
         assert after == {**before[branch], **code}  # the code files replaced, every other file byte-identical
-    assert local_hub.branch_files(repo, "scratch") == before["scratch"]
-    assert not local_hub.commits_on(repo, "scratch")
+    assert hub.branch_files(repo, "scratch") == before["scratch"]
+    assert not hub.commits_on(repo, "scratch")
 
-    assert refresh_code(repo, token=HUB_TOKEN, endpoint=local_hub.endpoint) == []  # current: no commit
+    assert refresh_code(repo, token=HUB_TOKEN, endpoint=hub.endpoint) == []  # current: no commit
 
 
-def test_refresh_code_refuses_a_named_branch_that_is_not_a_pruned_checkpoint(local_hub):
+def test_refresh_code_refuses_a_named_branch_that_is_not_a_pruned_checkpoint(hub):
     from conftest import HUB_TOKEN, HUB_USER
 
     from hf_prune.errors import PushArgumentError
     from hf_prune.hub import refresh_code
 
     repo = f"{HUB_USER}/mixed"
-    local_hub.create_repo_with_files(repo, {"config.json": b'{"model_type": "gpt2"}'}, branch="main")
+    hub.create_repo_with_files(repo, {"config.json": b'{"model_type": "gpt2"}'}, branch="main")
     with pytest.raises(ModelLoadError, match="not a pruned checkpoint"):
-        refresh_code(repo, branches=["main"], token=HUB_TOKEN, endpoint=local_hub.endpoint)
+        refresh_code(repo, branches=["main"], token=HUB_TOKEN, endpoint=hub.endpoint)
     with pytest.raises(PushArgumentError, match="no branch \\['nope'\\]"):
-        refresh_code(repo, branches=["nope"], token=HUB_TOKEN, endpoint=local_hub.endpoint)
-    assert not local_hub.commits_on(repo, "main")
+        refresh_code(repo, branches=["nope"], token=HUB_TOKEN, endpoint=hub.endpoint)
+    assert not hub.commits_on(repo, "main")
 
 
 def test_the_refresh_code_command(tmp_path, capsys):

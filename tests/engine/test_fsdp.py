@@ -10,14 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-try:
-    from tests.conftest import REPO_ROOT, tiny_qwen2
-    from tests.test_push import make_tiny_base
-    from tests.test_scale import _env
-except ImportError:  # pragma: no cover
-    from conftest import REPO_ROOT, tiny_qwen2
-    from test_push import make_tiny_base
-    from test_scale import _env
+from conftest import REPO_ROOT, make_tiny_base, tiny_qwen2
+from test_scale import _env
 
 from hf_prune import PruneConfig
 from hf_prune.errors import PruningError

@@ -7,7 +7,7 @@ import random
 
 import pytest
 import torch
-from conftest import tiny_qwen2
+from conftest import head_dim, pruned_classes, tiny_causal_lm, tiny_qwen2
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from hf_prune import PruningPlan, apply_plan
@@ -28,14 +28,14 @@ def masked_reference(model, plan_dict):
     down_proj column are set to 0, so the structure contributes nothing; KV heads and biases are left alone.
     """
     ref = copy.deepcopy(model)
-    head_dim = model.config.hidden_size // model.config.num_attention_heads
+    dim = head_dim(model.config)  # read from the config (Qwen3: not hidden_size / heads)
     with torch.no_grad():
         for layer, keep in zip(ref.model.layers, plan_dict["layers"]):
             heads = keep.get("query_heads")
             if heads is not None:
                 for h in range(model.config.num_attention_heads):
                     if h not in heads:
-                        layer.self_attn.o_proj.weight[:, h * head_dim:(h + 1) * head_dim] = 0
+                        layer.self_attn.o_proj.weight[:, h * dim:(h + 1) * dim] = 0
             channels = keep.get("mlp_channels")
             if channels is not None:
                 for c in range(model.config.intermediate_size):
@@ -56,18 +56,20 @@ def random_plan(seed, num_layers=4, heads=8, groups=2, width=96):
     return {"layers": layers}
 
 
-def test_keep_everything_matches_stock_qwen2(tiny_model):
-    pruned = apply_plan(tiny_model, PruningPlan.from_dict({"layers": [{}] * 4}))
-    assert isinstance(pruned, PrunedQwen2ForCausalLM)
+def test_keep_everything_matches_the_stock_model(family):
+    model = tiny_causal_lm(family)
+    pruned = apply_plan(model, PruningPlan.from_dict({"layers": [{}] * 4}))
+    assert type(pruned) is pruned_classes(family)[0] and pruned.config.model_type == f"pruned_{family}"
+    assert head_dim(pruned.config) == head_dim(model.config)
     with torch.no_grad():
-        diff = (pruned(INPUT).logits - tiny_model(INPUT).logits).abs().max().item()
+        diff = (pruned(INPUT).logits - model(INPUT).logits).abs().max().item()
     assert diff <= 1e-5
 
 
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("tied", [False, True])
-def test_any_plan_matches_masked_original(seed, tied):
-    model = tiny_qwen2(seed=seed, tie_word_embeddings=tied)
+def test_any_plan_matches_masked_original(family, seed, tied):
+    model = tiny_causal_lm(family, seed=seed, tie_word_embeddings=tied)
     plan_dict = random_plan(seed)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     pruned = apply_plan(model, PruningPlan.from_dict(plan_dict))

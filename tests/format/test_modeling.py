@@ -1,15 +1,16 @@
-"""PrunedQwen2ForCausalLM behaves like any Qwen2 model: caching, generate, attention backends, training, dtypes."""
+"""Pruned Qwen2 / Qwen3 models behave like the stock ones: caching, generate, attention backends, training, dtypes.
+
+Every test runs on both families (the ``family`` fixture)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from conftest import CACHE_KWARG, tiny_qwen2
+from conftest import CACHE_KWARG, pruned_classes, tiny_causal_lm
 from transformers import DynamicCache
 
 from hf_prune import PruningPlan, apply_plan
 from hf_prune.compat import enable_activation_checkpointing
-from hf_prune.modeling import PrunedQwen2Config, PrunedQwen2ForCausalLM, PrunedQwen2Model
 
 # The modeling files ship in every checkpoint and run on the user's transformers: a deprecation is a failure.
 pytestmark = pytest.mark.filterwarnings("error::FutureWarning", "error::DeprecationWarning")
@@ -24,8 +25,8 @@ PLAN = {"layers": [
 
 
 @pytest.fixture
-def pruned():
-    return apply_plan(tiny_qwen2(seed=3), PruningPlan.from_dict(PLAN))
+def pruned(family):
+    return apply_plan(tiny_causal_lm(family, seed=3), PruningPlan.from_dict(PLAN))
 
 
 def left_padded_batch():
@@ -58,8 +59,9 @@ def attention_free_plan(layers: list[int]) -> PruningPlan:
 
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
 @pytest.mark.parametrize("where", ["plan", *ATTENTION_FREE])
-def test_cached_generate_equals_uncached_decoding(pruned, attn, where):
-    model = pruned if where == "plan" else apply_plan(tiny_qwen2(seed=3), attention_free_plan(ATTENTION_FREE[where]))
+def test_cached_generate_equals_uncached_decoding(family, pruned, attn, where):
+    model = pruned if where == "plan" else apply_plan(tiny_causal_lm(family, seed=3),
+                                                      attention_free_plan(ATTENTION_FREE[where]))
     model.set_attn_implementation(attn)
     ids, mask = left_padded_batch()
     generated = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=12, do_sample=False,
@@ -68,9 +70,9 @@ def test_cached_generate_equals_uncached_decoding(pruned, attn, where):
 
 
 @pytest.mark.parametrize("where", list(ATTENTION_FREE))
-def test_continuing_from_a_cache_equals_the_uncached_forward(where):
+def test_continuing_from_a_cache_equals_the_uncached_forward(family, where):
     # Prefill, then feed the next tokens with the cache and no positions: positions and masks come from the cache.
-    model = apply_plan(tiny_qwen2(seed=5), attention_free_plan(ATTENTION_FREE[where]))
+    model = apply_plan(tiny_causal_lm(family, seed=5), attention_free_plan(ATTENTION_FREE[where]))
     ids, mask = left_padded_batch()
     more = torch.tensor([[7, 8, 9], [10, 11, 12]])
     full_ids, full_mask = torch.cat([ids, more], 1), torch.cat([mask, torch.ones_like(more)], 1)
@@ -138,9 +140,9 @@ def test_hidden_states_are_returned_for_every_layer(pruned):
 
 
 @pytest.mark.parametrize("return_dict", [True, False])
-def test_outputs_equal_stock_qwen2_for_a_keep_everything_plan(return_dict):
-    # hidden_states, attentions, logits and the returned cache, as transformers' own Qwen2ForCausalLM gives them.
-    stock = tiny_qwen2(seed=7)
+def test_outputs_equal_the_stock_model_for_a_keep_everything_plan(family, return_dict):
+    # hidden_states, attentions, logits and the returned cache, as transformers' own Qwen2/3ForCausalLM gives them.
+    stock = tiny_causal_lm(family, seed=7)
     ours = apply_plan(stock, PruningPlan.from_dict({"layers": [{}] * 4}))
     for model in (stock, ours):
         model.set_attn_implementation("eager")
@@ -188,17 +190,16 @@ def test_half_precision_tracks_fp32(pruned, dtype):
     assert (half.float() - ref).abs().max().item() < 0.05 * ref.abs().max().item()
 
 
-def test_model_sets_every_attribute_the_stock_qwen2_model_sets():
-    # PrunedQwen2Model cannot run Qwen2Model.__init__ (it builds layers from global sizes); it must still set
-    # everything that __init__ sets in the installed transformers, or inherited methods could miss an attribute.
-    from conftest import tiny_qwen2_config
-    from transformers.models.qwen2.modeling_qwen2 import Qwen2ForCausalLM, Qwen2Model
-
-    config = tiny_qwen2_config()
-    data = {k: v for k, v in config.to_dict().items() if k not in ("model_type", "transformers_version")}
-    pruned = PrunedQwen2ForCausalLM(PrunedQwen2Config(**data))  # built the same way as the stock ones
-    for stock, ours in ((Qwen2Model(config), pruned.model), (Qwen2ForCausalLM(config), pruned)):
+def test_model_sets_every_attribute_the_stock_model_sets(family):
+    # PrunedXModel cannot run XModel.__init__ (it builds layers from global sizes); it must still set everything
+    # that __init__ sets in the installed transformers, or inherited methods could miss an attribute.
+    stock = tiny_causal_lm(family)  # Qwen2ForCausalLM / Qwen3ForCausalLM
+    causal_lm, model, pruned_config = pruned_classes(family)
+    data = {k: v for k, v in stock.config.to_dict().items() if k not in ("model_type", "transformers_version")}
+    pruned = causal_lm(pruned_config(**data))  # built the same way as the stock ones
+    for stock, ours in ((stock.model, pruned.model), (stock, pruned)):
         missing = set(vars(stock)) - set(vars(ours))
         assert not missing, f"{type(ours).__name__} lacks {sorted(missing)}"
         assert set(stock._modules) <= set(ours._modules)
-    assert isinstance(pruned, PrunedQwen2ForCausalLM) and isinstance(pruned.model, PrunedQwen2Model)
+    assert type(pruned.model) is model
+    assert set(pruned._no_split_modules) == {f"{model.__name__.removesuffix('Model')}DecoderLayer"}

@@ -8,10 +8,7 @@ import sys
 
 import pytest
 
-try:
-    from tests.conftest import REPO_ROOT
-except ImportError:  # pragma: no cover
-    from conftest import REPO_ROOT
+from conftest import REPO_ROOT
 
 _CHECK = """
 import sys
@@ -53,7 +50,7 @@ def test_every_subpackage_is_in_the_wheel():
     import tomllib
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
+    root = REPO_ROOT
     listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     found = {".".join(("hf_prune", *p.parent.relative_to(root / "hf_prune").parts))
              for p in (root / "hf_prune").rglob("__init__.py")}

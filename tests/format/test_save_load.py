@@ -1,4 +1,5 @@
-"""Both loading routes: the plugin (import hf_prune) and bundled remote code (hf_prune not installed)."""
+"""Both loading routes, the plugin (import hf_prune) and bundled remote code (hf_prune not installed), and the stock
+export, for every model family (the ``family`` fixture)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,12 @@ import sys
 
 import pytest
 import torch
-from conftest import run_without_hf_prune, tiny_qwen2
+from conftest import REPO_ROOT, head_dim, pruned_classes, run_without_hf_prune, tiny_causal_lm
 from safetensors.torch import load_file, save_file
 from transformers import AutoModel, AutoModelForCausalLM
 
 from hf_prune import PruningPlan, apply_plan
-from hf_prune.format import to_qwen2
-from hf_prune.modeling import PrunedQwen2ForCausalLM, PrunedQwen2Model
+from hf_prune.format import to_qwen2, to_qwen3
 
 # The modeling files ship in every checkpoint and run on the user's transformers: a deprecation is a failure.
 pytestmark = pytest.mark.filterwarnings("error::FutureWarning", "error::DeprecationWarning")
@@ -26,51 +26,57 @@ PLAN = {"layers": [
     {"query_heads": [2, 7], "mlp_channels": list(range(50))},
 ]}
 INPUT = [[5, 9, 17, 33, 65, 100, 3, 4]]
+# The remote-code files of each family: a Qwen3 checkpoint also carries the Qwen2 files its own import.
+SHIPPED = {"qwen2": ("configuration_pruned_qwen2.py", "modeling_pruned_qwen2.py"),
+           "qwen3": ("configuration_pruned_qwen3.py", "modeling_pruned_qwen3.py", "configuration_pruned_qwen2.py",
+                     "modeling_pruned_qwen2.py")}
+TO_STOCK = {"qwen2": to_qwen2, "qwen3": to_qwen3}
 
 
 @pytest.fixture
-def saved(tmp_path):
-    model = apply_plan(tiny_qwen2(seed=7), PruningPlan.from_dict(PLAN))
+def saved(tmp_path, family):
+    model = apply_plan(tiny_causal_lm(family, seed=7), PruningPlan.from_dict(PLAN))
     model.save_pretrained(tmp_path / "pruned")
     with torch.no_grad():
         logits = model(torch.tensor(INPUT)).logits
     return tmp_path / "pruned", logits
 
 
-def test_checkpoint_files_are_self_contained(saved):
+def test_checkpoint_files_are_self_contained(saved, family):
     path, _ = saved
     names = {p.name for p in path.iterdir()}
-    assert {"config.json", "model.safetensors", "configuration_pruned_qwen2.py", "modeling_pruned_qwen2.py"} <= names
+    assert {"config.json", "model.safetensors", *SHIPPED[family]} <= names
     assert not any(n.endswith((".bin", ".pt", ".pth")) for n in names)  # safetensors only
     config = json.loads((path / "config.json").read_text())
+    kind, name = f"pruned_{family}", pruned_classes(family)[1].__name__.removesuffix("Model")
+    assert config["model_type"] == kind
     assert config["auto_map"] == {
-        "AutoConfig": "configuration_pruned_qwen2.PrunedQwen2Config",
-        "AutoModel": "modeling_pruned_qwen2.PrunedQwen2Model",
-        "AutoModelForCausalLM": "modeling_pruned_qwen2.PrunedQwen2ForCausalLM",
+        "AutoConfig": f"configuration_{kind}.{name}Config",
+        "AutoModel": f"modeling_{kind}.{name}Model",
+        "AutoModelForCausalLM": f"modeling_{kind}.{name}ForCausalLM",
     }
-    # The shipped files are the package's own modeling files, byte for byte (one source of truth).
-    import hf_prune.modeling.modeling_pruned_qwen2 as source
-
-    assert (path / "modeling_pruned_qwen2.py").read_text() == open(source.__file__).read()
-    # The remote-code files import nothing but the standard library, torch, transformers (with its
-    # huggingface_hub) and their sibling.
+    # The shipped files are the package's own modeling files, byte for byte (one source of truth), and import
+    # nothing but the standard library, torch, transformers (with its huggingface_hub) and their siblings.
     allowed = set(sys.stdlib_module_names) | {"torch", "transformers", "huggingface_hub", ""}
-    for name in ("configuration_pruned_qwen2.py", "modeling_pruned_qwen2.py"):
-        for line in (path / name).read_text().splitlines():
+    for file in SHIPPED[family]:
+        text = (path / file).read_text()
+        assert text == (REPO_ROOT / "modeling" / file).read_text()
+        for line in text.splitlines():
             if line.startswith(("import ", "from ")):
                 assert line.split()[1].split(".")[0] in allowed, line
 
 
-def test_plugin_load_gives_identical_logits(saved):
+def test_plugin_load_gives_identical_logits(saved, family):
     path, logits = saved
+    causal_lm, model_class, _ = pruned_classes(family)
     model = AutoModelForCausalLM.from_pretrained(path)
-    assert isinstance(model, PrunedQwen2ForCausalLM)
+    assert type(model) is causal_lm
     with torch.no_grad():
         assert torch.equal(model(torch.tensor(INPUT)).logits, logits)
-    assert isinstance(AutoModel.from_pretrained(path), PrunedQwen2Model)
+    assert type(AutoModel.from_pretrained(path)) is model_class
 
 
-def test_remote_code_load_without_hf_prune(saved):
+def test_remote_code_load_without_hf_prune(saved, family):
     path, logits = saved
     torch.save(logits, path.parent / "expected.pt")
     out = run_without_hf_prune(
@@ -78,7 +84,7 @@ def test_remote_code_load_without_hf_prune(saved):
         import torch
         from transformers import AutoModelForCausalLM
         model = AutoModelForCausalLM.from_pretrained({str(path)!r}, trust_remote_code=True)
-        assert type(model).__name__ == "PrunedQwen2ForCausalLM", type(model)
+        assert type(model).__name__ == {pruned_classes(family)[0].__name__!r}, type(model)
         assert "hf_prune" not in type(model).__module__
         with torch.no_grad():
             logits = model(torch.tensor({INPUT})).logits
@@ -91,12 +97,16 @@ def test_remote_code_load_without_hf_prune(saved):
     assert "REMOTE-OK" in out
 
 
-def test_uniform_export_loads_in_stock_transformers(tmp_path):
-    model = apply_plan(tiny_qwen2(seed=2), PruningPlan.from_dict({"layers": [{"query_heads": [0, 4], "mlp_channels": list(range(24))}] * 4}))
-    stock = to_qwen2(model)
+def test_uniform_export_loads_in_stock_transformers(tmp_path, family):
+    dense = tiny_causal_lm(family, seed=2)
+    model = apply_plan(dense, PruningPlan.from_dict({"layers": [{"query_heads": [0, 4], "mlp_channels": list(range(24))}] * 4}))
+    stock = TO_STOCK[family](model)
+    assert type(stock) is type(dense)
     stock.save_pretrained(tmp_path / "stock")
     config = json.loads((tmp_path / "stock" / "config.json").read_text())
-    assert config["model_type"] == "qwen2" and "auto_map" not in config and config["head_dim"] == 8
+    assert config["model_type"] == family and "auto_map" not in config
+    assert (config["head_dim"], config["num_attention_heads"], config["intermediate_size"]) == (
+        head_dim(dense.config), 2, 24)
     assert not any(p.suffix == ".py" for p in (tmp_path / "stock").iterdir())
     with torch.no_grad():
         torch.save(model(torch.tensor(INPUT)).logits, tmp_path / "expected.pt")
@@ -105,7 +115,7 @@ def test_uniform_export_loads_in_stock_transformers(tmp_path):
         import torch
         from transformers import AutoModelForCausalLM
         model = AutoModelForCausalLM.from_pretrained({str(tmp_path / 'stock')!r})
-        assert type(model).__name__ == "Qwen2ForCausalLM"
+        assert type(model).__name__ == {type(dense).__name__!r}
         with torch.no_grad():
             torch.testing.assert_close(model(torch.tensor({INPUT})).logits, torch.load({str(tmp_path / 'expected.pt')!r}), rtol=0, atol=1e-6)
         print("STOCK-OK")

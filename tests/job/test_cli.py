@@ -13,12 +13,7 @@ from pathlib import Path
 
 import pytest
 
-try:
-    from tests.conftest import REPO_ROOT
-    from tests.test_push import TOKEN, USER, make_tiny_base
-except ImportError:  # pragma: no cover
-    from conftest import REPO_ROOT
-    from test_push import TOKEN, USER, make_tiny_base
+from conftest import HUB_TOKEN as TOKEN, HUB_USER as USER, REPO_ROOT, make_tiny_base
 
 from hf_prune.cli import build_parser, main, parse_sparsity
 
@@ -101,29 +96,21 @@ def test_evaluate_refuses_calibration_overlap(base, capsys):
     assert code == 1 and len(err) == 1 and err[0].startswith("hf-prune: error: ") and "same as calibration" in err[0]
 
 
-def test_push_command_to_local_hub(base, tmp_path, monkeypatch, capsys):
+def test_push_command_to_local_hub(base, hub, tmp_path, monkeypatch, capsys):
     import huggingface_hub.constants as hf_constants
 
-    try:
-        from tests.hub_server import LocalHub
-    except ImportError:  # pragma: no cover
-        from hub_server import LocalHub
     from hf_prune import prune_and_push
 
     out = tmp_path / "out"
     prune_and_push(base["base"], target_sparsity=(0.2, 0.4), calibration=base["calibration"], method="magnitude",
                    output_dir=out, num_samples=8, seq_len=32, show_progress=False)
-    monkeypatch.setattr(hf_constants, "HF_HUB_DISABLE_XET", True)
-    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(hf_constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
-    monkeypatch.setenv("HF_TOKEN", TOKEN)
-    with LocalHub(tokens={TOKEN: USER}) as hub:
-        monkeypatch.setattr(hf_constants, "ENDPOINT", hub.endpoint)
-        code = main(["push", f"{USER}/cli-push", str(out), "--primary", "0.4"])
-        assert code == 0, capsys.readouterr().err
-        assert [c["branch"] for c in hub.commits] == ["sparsity-20", "sparsity-40", "main"]
-        main_files = hub.branch_files(f"{USER}/cli-push", "main")
-        assert main_files["model.safetensors"] == (out / "sparsity-40" / "model.safetensors").read_bytes()
+    monkeypatch.setenv("HF_TOKEN", TOKEN)  # the CLI's way to a token, pointed at the local server
+    monkeypatch.setattr(hf_constants, "ENDPOINT", hub.endpoint)
+    code = main(["push", f"{USER}/cli-push", str(out), "--primary", "0.4"])
+    assert code == 0, capsys.readouterr().err
+    assert [c["branch"] for c in hub.commits] == ["sparsity-20", "sparsity-40", "main"]
+    main_files = hub.branch_files(f"{USER}/cli-push", "main")
+    assert main_files["model.safetensors"] == (out / "sparsity-40" / "model.safetensors").read_bytes()
     captured = capsys.readouterr()
     assert "| main |" in captured.out and TOKEN not in captured.out + captured.err
 

@@ -4,74 +4,25 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 from pathlib import Path
 
 import pytest
 import torch
 
-try:  # rootdir on sys.path (tests/ as a package) or tests/ itself (pytest "prepend" import mode)
-    from tests.conftest import tiny_qwen2
-    from tests.hub_server import LocalHub, download_logits
-except ImportError:  # pragma: no cover
-    from conftest import tiny_qwen2
-    from hub_server import LocalHub, download_logits
+from conftest import FAST, HUB_TOKEN as TOKEN, HUB_USER as USER, make_tiny_base
+from hub_server import download_logits
 
 from hf_prune.errors import OutputExistsError
 from hf_prune.errors import CalibrationError, HubAuthError, PruningError, PushArgumentError
 from hf_prune.config import level_name
 from hf_prune.job import EVAL_FILE, prune_and_push
 
-TOKEN = "hf_TESTSECRETdoNotLeak0123456789"
-USER = "test-user"
 REPO = f"{USER}/tiny-prune-and-push"
-WORDS = "the cat sat on a mat and dog ran to big red house with green door while sun shone over hills".split()
-FAST = dict(num_samples=8, seq_len=32, steps=2, eval_seq_len=32, show_progress=False)
-
-
-def _texts(seed: int, n: int) -> list[str]:
-    rng = random.Random(seed)
-    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(30, 80))) for _ in range(n)]
-
-
-def make_tiny_base(root: Path) -> dict[str, Path]:
-    """A tiny random Qwen2 with a small byte-level BPE tokenizer in ``root/base``, and four jsonl files."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    root.mkdir(parents=True, exist_ok=True)
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(_texts(0, 50), trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<pad>", "<eos>", "<bos>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>")
-    tiny_qwen2(vocab_size=320).save_pretrained(root / "base")
-    tokenizer.save_pretrained(root / "base")
-    paths = {"base": root / "base"}
-    for name, seed in (("cal_a", 1), ("cal_b", 2), ("ev_a", 3), ("ev_b", 4)):
-        paths[name] = root / f"{name}.jsonl"
-        paths[name].write_text("".join(json.dumps({"text": t}) + "\n" for t in _texts(seed, 40)))
-    paths["calibration"] = f"a={paths['cal_a']}@0.5,b={paths['cal_b']}@0.5"
-    paths["evaluation"] = f"a={paths['ev_a']},b={paths['ev_b']}"
-    return paths
 
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory) -> dict[str, Path]:
     return make_tiny_base(tmp_path_factory.mktemp("tiny_base"))
-
-
-@pytest.fixture
-def hub(monkeypatch, tmp_path):
-    import huggingface_hub.constants as hf_constants
-
-    monkeypatch.setattr(hf_constants, "HF_HUB_DISABLE_XET", True)  # the local server speaks basic LFS only
-    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.setattr(hf_constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
-    with LocalHub(tokens={TOKEN: USER}) as server:
-        yield server
 
 
 def test_level_name():

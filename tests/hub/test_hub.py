@@ -13,10 +13,8 @@ from pathlib import Path
 
 import pytest
 
-try:  # rootdir on sys.path (tests/ as a package) or tests/ itself (pytest "prepend" import mode)
-    from tests.hub_server import LocalHub, download_logits
-except ImportError:  # pragma: no cover
-    from hub_server import LocalHub, download_logits
+from conftest import HUB_TOKEN as TOKEN, HUB_USER as USER
+from hub_server import LocalHub, download_logits
 
 from hf_prune.errors import (
     HubAuthError,
@@ -27,28 +25,10 @@ from hf_prune.errors import (
 )
 from hf_prune.hub import PushResult, push_pruned_folders
 
-TOKEN = "hf_TESTSECRETdoNotLeak0123456789"
-USER = "test-user"
 REPO = f"{USER}/tiny-pruned"
 
 
 # ---------------------------------------------------------------------------------------------- fixtures
-@pytest.fixture
-def hub(monkeypatch, tmp_path):
-    import huggingface_hub.constants as hf_constants
-
-    # hf_xet is installed, and the client picks Xet for every upload unless told not to; the local
-    # server implements basic LFS only. This flag is read at call time (utils.is_xet_available).
-    monkeypatch.setattr(hf_constants, "HF_HUB_DISABLE_XET", True)
-    # The local server is the network here: offline mode (if set in the developer's shell) must not apply.
-    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
-    # No stored login or env token may stand in for (or leak next to) the test token.
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.setattr(hf_constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
-    with LocalHub(tokens={TOKEN: USER}) as server:
-        yield server
-
-
 def _save_tiny_qwen2(folder: Path, seed: int) -> None:
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM

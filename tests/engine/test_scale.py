@@ -11,12 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-try:
-    from tests.conftest import REPO_ROOT, tiny_qwen2
-    from tests.test_push import make_tiny_base
-except ImportError:  # pragma: no cover
-    from conftest import REPO_ROOT, tiny_qwen2
-    from test_push import make_tiny_base
+from conftest import REPO_ROOT, make_tiny_base, tiny_causal_lm, tiny_qwen2
 
 import hf_prune
 from hf_prune import PruneConfig
@@ -41,8 +36,8 @@ def base(tmp_path_factory):
 
 
 # ---- the memory plan ----------------------------------------------------------------------------------------
-def test_plan_counts_the_parameters_of_the_model_it_describes():
-    model = tiny_qwen2()
+def test_plan_counts_the_parameters_of_the_model_it_describes(family):
+    model = tiny_causal_lm(family)
     plan = memory_plan(model.config.to_dict(), PruneConfig(), dtype="float32")
     assert plan.model.total_params() == sum(p.numel() for p in model.parameters())
     pruned = hf_prune.apply_plan(model, hf_prune.PruningPlan.from_dict({"layers": [

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import REPO_ROOT
 from transformers import AutoConfig
 from transformers.integrations.heterogeneity.configuration_utils import AmbiguousGlobalPerLayerAttributeError
 
@@ -87,6 +88,6 @@ def test_the_guard_claims_what_the_package_requires():
     # The shipped file cannot read pyproject.toml: its copy of the range must agree with the dependency.
     from hf_prune.modeling.configuration_pruned_qwen2 import SUPPORTED_TRANSFORMERS_SPEC
 
-    pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    pyproject = (REPO_ROOT / "pyproject.toml").read_text()
     requirement = re.search(r'"transformers([^"]+)"', pyproject).group(1)
     assert requirement == SUPPORTED_TRANSFORMERS_SPEC

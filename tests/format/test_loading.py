@@ -10,10 +10,7 @@ import pytest
 from hf_prune.errors import ModelLoadError, UnsupportedModelError
 from hf_prune.loading import check_model_source, load_tokenizer, parse_dtype
 
-try:
-    from tests.test_push import make_tiny_base
-except ImportError:  # pragma: no cover
-    from test_push import make_tiny_base
+from conftest import make_tiny_base
 
 
 @pytest.fixture(autouse=True)

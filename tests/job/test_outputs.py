@@ -9,10 +9,7 @@ from pathlib import Path
 
 import pytest
 
-try:  # rootdir on sys.path (tests/ as a package) or tests/ itself (pytest "prepend" import mode)
-    from tests.test_push import FAST, make_tiny_base
-except ImportError:  # pragma: no cover
-    from test_push import FAST, make_tiny_base
+from conftest import FAST, make_tiny_base
 
 from hf_prune import prune_and_push
 from hf_prune.errors import OutputExistsError, OutputNotWritableError
@@ -160,7 +157,7 @@ def test_a_kept_level_whose_files_changed_is_built_again(base, clean, tmp_path, 
 # ---- 4. push publishes only hf-prune's levels, under their own names ---------------------------------------------
 @pytest.mark.parametrize("case", ["base model", "gpt2 without weights", "renamed level", "mixed runs",
                                   "missing shard"])
-def test_push_refuses_what_is_not_a_level_before_any_network_call(base, clean, tmp_path, local_hub, case, capsys,
+def test_push_refuses_what_is_not_a_level_before_any_network_call(base, clean, tmp_path, hub, case, capsys,
                                                                   monkeypatch):
     import shutil
 
@@ -184,7 +181,7 @@ def test_push_refuses_what_is_not_a_level_before_any_network_call(base, clean, t
         else:
             (folder / "model.safetensors").unlink()
     monkeypatch.setenv("HF_TOKEN", HUB_TOKEN)
-    monkeypatch.setattr(hf_constants, "ENDPOINT", local_hub.endpoint)
+    monkeypatch.setattr(hf_constants, "ENDPOINT", hub.endpoint)
     code = main(["push", f"{HUB_USER}/refused", str(folder)])
     err = capsys.readouterr().err
     assert code == 1, err
@@ -195,7 +192,7 @@ def test_push_refuses_what_is_not_a_level_before_any_network_call(base, clean, t
                 "mixed runs": "the folder mixes files of different runs",
                 "missing shard": "the weights file model.safetensors is missing"}[case]
     assert expected in err
-    assert local_hub.requests == []  # refused before any call to the Hub
+    assert hub.requests == []  # refused before any call to the Hub
 
 
 # ---- 5. malformed inputs: one line, before the model loads ------------------------------------------------------
@@ -227,23 +224,23 @@ def test_malformed_inputs_fail_in_one_line_before_loading(base, tmp_path, no_loa
 
 
 # ---- 6. nothing of this machine is published -----------------------------------------------------------------------
-def test_no_local_path_is_pushed(base, tmp_path, local_hub):
+def test_no_local_path_is_pushed(base, tmp_path, hub):
     from conftest import HUB_TOKEN, HUB_USER
 
     repo = f"{HUB_USER}/no-paths"
     out = tmp_path / "out"
-    result = run(base, out, target_sparsity=(0.3,), repo_id=repo, token=HUB_TOKEN, endpoint=local_hub.endpoint)
+    result = run(base, out, target_sparsity=(0.3,), repo_id=repo, token=HUB_TOKEN, endpoint=hub.endpoint)
     assert [p.branch for p in result.pushes] == ["sparsity-30", "main"]
     local = {str(out.resolve()), str(base["base"].resolve()), str(base["cal_a"].resolve().parent),
              os.path.expanduser("~"), os.getcwd()}
     for branch in ("sparsity-30", "main"):
-        for name, data in local_hub.branch_files(repo, branch).items():
+        for name, data in hub.branch_files(repo, branch).items():
             leaked = [p for p in local if p.encode() in data]
             assert not leaked, f"{branch}/{name} holds {leaked}"
     # Local calibration files are named by file name and checksum instead.
     import hashlib
 
-    plan = json.loads(local_hub.branch_files(repo, "main")["pruning_plan.json"])
+    plan = json.loads(hub.branch_files(repo, "main")["pruning_plan.json"])
     domain = plan["calibration"]["domains"]["a"]
     assert domain["source"] == "cal_a.jsonl"
     assert domain["sha256"] == hashlib.sha256(base["cal_a"].read_bytes()).hexdigest()

@@ -12,10 +12,7 @@ import pytest
 import yaml
 from huggingface_hub import ModelCard, ModelCardData
 
-try:
-    from tests.hub_server import validate_card_yaml
-except ImportError:  # pragma: no cover
-    from hub_server import validate_card_yaml
+from hub_server import validate_card_yaml
 
 from hf_prune.errors import ModelCardError
 from hf_prune.hub.card import CARD_TAGS, CHART_FILENAME, CardInfo, check_card_metadata, render_model_card, write_model_card

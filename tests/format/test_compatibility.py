@@ -14,9 +14,10 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import REPO_ROOT
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO_ROOT
 SHIPPED = sorted((ROOT / "modeling").glob("*_pruned_qwen*.py"))
 THIRD_PARTY = ("transformers", "huggingface_hub", "safetensors")
 # Objects whose members are not transformers names (the standard library and torch the files use).
