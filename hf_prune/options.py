@@ -1,6 +1,6 @@
 """What the option dataclasses (:class:`~hf_prune.PruneConfig`, :class:`~hf_prune.RecoveryConfig`) share.
 
-Fields carry their help text in metadata (the command line and the README reference tables are generated from
+Fields carry their help text in metadata (the command line and the docs/reference tables are generated from
 it); ``validate()`` runs every ``validate_*`` method, as transformers' strict config dataclasses do; unknown names
 are refused with the class's own exception. Imports nothing heavy.
 """

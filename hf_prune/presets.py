@@ -70,11 +70,11 @@ class Method:
 METHODS: dict[str, Method] = {
     # Taylor scores of the model loss, ranked globally, recomputed as the model shrinks. Attention units count
     # 4x their first-order score: measured on SmolLM2, removing heads at their face value cost 10-40% more
-    # perplexity at 20-30% sparsity and 2x at 40-50% (README, "Quality").
+    # perplexity at 20-30% sparsity and 2x at 40-50% (benchmarks/README.md).
     # Concentrated MLP removal is priced up (layer_balance 2): on Qwen2.5-Coder-0.5B global allocation at face
-    # value emptied late layers' MLPs and lost to uniform allocation at 20%; see the README's quality tables.
+    # value emptied late layers' MLPs and lost to uniform allocation at 20%; see the quality tables in benchmarks/README.md.
     # The kept output projections are refit by least squares (chosen on SmolLM2: 13-69% lower perplexity at
-    # 20-50%; README, "Weight compensation").
+    # 20-50%; benchmarks/README.md).
     "gisp": Method("taylor", "global", "param", steps=8, attention_weight=4.0, layer_balance=2.0, compensation="lsq"),
     # The same scores, computed once, same ratio in every layer.
     "llm-pruner": Method("taylor", "uniform", "param", steps=1),

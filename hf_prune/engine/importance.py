@@ -439,7 +439,7 @@ class FlapImportance(_ActivationImportance):
 
 
 class MagnitudeImportance(Importance):
-    """Data-free L2 norm of each structure's weights. Collapses on real models (see the README); a baseline."""
+    """Data-free L2 norm of each structure's weights. Collapses on real models (benchmarks/README.md); a baseline."""
 
     name = "magnitude"
     needs_data = False

@@ -453,7 +453,7 @@ def fit_options(model: Any, config: PruneConfig, plan: MemoryPlan, kwargs: dict[
     if not config.gradient_checkpointing:
         tries.append(("gradient_checkpointing", config.replace(gradient_checkpointing=True)))
     # importance="activation-taylor" would drop the fp32 buffers, but its plans measured clearly worse than
-    # taylor's (README: Scaling), so it is not offered as a way to fit.
+    # taylor's (docs/guides/scaling.md), so it is not offered as a way to fit.
         if config.batch_size > 1:
             tries.append(("batch_size 1 and gradient_checkpointing",
                           config.replace(batch_size=1, gradient_checkpointing=True)))
