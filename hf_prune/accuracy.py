@@ -368,11 +368,14 @@ def _collect(results: Mapping[str, Any], num_fewshot: int) -> dict[str, dict[str
 
 
 # ---- main entry ----------------------------------------------------------------------------------------
-def _harness_model(model: Any, tokenizer: Any, batch_size: int) -> Any:
+def _harness_model(model: Any, tokenizer: Any, batch_size: int, full_logits: bool = False) -> Any:
     from lm_eval.models.huggingface import HFLM
 
+    from .harness import PromptSharingLM
+
     # backend="causal": lm-eval would otherwise look the pruned model types up in transformers' causal-LM table.
-    return HFLM(pretrained=model, tokenizer=tokenizer, backend="causal", batch_size=batch_size)
+    harness = HFLM if full_logits else PromptSharingLM
+    return harness(pretrained=model, tokenizer=tokenizer, backend="causal", batch_size=batch_size)
 
 
 def evaluate_tasks(
@@ -384,8 +387,13 @@ def evaluate_tasks(
     limit: int | float | None = None,
     batch_size: int = 8,
     label: str | None = None,
+    full_logits: bool = False,
 ) -> AccuracyReport:
-    """Accuracy of an already loaded causal LM (pruned or not) on lm-eval tasks, through lm-eval's ``HFLM``.
+    """Accuracy of an already loaded causal LM (pruned or not) on lm-eval tasks.
+
+    lm-eval builds the requests and computes the metrics; the log-likelihoods come from
+    :class:`~hf_prune.harness.PromptSharingLM`, lm-eval's ``HFLM`` with each question's prompt run once for all of
+    its choices and the vocabulary head applied only to the answer tokens (same results, several times faster).
 
     Args:
         tasks: task names / files / folders (see the module docstring), comma-separated or a list, or a
@@ -393,8 +401,11 @@ def evaluate_tasks(
             evaluate several models on them).
         num_fewshot: examples in each prompt (0: zero-shot); a task whose config fixes 0 keeps 0.
         limit: at most this many examples per task (a fraction < 1: that share), for quick runs.
-        batch_size: requests per forward pass (does not change the result beyond float noise).
+        batch_size: requests (question-choice pairs) per forward pass (does not change the result beyond float
+            noise).
         label: name of the model in the report.
+        full_logits: score with lm-eval's own ``HFLM`` instead (every choice a separate sequence, logits at every
+            position): the reference the faster path is checked against.
 
     Raises:
         EvaluationError: see :func:`prepare_tasks`; bad settings (checked first).
@@ -407,7 +418,7 @@ def evaluate_tasks(
     model.eval()
     try:
         # bootstrap_iters only matters for metrics without a closed-form stderr (acc's is analytic).
-        results = simple_evaluate(model=_harness_model(model, tokenizer, batch_size), tasks=suite.task_list(),
+        results = simple_evaluate(model=_harness_model(model, tokenizer, batch_size, full_logits), tasks=suite.task_list(),
                                   num_fewshot=num_fewshot, limit=limit, bootstrap_iters=1000, log_samples=False,
                                   task_manager=suite._manager)
     finally:

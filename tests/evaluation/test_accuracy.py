@@ -112,6 +112,98 @@ def test_local_task_matches_direct_computation(model, tokenizer, tmp_path) -> No
     assert "| tiny_mc | 24 |" in report.to_markdown()
 
 
+def test_shared_prompt_path_equals_lm_eval_hflm_on_a_task(model, tokenizer, tmp_path) -> None:
+    """The default path and lm-eval's own HFLM (full_logits=True) give the same metrics on the same task."""
+    path = _write(tmp_path / "tiny_mc.jsonl", _records(24))
+    fast = evaluate_tasks(model, tokenizer, str(path), batch_size=6).per_task["tiny_mc"]
+    reference = evaluate_tasks(model, tokenizer, str(path), batch_size=6, full_logits=True).per_task["tiny_mc"]
+    assert fast == reference
+    assert 0 < fast["acc"] < 1 and fast["acc"] != fast["acc_norm"]
+
+
+# ---- the prompt-sharing harness against HFLM, request by request ----------------------------------------------
+# Layer 0 without attention (its cache slot is missing: the cache holds layers 1-3 only), layer 2 with one KV group.
+ATTENTION_FREE_PLAN = {"layers": [{"query_heads": []}, {}, {"query_heads": [0, 3]}, {"query_heads": [1, 2, 6, 7]}]}
+
+
+def _greedy(model, ids: list[int], steps: int) -> list[int]:
+    """The model's own greedy continuation of ``ids`` (uncached), so that is_greedy is true somewhere."""
+    out = list(ids)
+    for _ in range(steps):
+        with torch.no_grad():
+            out.append(int(model(input_ids=torch.tensor([out])).logits[0, -1].argmax()))
+    return out[len(ids):]
+
+
+def _requests(model, vocab: int) -> list[tuple[tuple[str, str], list[int], list[int]]]:
+    """Contexts of 1-40 tokens with 1-9 choices each of 1-7 tokens, a group larger than a batch, one-token-only
+    groups (no choice pass), greedy continuations, a context shared by two groups, and a pair longer than the
+    model's window (HFLM's loop takes it)."""
+    g = torch.Generator().manual_seed(11)
+
+    def tokens(n: int) -> list[int]:
+        return torch.randint(2, vocab, (n,), generator=g).tolist()
+
+    out = []
+    for k, (n_ctx, n_choices) in enumerate([(12, 4), (1, 3), (40, 2), (7, 9), (25, 4), (3, 1), (18, 5), (9, 4)]):
+        context = tokens(n_ctx)
+        lengths = [1] * n_choices if k in (1, 5) else [1 + (k + c) % 7 for c in range(n_choices)]
+        choices = [tokens(n) for n in lengths]
+        if k in (0, 4):
+            choices[1] = _greedy(model, context, 3)
+            choices[2] = _greedy(model, context, 1)
+        out += [((f"ctx{k}", f"choice{c}"), context, choice) for c, choice in enumerate(choices)]
+    out.append((("ctx0 again", "x"), out[0][1], tokens(2)))
+    out.append((("too long", "y"), tokens(model.config.max_position_embeddings), tokens(3)))
+    return out
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("pruned", [False, True], ids=["stock", "attention_free_layer"])
+def test_prompt_sharing_lm_matches_hflm_request_by_request(family, tokenizer, pruned, attn) -> None:
+    from lm_eval.models.huggingface import HFLM
+
+    from conftest import tiny_causal_lm
+    from hf_prune import PruningPlan, apply_plan
+    from hf_prune.harness import PromptSharingLM
+
+    lm = tiny_causal_lm(family, seed=3, vocab_size=len(tokenizer), pad_token_id=0, eos_token_id=1, bos_token_id=1)
+    lm = apply_plan(lm, PruningPlan.from_dict(ATTENTION_FREE_PLAN)) if pruned else lm
+    lm.set_attn_implementation(attn)
+    requests = _requests(lm, len(tokenizer))
+    head_rows, body_rows = [], []
+    lm.lm_head.register_forward_hook(lambda m, args, out: head_rows.append(args[0].shape[:-1].numel()))
+    lm.model.embed_tokens.register_forward_hook(lambda m, args, out: body_rows.append(args[0].numel()))
+
+    reference = HFLM(pretrained=lm, tokenizer=tokenizer, backend="causal", batch_size=8)._loglikelihood_tokens(requests)
+    ref_head, ref_body = sum(head_rows), sum(body_rows)
+    head_rows.clear(), body_rows.clear()
+    got = PromptSharingLM(pretrained=lm, tokenizer=tokenizer, backend="causal",
+                          batch_size=8)._loglikelihood_tokens(requests)
+
+    assert [flag for _, flag in got] == [flag for _, flag in reference]
+    assert any(flag for _, flag in reference)  # the greedy continuations
+    torch.testing.assert_close(torch.tensor([ll for ll, _ in got]), torch.tensor([ll for ll, _ in reference]),
+                               rtol=1e-5, atol=1e-4)
+    # Every context once (not once per choice); the vocabulary head mostly on answer tokens.
+    assert sum(body_rows) < 0.6 * ref_body and sum(head_rows) < 0.4 * ref_head
+
+
+def test_a_choice_does_not_see_another_choice_of_its_question(tokenizer) -> None:
+    """Choices are scored on copies of their context's cache: a choice scores the same alone as among others."""
+    from hf_prune.harness import PromptSharingLM
+
+    lm = tiny_qwen2(seed=8, vocab_size=len(tokenizer), pad_token_id=0, eos_token_id=1, bos_token_id=1)
+    harness = PromptSharingLM(pretrained=lm, tokenizer=tokenizer, backend="causal", batch_size=8)
+    context = list(range(20, 35))
+    choices = [[40, 41, 42, 43], [50, 51], [60, 61, 62, 63, 64, 65], [70]]
+    together = harness._loglikelihood_tokens([(("c", str(k)), context, c) for k, c in enumerate(choices)])
+    for k, choice in enumerate(choices):
+        alone = harness._loglikelihood_tokens([(("c", str(k)), context, choice)])
+        assert alone[0][0] == pytest.approx(together[k][0], abs=1e-4)
+    assert len({round(ll, 3) for ll, _ in together}) == len(choices)
+
+
 def test_context_field_folder_and_limit(model, tokenizer, tmp_path) -> None:
     folder = tmp_path / "suite"
     folder.mkdir()
