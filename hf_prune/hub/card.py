@@ -179,8 +179,21 @@ def _eval_results(info: CardInfo) -> list[Any]:
                 dataset_config=source.get("config") if hub else None, dataset_split=source.get("split"),
                 dataset_args={"num_few_shot": int(values.get("num_fewshot", 0))},
                 metric_type=metric, metric_name=name, metric_value=round(float(values[metric]), 6),
+                metric_args=_metric_args(values, metric),
             ))
     return out
+
+
+def _metric_args(values: Mapping[str, Any], metric: str) -> dict[str, Any] | None:
+    """The metric's standard error and the number of examples, where known (``metrics[].args`` in model-index)."""
+    args = {"stderr": round(float(values[f"{metric}_stderr"]), 6)} if _is_real(values.get(f"{metric}_stderr")) else {}
+    if isinstance(values.get("n"), int) and values["n"] > 0:
+        args["n"] = values["n"]
+    return args or None
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def _card_data(info: CardInfo):
@@ -347,21 +360,55 @@ def _summary_rows(columns: Sequence[Mapping[str, float]]) -> list[list[str]]:
 
 
 def _accuracy_table(info: CardInfo) -> dict[str, Any]:
-    """``acc_header`` and ``acc_rows``: accuracy per task in each column (dense, levels), then the mean."""
+    """``acc_header`` and ``acc_rows``: accuracy ± standard error per task in each column (dense, levels), then the
+    mean; ``acc_calibration``: the calibration mix the levels were pruned with."""
     columns = [(label, dict(col)) for label, col in info.accuracy_columns]
     if not columns:
-        return {"acc_header": [], "acc_rows": [], "acc_shots": None}
+        return {"acc_header": [], "acc_rows": [], "acc_shots": None, "acc_calibration": None}
     mine = {info.branch, f"{info.branch} recovered"}
     header = ["task"] + [f"**{label}** (this card)" if label in mine and label == _own_label(info) else label
                          for label, _ in columns]
     tasks = list(dict.fromkeys(t for _, col in columns for t in col))
-    cell = lambda col, t: f"{100 * col[t]['acc']:.1f}" if t in col else "—"  # noqa: E731
-    rows = [[t] + [cell(col, t) for _, col in columns] for t in tasks]
-    means = [f"**{100 * sum(col[t]['acc'] for t in tasks) / len(tasks):.1f}**" if all(t in col for t in tasks)
-             else "—" for _, col in columns]
+    rows = [[t] + [_acc_cell(col[t]["acc"], col[t].get("acc_stderr")) if t in col else "—" for _, col in columns]
+            for t in tasks]
     shots = sorted({v.get("num_fewshot", 0) for _, col in columns for v in col.values()})
-    return {"acc_header": header, "acc_rows": _cells(rows) + [["**mean**"] + means],
-            "acc_shots": "/".join(map(str, shots))}
+    return {"acc_header": header, "acc_rows": _cells(rows) + [["**mean**"] + [_mean_cell(col, tasks)
+                                                                           for _, col in columns]],
+            "acc_shots": "/".join(map(str, shots)), "acc_calibration": _mix_text(info.calibration)}
+
+
+def _acc_cell(acc: float, stderr: Any, bold: bool = False) -> str:
+    value = f"**{100 * acc:.1f}**" if bold else f"{100 * acc:.1f}"
+    return f"{value} ± {100 * stderr:.1f}" if _is_real(stderr) else value
+
+
+def _mean_cell(column: Mapping[str, Mapping[str, Any]], tasks: list[str]) -> str:
+    """The unweighted mean over the tasks; its standard error treats the tasks as independent samples:
+    sqrt(sum of squared task errors) / number of tasks."""
+    if not all(t in column for t in tasks):
+        return "—"
+    mean = sum(column[t]["acc"] for t in tasks) / len(tasks)
+    errors = [column[t].get("acc_stderr") for t in tasks]
+    stderr = math.sqrt(sum(e * e for e in errors)) / len(tasks) if all(map(_is_real, errors)) else None
+    return _acc_cell(mean, stderr, bold=True)
+
+
+def _mix_text(calibration: Mapping[str, Any]) -> str:
+    """The calibration mix in words: each domain's share of the windows, the number and length of the windows."""
+    domains = calibration.get("domains")
+    weights = {str(d): float(w) for d, w in domains.items() if _is_real(w) and w > 0} if isinstance(
+        domains, Mapping) else {}
+    total = sum(weights.values())
+    if len(weights) == 1:
+        text = f"one domain, {next(iter(weights))}"
+    elif weights:
+        text = f"a mix of {len(weights)} domains (" + ", ".join(f"{d} {100 * w / total:.0f}%"
+                                                               for d, w in weights.items()) + ")"
+    else:
+        text = str(calibration.get("data") or "data not recorded")
+    if calibration.get("num_samples") and calibration.get("seq_len"):
+        text += f", {calibration['num_samples']} windows of {calibration['seq_len']} tokens"
+    return text
 
 
 def _own_label(info: CardInfo) -> str:

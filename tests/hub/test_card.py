@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import statistics
 import struct
@@ -223,9 +224,13 @@ def test_accuracy_table_and_model_index() -> None:
     assert "### Accuracy" in text and "0-shot accuracy" in text
     table = [line for line in text.splitlines() if line.startswith("| ")]
     assert "| task | dense | sparsity-20 | **sparsity-30** (this card) |" in table
-    assert "| hellaswag | 40.0 | 36.0 | 31.0 |" in table
+    # Each cell: accuracy ± its standard error (sqrt(p(1-p)/(n-1)) at n = 200: 3.5, 3.4, 3.3 points).
+    assert "| hellaswag | 40.0 ± 3.5 | 36.0 ± 3.4 | 31.0 ± 3.3 |" in table
     means = [100 * sum(col[t]["acc"] for t in dense) / 2 for col in (dense, l20, l30)]
-    assert f"| **mean** | **{means[0]:.1f}** | **{means[1]:.1f}** | **{means[2]:.1f}** |" in table
+    mean_errors = [100 * math.hypot(*(col[t]["acc_stderr"] for t in dense)) / 2 for col in (dense, l20, l30)]
+    assert "| **mean** | " + " | ".join(f"**{m:.1f}** ± {e:.1f}" for m, e in zip(means, mean_errors)) + " |" in table
+    # The calibration mix the levels were pruned with (make_info's 64 / 64 / 32 windows).
+    assert "calibrated on a mix of 3 domains (code 40%, web 40%, math 20%)" in " ".join(text.split())
     # The metadata as the Hub reads it.
     assert validate_card_yaml(text) == []
     check_card_metadata(text)
@@ -236,6 +241,8 @@ def test_accuracy_table_and_model_index() -> None:
     for (task, metric), r in got.items():
         assert r.metric_value == pytest.approx(l30[task][metric]) and r.task_type == "text-generation"
         assert r.dataset_args == {"num_few_shot": 0}
+        stderr = l30[task].get(f"{metric}_stderr")
+        assert r.metric_args == ({"stderr": pytest.approx(stderr, abs=1e-6), "n": 200} if stderr else {"n": 200})
     assert got[("hellaswag", "acc")].dataset_type == "Rowan/hellaswag"
     assert got[("hellaswag", "acc")].dataset_split == "validation"
     assert got[("nextpassage_code", "acc")].dataset_type == "nextpassage_code"
@@ -252,7 +259,12 @@ def test_accuracy_table_and_model_index() -> None:
 def test_accuracy_only_and_invalid_accuracy() -> None:
     text = render_model_card(make_info(eval_before={}, eval_after={}, accuracy={"t": _acc(0.5)},
                                        accuracy_columns=[("dense", {"t": _acc(0.6)}), ("sparsity-30", {"t": _acc(0.5)})]))
-    assert "### Accuracy" in text and "Not evaluated." not in text and "| t | 60.0 | 50.0 |" in text
+    assert "### Accuracy" in text and "Not evaluated." not in text and "| t | 60.0 ± 3.5 | 50.0 ± 3.5 |" in text
     assert "model-index" not in render_model_card(make_info())  # no accuracy, no model-index
+    no_errors = {"acc": 0.5, "n": 10}  # results without a standard error show the accuracy alone
+    text = render_model_card(make_info(accuracy={"t": no_errors}, accuracy_columns=[("sparsity-30", {"t": no_errors})],
+                                       calibration={"domains": {"code": 1.0}, "num_samples": 32, "seq_len": 128}))
+    assert "| t | 50.0 |" in text and "| **mean** | **50.0** |" in text and "calibrated on one domain, code, 32 windows of 128 tokens" in " ".join(
+        text.split())
     with pytest.raises(ModelCardError, match=r"accuracy\['t'\]"):
         render_model_card(make_info(accuracy={"t": {"acc": 1.5}}))
