@@ -147,7 +147,10 @@ def check_inputs(*, model: ModelArguments | None = None, data: DataArguments | N
     evals = as_calibration(evaluation.evaluation) if evaluation else None
     check_overlap(calibration, evals, documents=False)
     if config is not None and config.recovery is not None:
+        from ..engine.distributed import launched_world_size
+
         config.recovery.check_available()
+        config.recovery.per_device_batch(launched_world_size())  # the global batch splits over torchrun's processes
     if model is not None:
         _check_loading(model)
     if repo_id is not None:

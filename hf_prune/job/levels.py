@@ -80,7 +80,10 @@ class LevelBuilder:
     saves its folder (without the card), and returns its :class:`LevelRecord`.
 
     Attributes:
-        windows: recovery's training windows (drawn once for every level), or ``None`` without recovery.
+        windows: recovery's training and held-back windows (drawn once for every level), or ``None`` without
+            recovery.
+        teacher_cache: the dense model's cached distributions of the training windows, filled by the first level's
+            recovery and reused by the others (``kd`` with ``kd_top_k`` > 0).
         plan_metadata: what every level's ``pruning_plan.json`` adds to the plan's own metadata.
     """
 
@@ -95,6 +98,7 @@ class LevelBuilder:
     overwrite: bool = False
     show_progress: bool = True
     ledger: Any = None  # a LevelLedger: the levels an interrupted run saved (kept), and where this one notes its own
+    teacher_cache: Any = None
 
     def _pruned(self, s: float):
         """The level's model: the run's own top level (a copy when recovery will train it), else rebuilt."""
@@ -116,10 +120,20 @@ class LevelBuilder:
                     f"{config.recovery.tokens_used:,}")
         state = Path(self.state_dir) / "recovery" / level_name(s) if self.state_dir is not None else None
         trained = recover(pruned, self.model, self.tokenizer, None, config.recovery, windows=self.windows,
-                          state_dir=state, show_progress=self.show_progress)
+                          state_dir=state, show_progress=self.show_progress, teacher_cache=self.teacher_cache)
+        self.teacher_cache = trained.teacher_cache
+        if record is None:  # a process other than rank 0: it trains alongside, rank 0 evaluates and saves
+            return trained.model
         record.recovery = trained
         record.recovered_perplexity, record.recovered_accuracy = self.evaluate(trained.model, f"{level_name(s)} recovered")
         return trained.model
+
+    def follow(self, s: float) -> None:
+        """On a process other than rank 0 under torchrun: the collectives of building level ``s`` (its refit,
+        its recovery), nothing evaluated or written."""
+        pruned = self._pruned(s)
+        if self.windows is not None:
+            self._recover(pruned, s, None)
 
     def build(self, s: float, dense: DenseRecord, base_name: str) -> LevelRecord:
         import torch

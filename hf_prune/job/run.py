@@ -153,7 +153,7 @@ def run_job(job: Job) -> PruneAndPushResult:
     model, name, local = load_model(job.model, checked.source)
     result = _prune(model, tokenizer, job, checked)
     if not is_main():
-        return _follow_levels(model, result, checked)
+        return _follow_levels(model, tokenizer, result, checked, job, windows)
     return _evaluate_save_push(job, checked, model, tokenizer, result, name, local, windows)
 
 
@@ -185,12 +185,13 @@ def _prepare_tasks(checked: CheckedInputs) -> CheckedInputs:
 
 
 def _recovery_windows(config: PruneConfig, checked: CheckedInputs, tokenizer) -> Any:
-    """The training windows of the run's recovery (None without recovery), drawn from the calibration mix once."""
+    """The training and held-back windows of the run's recovery (None without recovery), drawn from the calibration
+    mix once."""
     if config.recovery is None:
         return None
-    from ..recovery.data import training_windows
+    from ..recovery.data import recovery_windows
 
-    return training_windows(checked.calibration, tokenizer, config.recovery)
+    return recovery_windows(checked.calibration, tokenizer, config.recovery)
 
 
 def _check_memory(job: Job, source: Any) -> None:
@@ -213,13 +214,15 @@ def _prune(model, tokenizer, job: Job, checked: CheckedInputs):
                  show_progress=job.run.show_progress)
 
 
-def _follow_levels(model, result, checked: CheckedInputs) -> PruneAndPushResult:
-    """Rank > 0: take part in every level's refit (collectives), write nothing."""
+def _follow_levels(model, tokenizer, result, checked: CheckedInputs, job: Job, windows: Any) -> PruneAndPushResult:
+    """Rank > 0: take part in every level's refit and recovery (collectives), write nothing."""
     from ..engine.distributed import barrier
+    from .levels import LevelBuilder
 
+    follower = LevelBuilder(model, tokenizer, result, None, checked.out, {}, windows=windows,
+                            state_dir=job.run.state_dir, show_progress=False)
     for s in result.config.target_sparsity:
-        if not (s == result.config.target_sparsity[-1] and result.model is not None):
-            result.apply(model, s)
+        follower.follow(s)
     barrier()
     return PruneAndPushResult(folders={}, metrics={}, result=result, primary=checked.primary)
 

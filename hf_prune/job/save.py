@@ -22,7 +22,7 @@ from ..format.plan import PruningPlan
 from .record import DenseRecord, LevelRecord
 
 __all__ = ["BaseModelInfo", "describe_base_model", "calibration_description", "level_card", "save_level",
-           "write_cards", "recovery_description", "EVAL_FILE"]
+           "write_cards", "recovery_description", "held_back_description", "EVAL_FILE"]
 
 logger = logging.getLogger(__name__)
 
@@ -141,6 +141,22 @@ def recovery_description(recovery: Any) -> dict[str, Any]:
         out["LM loss weight"] = c.lm_weight
     out["training data"] = ("windows drawn from the calibration mix with a seed of their own: "
                             + ", ".join(f"{d} {n}" for d, n in recovery.domain_counts.items()))
+    if recovery.held_back is not None:
+        out.update(held_back_description(recovery.held_back, c.patience))
+    return out
+
+
+def held_back_description(h: Any, patience: int) -> dict[str, str]:
+    """The card's lines on the held-back check, from a :class:`~hf_prune.recovery.guard.HeldBackReport`."""
+    windows = ", ".join(f"{d} {n}" for d, n in h.domain_counts.items())
+    out = {"held-back loss": f"{h.before:.4f} before, {h.best:.4f} best (step {h.best_step}), {h.final:.4f} final "
+                             f"(step {h.final_step}); next-token cross-entropy on {h.windows} calibration windows kept "
+                             f"out of training ({windows})",
+           "weights kept": {"input": "the model as pruned: no recovery step lowered the held-back loss",
+                            "best": f"those of step {h.best_step}, the lowest held-back loss",
+                            "final": "those of the last step, the lowest held-back loss"}[h.returned]}
+    if h.stopped_early is not None:
+        out["stopped early"] = f"at step {h.stopped_early}, after {patience} held-back evaluations without a new best"
     return out
 
 

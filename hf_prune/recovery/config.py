@@ -33,6 +33,8 @@ TEACHER_METHODS = ("kd", "local")
 LR_SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
 #: Learning rate when ``learning_rate`` is None: LoRA adapters start at zero and take larger steps.
 DEFAULT_LR = {False: 1e-4, True: 1e-3}
+#: Held-back evaluations per run when ``eval_steps`` is None.
+EVALUATIONS = 20
 _SUFFIXES = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "b": 10**9}
 _TOKENS = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([kmgb]?)\s*$", re.IGNORECASE)
 
@@ -74,7 +76,7 @@ class RecoveryConfig(Options):
 
     method: str = _option("kd", "kd (KL to the dense model's next-token distribution, optionally mixed with the LM "
                                 "loss), lm (next-token cross-entropy alone) or local (experimental: each decoder layer "
-                                "trained to reproduce the dense layer's output; no gain measured, see the README)",
+                                "trained to reproduce the dense layer's output; no gain measured: benchmarks/README.md)",
                           flag="--recovery")
     tokens: int = _option(1_000_000, "training token budget (e.g. 100k, 2M); rounded up to whole optimizer steps")
     seq_len: int = _option(256, "tokens per training window")
@@ -104,6 +106,17 @@ class RecoveryConfig(Options):
     bf16: bool = _option(False, "bfloat16 autocast for the student (and the teacher's forward)")
     gradient_checkpointing: bool = _option(False, "recompute activations in the backward pass (less memory)")
     teacher_device: str | None = _option(None, "device of the dense teacher, e.g. cuda:1 (default: the student's)")
+    kd_top_k: int = _option(64, "kd: the teacher's next-token distribution is computed once per window and kept as its "
+                                "top-k probabilities plus the remaining mass (the teacher then leaves the training "
+                                "loop); 0: the full vocabulary, the teacher run at every step")
+    held_back: int = _option(32, "calibration windows held back from training (disjoint from the training windows, "
+                                 "every domain at least one): their loss is measured before training and every "
+                                 "eval_steps, the best state is kept, and a run that never lowers it returns the model "
+                                 "as given (0: no held-back check)")
+    eval_steps: int | None = _option(None, "held-back evaluation every N optimizer steps (default: about "
+                                           f"{EVALUATIONS} evaluations per run; the last step is always measured)")
+    patience: int = _option(5, "stop early after this many held-back evaluations in a row without a new best "
+                               "(0: never stop early)")
 
     def __post_init__(self) -> None:
         self.tokens = parse_tokens(self.tokens)
@@ -123,7 +136,8 @@ class RecoveryConfig(Options):
     def validate_counts(self) -> None:
         self.check_ints(("batch_size", "gradient_accumulation_steps", "lora_r"), minimum=1)
         self.check_ints(("seq_len",), minimum=2)
-        self.check_ints(("save_steps",), minimum=0)
+        self.check_ints(("save_steps", "kd_top_k", "held_back", "patience"), minimum=0)
+        self.check_ints(("eval_steps",), minimum=1, optional=("eval_steps",))
         self.check_ints(("seed",), minimum=None)
 
     def validate_rates(self) -> None:
@@ -151,6 +165,28 @@ class RecoveryConfig(Options):
     def needs_teacher(self) -> bool:
         """Whether the method trains towards the dense model (``kd``, ``local``)."""
         return self.method in TEACHER_METHODS
+
+    @property
+    def caches_teacher(self) -> bool:
+        """Whether the teacher's top-k distribution is computed once per window (``kd`` with ``kd_top_k`` > 0)."""
+        return self.method == "kd" and self.kd_top_k > 0
+
+    @property
+    def evaluation_interval(self) -> int:
+        """Optimizer steps between held-back evaluations: ``eval_steps``, else about EVALUATIONS per run."""
+        return self.eval_steps if self.eval_steps is not None else max(1, math.ceil(self.max_steps / EVALUATIONS))
+
+    def per_device_batch(self, world_size: int) -> int:
+        """Windows per process and pass when ``world_size`` data-parallel processes share a step (the global batch
+        stays ``batch_size``, so a run gives the same steps on any number of processes).
+
+        Raises:
+            RecoveryError: ``batch_size`` is not a multiple of ``world_size``.
+        """
+        if self.batch_size % world_size:
+            raise RecoveryError(f"recovery batch_size {self.batch_size} does not split evenly over {world_size} "
+                                f"processes; use a multiple of {world_size}.")
+        return self.batch_size // world_size
 
     @property
     def tokens_per_step(self) -> int:
@@ -195,7 +231,7 @@ class RecoveryConfig(Options):
 
     @classmethod
     def reference(cls) -> str:
-        """Markdown table of every field: name, command-line option, default, meaning (checked against the README)."""
+        """Markdown table of every field: name, command-line option, default, meaning (docs/reference is generated from it)."""
         rows = ["| option | command line | default | meaning |", "|---|---|---|---|"]
         for f in dataclasses.fields(cls):
             rows.append(f"| `{f.name}` | `{cli_flag(f)}` | `{f.default}` | {f.metadata['help']} |")

@@ -1,9 +1,12 @@
 """``recover``: train a pruned model back towards the dense one with transformers' ``Trainer``.
 
-The objective (:class:`DistillationTrainer.compute_loss`) is, per predicted token,
+The objective (:class:`DistillationTrainer.compute_loss`, computed by :mod:`hf_prune.recovery.losses`) is, per
+predicted token,
 
 - ``kd``: ``(1 - w) T^2 KL(softmax(t / T) || softmax(s / T)) + w CE(s, next token)``, with ``t`` the dense
-  teacher's logits (eval mode, no gradients, optionally on another device) and ``s`` the student's;
+  teacher's logits (eval mode, no gradients, optionally on another device) and ``s`` the student's; with
+  ``kd_top_k`` > 0 the teacher's side is its top-k and the rest, cached once per window
+  (:class:`~hf_prune.recovery.teacher.TeacherCache`);
 - ``lm``: ``CE(s, next token)`` alone (a plain training step, the baseline);
 - ``local``: the mean over decoder layers of ``||y_l - t_l||^2 / ||t_l||^2``, with ``t_l`` the dense layer's output
   and ``y_l`` the pruned layer's output on the pruned model's own (detached) input: each layer learns to undo its
@@ -13,11 +16,14 @@ The objective (:class:`DistillationTrainer.compute_loss`) is, per predicted toke
 Everything else is the ecosystem's: the Trainer's optimizer (AdamW), schedule, clipping, autocast, activation
 checkpointing and checkpoints (``state_dir``: every ``save_steps``, resumed by the next call); PEFT's LoRA adapters
 (merged back with ``merge_and_unload``, so the model keeps its class and shapes). Two callbacks are ours: a
-progress bar with tokens/s and ETA, and a stop naming the step when the loss is NaN or infinite.
+progress bar with tokens/s and ETA, and a stop naming the step when the loss is NaN or infinite; and the held-back
+guard (:mod:`hf_prune.recovery.guard`), which decides which weights come back. Under ``torchrun`` the Trainer runs
+data parallel (DDP) with the global batch split over the processes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -30,7 +36,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
@@ -41,10 +46,13 @@ from ..data.windows import CalibrationWindows
 from ..errors import RecoveryDivergedError, RecoveryError
 from ..fileio import write_text_atomic
 from .config import RecoveryConfig
-from .data import training_windows
+from .data import RecoveryWindows, recovery_windows
+from .guard import HeldBackGuard, HeldBackReport
+from .losses import LayerTaps, SparseTeacher, kd_loss, local_loss, token_losses
+from .teacher import TeacherCache
 
 __all__ = ["recover", "RecoveryResult", "DistillationTrainer", "kd_loss", "local_loss", "LayerTaps",
-           "NonFiniteLossCallback", "TokenProgressCallback"]
+           "NonFiniteLossCallback", "TokenProgressCallback", "SparseTeacher", "TeacherCache"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,68 +62,9 @@ STATE_CONFIG = "recovery_config.json"
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-class LayerTaps:
-    """Forward hooks on decoder layers that keep each layer's output; ``detach_inputs`` also cuts the graph at every
-    layer's input (so a backward pass stays inside each layer). A context manager: the hooks go on exit."""
-
-    def __init__(self, layers: Sequence[torch.nn.Module], detach_inputs: bool = False) -> None:
-        self.outputs: list[torch.Tensor | None] = [None] * len(layers)
-        self.handles = []
-        for i, layer in enumerate(layers):
-            if detach_inputs:
-                self.handles.append(layer.register_forward_pre_hook(_detached_input, with_kwargs=True))
-            self.handles.append(layer.register_forward_hook(self._keeper(i)))
-
-    def _keeper(self, i: int):
-        def keep(module, args, output):
-            self.outputs[i] = output[0] if isinstance(output, tuple) else output
-        return keep
-
-    def __enter__(self) -> LayerTaps:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for handle in self.handles:
-            handle.remove()
-
-
-def _detached_input(module, args, kwargs):
-    if args:
-        return (args[0].detach(), *args[1:]), kwargs
-    return args, {**kwargs, "hidden_states": kwargs["hidden_states"].detach()}
-
-
-def decoder(model: torch.nn.Module) -> torch.nn.Module:
-    """The decoder stack (``model.model``) of a causal LM, through a PEFT wrapper if there is one."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return base.model
-
-
-def local_loss(student: torch.nn.Module, teacher: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
-    """Mean over decoder layers of the relative squared error of the student layer's output (on its own detached
-    input) to the dense layer's output (fp32). Relative, so layers with large residual norms do not dominate."""
-    teacher_decoder, student_decoder = decoder(teacher), decoder(student)
-    with torch.no_grad(), LayerTaps(teacher_decoder.layers) as dense:
-        teacher_decoder(input_ids=ids.to(next(teacher.parameters()).device), use_cache=False)
-    with LayerTaps(student_decoder.layers, detach_inputs=True) as pruned:
-        student_decoder(input_ids=ids, use_cache=False)
-    losses = []
-    for y, t in zip(pruned.outputs, dense.outputs):
-        t = t.to(y.device).float()
-        losses.append((y.float() - t).pow(2).mean() / t.pow(2).mean().clamp_min(1e-12))
-    return torch.stack(losses).mean()
-
-
-def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """Mean over tokens of ``T^2 KL(softmax(t / T) || softmax(s / T))`` (fp32); logits ``[..., vocab]``."""
-    s = F.log_softmax(student_logits.float() / temperature, dim=-1)
-    t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
-    kl = F.kl_div(s, t, log_target=True, reduction="none").sum(-1)
-    return kl.mean() * temperature**2
-
-
 class _Windows(torch.utils.data.Dataset):
-    """Training windows as the Trainer's dataset: ``{"input_ids": [seq_len]}`` rows."""
+    """Training windows as the Trainer's dataset: ``{"input_ids": [seq_len], "window": index}`` rows (the index
+    finds the window's cached teacher distribution, whichever process trains on it)."""
 
     def __init__(self, input_ids: torch.Tensor) -> None:
         self.input_ids = input_ids
@@ -124,44 +73,56 @@ class _Windows(torch.utils.data.Dataset):
         return self.input_ids.shape[0]
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {"input_ids": self.input_ids[i]}
+        return {"input_ids": self.input_ids[i], "window": torch.tensor(i)}
 
 
 class DistillationTrainer(Trainer):
     """A ``Trainer`` whose loss is the distillation objective of the module docstring.
 
     Args:
-        teacher: the dense model (``None`` only for ``method="lm"``); used in eval mode under ``no_grad``.
-        recovery: the :class:`RecoveryConfig` (``method``, ``temperature``, ``lm_weight``, ``teacher_device``).
+        teacher: the dense model (``None`` for ``method="lm"``, and for ``kd`` when ``teacher_cache`` holds every
+            window); used in eval mode under ``no_grad``.
+        recovery: the :class:`RecoveryConfig` (``method``, ``temperature``, ``lm_weight``, ``kd_top_k``).
+        teacher_cache: the :class:`TeacherCache` of the training windows (``kd`` with ``kd_top_k`` > 0).
     """
 
-    def __init__(self, *args: Any, teacher: torch.nn.Module | None, recovery: RecoveryConfig, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, teacher: torch.nn.Module | None, recovery: RecoveryConfig,
+                 teacher_cache: TeacherCache | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.teacher, self.recovery = teacher, recovery
+        self.teacher, self.recovery, self.teacher_cache = teacher, recovery, teacher_cache
         # compute_loss returns a per-batch mean: the Trainer divides it by the accumulation steps (every 5.x).
         self.model_accepts_loss_kwargs = False
         self.loss_is_scaled_for_ga = False
 
-    def _teacher_logits(self, ids: torch.Tensor, device: torch.device) -> torch.Tensor:
-        teacher_device = next(self.teacher.parameters()).device
+    def _teacher(self, inputs: Mapping[str, Any], device: torch.device) -> Any:
+        """The teacher's distribution of the batch: a SparseTeacher from the cache, else the live logits."""
+        if self.teacher_cache is not None:
+            return self.teacher_cache.get(inputs["window"], device, self.teacher, self.recovery.bf16)
+        ids = inputs["input_ids"]
         with torch.no_grad():
-            logits = self.teacher(input_ids=ids.to(teacher_device), use_cache=False).logits
+            logits = self.teacher(input_ids=ids.to(next(self.teacher.parameters()).device), use_cache=False).logits
         return logits[:, :-1].to(device)
 
     def compute_loss(self, model: torch.nn.Module, inputs: Mapping[str, Any], return_outputs: bool = False,
                      num_items_in_batch: torch.Tensor | int | None = None):
         ids = inputs["input_ids"]
-        if self.recovery.method == "local":
+        config = self.recovery
+        if config.method == "local":
             loss = local_loss(model, self.teacher, ids)
             return (loss, None) if return_outputs else loss
         outputs = model(input_ids=ids, use_cache=False)
-        logits = outputs.logits[:, :-1]
-        config = self.recovery
-        ce = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+        teacher = self._teacher(inputs, outputs.logits.device) if config.method == "kd" else None
+        want_ce = config.method == "lm" or config.lm_weight > 0
+        # One window at a time: logits[b, :-1] is a view, where logits[:, :-1].reshape(...) would copy the batch.
+        ce = kd = 0.0
+        for b in range(ids.shape[0]):
+            c, k = token_losses(outputs.logits[b, :-1], ids[b, 1:] if want_ce else None,
+                                teacher[b] if teacher is not None else None, config.temperature)
+            ce, kd = ce + c, kd + k
+        ce, kd = ce / ids.shape[0], kd / ids.shape[0]
         if config.method == "lm":
             loss = ce
         else:
-            kd = kd_loss(logits, self._teacher_logits(ids, logits.device), config.temperature)
             loss = (1 - config.lm_weight) * kd + config.lm_weight * ce if config.lm_weight else kd
         return (loss, outputs) if return_outputs else loss
 
@@ -244,6 +205,10 @@ class RecoveryResult:
         losses: ``(step, loss)`` of the steps this call ran.
         domain_counts: training windows per domain.
         resumed_from: the checkpoint resumed from, if any.
+        held_back: the held-back guard's :class:`~hf_prune.recovery.guard.HeldBackReport` (loss before / best /
+            final and their steps, what was returned), ``None`` with ``held_back=0``.
+        teacher_cache: the :class:`TeacherCache` of the training windows (``kd`` with ``kd_top_k`` > 0), to pass to
+            another call on the same windows (another level) instead of running the teacher again.
     """
 
     model: Any = field(repr=False)
@@ -255,13 +220,16 @@ class RecoveryResult:
     losses: list[tuple[int, float]] = field(default_factory=list, repr=False)
     domain_counts: dict[str, int] = field(default_factory=dict)
     resumed_from: str | None = None
+    held_back: HeldBackReport | None = None
+    teacher_cache: TeacherCache | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (for ``eval_results.json`` and the metrics), without the model and losses."""
         final = self.losses[-1][1] if self.losses else None
         return {"config": self.config.to_dict(), "steps": self.steps, "tokens": self.tokens,
                 "seconds": round(self.seconds, 2), "tokens_per_second": round(self.tokens_per_second, 1),
-                "final_loss": final, "domain_counts": self.domain_counts, "resumed_from": self.resumed_from}
+                "final_loss": final, "domain_counts": self.domain_counts, "resumed_from": self.resumed_from,
+                "held_back": self.held_back.to_dict() if self.held_back is not None else None}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], model: Any = None) -> RecoveryResult:
@@ -270,7 +238,8 @@ class RecoveryResult:
         return cls(model=model, config=RecoveryConfig.from_dict(data["config"]), steps=data["steps"],
                    tokens=data["tokens"], seconds=data["seconds"], tokens_per_second=data["tokens_per_second"],
                    losses=[] if final is None else [(data["steps"], final)], domain_counts=dict(data["domain_counts"]),
-                   resumed_from=data.get("resumed_from"))
+                   resumed_from=data.get("resumed_from"),
+                   held_back=HeldBackReport.from_dict(data["held_back"]) if data.get("held_back") else None)
 
 
 def _with_lora(model: torch.nn.Module, config: RecoveryConfig) -> torch.nn.Module:
@@ -287,8 +256,10 @@ def _with_lora(model: torch.nn.Module, config: RecoveryConfig) -> torch.nn.Modul
 
 
 def _arguments(config: RecoveryConfig, out: Path, checkpoints: bool, device: torch.device) -> TrainingArguments:
-    """The ``TrainingArguments`` of a recovery run (one place that maps RecoveryConfig onto them)."""
-    return TrainingArguments(
+    """The ``TrainingArguments`` of a recovery run (one place that maps RecoveryConfig onto them). Under torchrun
+    each of the ``world_size`` processes takes ``batch_size / world_size`` windows per pass: the same global batch,
+    so the same optimizer steps, as one process."""
+    args = TrainingArguments(
         output_dir=str(out), max_steps=config.max_steps, per_device_train_batch_size=config.batch_size,
         gradient_accumulation_steps=config.gradient_accumulation_steps, learning_rate=config.lr,
         lr_scheduler_type=config.lr_scheduler, warmup_steps=round(config.warmup * config.max_steps),
@@ -298,8 +269,12 @@ def _arguments(config: RecoveryConfig, out: Path, checkpoints: bool, device: tor
         logging_steps=1, logging_nan_inf_filter=False, report_to="none", disable_tqdm=True,
         save_strategy="steps" if checkpoints else "no", save_steps=max(config.save_steps, 1), save_total_limit=1,
         bf16=config.bf16, use_cpu=device.type == "cpu",
+        # local: lm_head and the embeddings get no gradient (each layer's input is detached)
+        ddp_find_unused_parameters=config.method == "local",
         **{training_checkpointing_argument(): config.gradient_checkpointing},
     )
+    args.per_device_train_batch_size = config.per_device_batch(args.world_size)
+    return args
 
 
 def _state_dir(state_dir: str | Any | None, config: RecoveryConfig) -> tuple[Path, bool]:
@@ -323,33 +298,39 @@ def _state_dir(state_dir: str | Any | None, config: RecoveryConfig) -> tuple[Pat
 def recover(student: torch.nn.Module, teacher: torch.nn.Module | None, tokenizer: Any, calibration: Any,
             config: RecoveryConfig | Mapping[str, Any] | str | None = None, *, state_dir: str | Path | None = None,
             show_progress: bool = True, callbacks: Sequence[TrainerCallback] = (),
-            windows: CalibrationWindows | None = None, **overrides: Any) -> RecoveryResult:
-    """Train ``student`` (a pruned model) towards ``teacher`` (the dense model) on windows of ``calibration``.
+            windows: RecoveryWindows | CalibrationWindows | None = None, teacher_cache: TeacherCache | None = None,
+            **overrides: Any) -> RecoveryResult:
+    """Train ``student`` (a pruned model) towards ``teacher`` (the dense model) on windows of ``calibration``, and
+    return it in the state that did best on the held-back windows (never worse there than it came).
 
     Args:
         student: the model to train, in place (full-parameter, or LoRA merged back in).
         teacher: the dense model for ``method="kd"`` / ``"local"`` (``None`` for ``"lm"``); left unchanged.
         tokenizer: the tokenizer (needed when ``calibration`` is a mix).
-        calibration: a :class:`~hf_prune.CalibrationMix` (windows drawn by :func:`training_windows`),
+        calibration: a :class:`~hf_prune.CalibrationMix` (windows drawn by :func:`recovery_windows`),
             :class:`~hf_prune.data.CalibrationWindows` or a ``[N, seq_len]`` token tensor.
         config: a :class:`RecoveryConfig`, its dict or a method name; ``overrides`` replace fields.
         state_dir: folder for checkpoints every ``save_steps``; a call with the same folder and options resumes
             from its last checkpoint. ``None``: no checkpoints.
         callbacks: extra ``TrainerCallback``s (e.g. to evaluate at some steps).
-        windows: training windows already drawn (skips the draw from ``calibration``).
+        windows: windows already drawn: a :class:`RecoveryWindows` (training and held-back), or training windows
+            alone (then nothing is held back: the guard is off).
+        teacher_cache: the ``teacher_cache`` of an earlier result on the same windows (``kd`` with ``kd_top_k``).
 
     Raises:
-        RecoveryError: bad options, PEFT missing for LoRA, no teacher for ``kd``, data that cannot supply the budget.
+        RecoveryError: bad options, PEFT missing for LoRA, no teacher for ``kd``, data that cannot supply the budget,
+            a ``batch_size`` that does not split over the torchrun processes.
         RecoveryDivergedError: the loss became NaN/inf (names the step).
     """
     config = RecoveryConfig.coerce(config) or RecoveryConfig()
     config = config.replace(**overrides) if overrides else config
     config.check_available()
-    if config.needs_teacher and teacher is None:
-        raise RecoveryError(f"recovery method {config.method!r} needs the dense teacher model; pass it or use "
-                            "method='lm'.")
-    if windows is None:
-        windows = training_windows(calibration, tokenizer, config)
+    needs_teacher = f"recovery method {config.method!r} needs the dense teacher model; pass it or use method='lm'."
+    if config.needs_teacher and teacher is None and teacher_cache is None:
+        raise RecoveryError(needs_teacher)
+    windows = _windows(windows, calibration, tokenizer, config)
+    if config.needs_teacher and teacher is None and not _serves(teacher_cache, windows, config):
+        raise RecoveryError(needs_teacher + " (The teacher_cache given is of other windows or options.)")
     out, checkpoints = _state_dir(state_dir, config)
     device = next(student.parameters()).device
     if teacher is not None and config.teacher_device is not None:
@@ -358,32 +339,94 @@ def recover(student: torch.nn.Module, teacher: torch.nn.Module | None, tokenizer
     if teacher is not None:
         teacher.eval()
     model = _with_lora(student, config) if config.lora else student
-    trainer, progress, history = _trainer(model, teacher, config, windows, out, checkpoints, device, show_progress,
-                                          callbacks)
+    args = _arguments(config, out, checkpoints, device)
+    cache = _teacher_cache(teacher, windows.train, config, args, teacher_cache, show_progress)
+    guard = (HeldBackGuard(windows.held_back, config.evaluation_interval, config.patience,
+                           args.per_device_train_batch_size, config.bf16) if windows.held_back is not None else None)
     resume = get_last_checkpoint(str(out)) if checkpoints and out.is_dir() else None
     if resume:
         logger.info("resuming recovery from %s", resume)
     try:
-        trainer.train(resume_from_checkpoint=resume)
+        with _offloaded(teacher if cache is not None else None):
+            if guard is not None:
+                guard.begin(model, resume)
+            trainer, progress, history = _trainer(model, teacher, cache, config, args, windows.train, show_progress,
+                                                  [*([guard] if guard else []), *callbacks])
+            trainer.train(resume_from_checkpoint=resume)
     finally:
         if teacher is not None:
             teacher.train(teacher_was_training)
         _cleanup(out, keep=state_dir is not None)
+    report = guard.restore(model) if guard is not None else None
     trained = model.merge_and_unload() if config.lora else model
     _disable_checkpointing(trained)
     trained.eval()
     return RecoveryResult(model=trained, config=config, steps=trainer.state.global_step, tokens=config.tokens_used,
                           seconds=progress.seconds, tokens_per_second=progress.tokens_per_second,
-                          losses=history.losses, domain_counts=windows.domain_counts, resumed_from=resume)
+                          losses=history.losses, domain_counts=windows.train.domain_counts, resumed_from=resume,
+                          held_back=report, teacher_cache=cache)
 
 
-def _trainer(model, teacher, config: RecoveryConfig, windows: CalibrationWindows, out: Path, checkpoints: bool,
-             device: torch.device, show_progress: bool, callbacks: Sequence[TrainerCallback]):
+def _serves(cache: TeacherCache | None, windows: Any, config: RecoveryConfig) -> bool:
+    """Whether ``cache`` holds every training window's teacher distribution (then no teacher is needed)."""
+    return (config.caches_teacher and cache is not None and cache.complete
+            and cache.serves(windows.train.input_ids[: config.num_windows], config))
+
+
+def _windows(windows: Any, calibration: Any, tokenizer: Any, config: RecoveryConfig) -> RecoveryWindows:
+    if windows is None:
+        return recovery_windows(calibration, tokenizer, config)
+    if isinstance(windows, CalibrationWindows):
+        logger.warning("recovery was given training windows without held-back ones: the held-back guard is off.")
+        return RecoveryWindows(windows, None)
+    return windows if config.held_back else RecoveryWindows(windows.train, None)
+
+
+def _teacher_cache(teacher, train: CalibrationWindows, config: RecoveryConfig, args: TrainingArguments,
+                   given: TeacherCache | None, show_progress: bool) -> TeacherCache | None:
+    """The teacher's top-k distributions of the windows this process trains on (``None``: not cached)."""
+    if not config.caches_teacher:
+        return None
+    ids = train.input_ids[: config.num_windows]
+    cache = given if given is not None and given.serves(ids, config) else TeacherCache(ids, config.kd_top_k,
+                                                                                       config.temperature)
+    if teacher is not None:
+        cache.fill(teacher, _process_rows(len(ids), args), args.per_device_train_batch_size, bf16=config.bf16,
+                   show_progress=show_progress)
+    return cache
+
+
+def _process_rows(n: int, args: TrainingArguments) -> torch.Tensor:
+    """The windows this process trains on: with ``world`` processes, accelerate deals whole per-process batches of
+    the sequential order in turn (batch ``i`` to process ``i % world``). Any row it deals otherwise is filled when
+    met."""
+    batch, world = args.per_device_train_batch_size, args.world_size
+    rows = torch.arange(n)
+    return rows[(rows // batch) % world == args.process_index]
+
+
+@contextlib.contextmanager
+def _offloaded(teacher: torch.nn.Module | None):
+    """The teacher off its accelerator while the student trains (its distributions are cached: it is run again
+    only for a window the cache lacks), then back."""
+    device = next(teacher.parameters()).device if teacher is not None else None
+    movable = device is not None and device.type != "cpu" and getattr(teacher, "hf_device_map", None) is None
+    if movable:
+        teacher.to("cpu")
+    try:
+        yield
+    finally:
+        if movable:
+            teacher.to(device)
+
+
+def _trainer(model, teacher, cache: TeacherCache | None, config: RecoveryConfig, args: TrainingArguments,
+             windows: CalibrationWindows, show_progress: bool, callbacks: Sequence[TrainerCallback]):
     """(DistillationTrainer with our callbacks instead of the printing ones, progress callback, loss history)."""
     ids = windows.input_ids[: config.num_windows]
     progress, history = TokenProgressCallback(config.tokens_per_step, show_progress), _LossHistory()
-    trainer = DistillationTrainer(model=model, args=_arguments(config, out, checkpoints, device),
-                                  train_dataset=_Windows(ids), teacher=teacher, recovery=config,
+    trainer = DistillationTrainer(model=model, args=args, train_dataset=_Windows(ids), teacher=teacher,
+                                  recovery=config, teacher_cache=cache,
                                   callbacks=[NonFiniteLossCallback(), progress, history, *callbacks])
     # The Trainer's own bar / printer would print every step's log line (we log every step for the NaN check).
     trainer.remove_callback(ProgressCallback)

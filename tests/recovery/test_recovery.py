@@ -43,8 +43,9 @@ def _tokens(n: int, seed: int) -> torch.Tensor:
 
 
 def _options(**overrides) -> dict:
+    """Six steps of eight windows; no held-back set (the guard has its own tests), so every window trains."""
     return {"method": "kd", "tokens": 48 * SEQ, "seq_len": SEQ, "batch_size": 8, "learning_rate": 3e-3,
-            **overrides}
+            "held_back": 0, **overrides}
 
 
 @torch.no_grad()
@@ -80,6 +81,10 @@ def test_token_budgets_parse(text, tokens):
     ({"lm_weight": 1.5}, r"lm_weight must be a number in \[0, 1\]"),
     ({"warmup": 1}, r"warmup must be a number in \[0, 1\)"),
     ({"save_steps": -1}, "save_steps must be an integer >= 0"),
+    ({"kd_top_k": -1}, "kd_top_k must be an integer >= 0"),
+    ({"held_back": 2.5}, "held_back must be an integer >= 0"),
+    ({"eval_steps": 0}, "eval_steps must be a positive integer"),
+    ({"patience": -1}, "patience must be an integer >= 0"),
 ])
 def test_bad_options_are_refused_at_construction(overrides, message):
     with pytest.raises(RecoveryError, match=message):
@@ -111,7 +116,8 @@ def test_kd_steps_lower_the_kl_to_the_teacher(family):
     held_out = _tokens(16, seed=99)
     before = _kl(student, teacher, held_out)
     dense_weights = {k: v.clone() for k, v in teacher.state_dict().items()}
-    result = recover(student, teacher, None, _tokens(48, seed=5), _options(), show_progress=False)
+    # the teacher run at every step over the full vocabulary (kd_top_k=0); the cached top-k: tests/recovery/test_kd.py
+    result = recover(student, teacher, None, _tokens(48, seed=5), _options(kd_top_k=0), show_progress=False)
     after = _kl(student, teacher, held_out)
     assert result.model is student and type(student) is pruned_classes(family)[0] and not student.training
     assert after < 0.8 * before, (before, after)
@@ -325,7 +331,10 @@ def test_bad_recovery_input_fails_before_the_model_is_loaded(tmp_path, monkeypat
     base = make_tiny_base(tmp_path / "base")
     with pytest.raises(RecoveryError, match="without repeating"):  # needs the tokenizer, still not the model
         prune_and_push(base["base"], None, target_sparsity=0.3, calibration=base["calibration"],
-                       output_dir=tmp_path / "o", recovery={"tokens": "10M", "allow_repeat": False})
+                       output_dir=tmp_path / "o", recovery={"tokens": "10M", "allow_repeat": False, "held_back": 0})
+    with pytest.raises(RecoveryError, match="domain 'a' gives 15 windows: too few to hold back 16"):
+        prune_and_push(base["base"], None, target_sparsity=0.3, calibration=base["calibration"],
+                       output_dir=tmp_path / "o", recovery={"held_back": 32})
     assert not (tmp_path / "o").exists()
 
 
@@ -339,7 +348,8 @@ def test_prune_and_push_recovers_each_level(tmp_path, monkeypatch):
 
     monkeypatch.setenv("HF_PRUNE_CACHE", str(tmp_path / "cache"))
     base = make_tiny_base(tmp_path / "base")
-    recovery = {"method": "kd", "tokens": 2048, "seq_len": 32, "batch_size": 8, "learning_rate": 3e-3}
+    # No held-back set: the saved model is the trained one (the guard in the pipeline: tests/recovery/test_guard.py).
+    recovery = {"method": "kd", "tokens": 2048, "seq_len": 32, "batch_size": 8, "learning_rate": 3e-3, "held_back": 0}
     res = prune_and_push(base["base"], None, target_sparsity=(0.2, 0.4), calibration=base["calibration"],
                          evaluation=base["evaluation"], output_dir=tmp_path / "out",
                          recovery=recovery, **FAST)
