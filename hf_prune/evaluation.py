@@ -201,21 +201,32 @@ def evaluate_perplexity(
             all checked before the model runs.
         EvaluationError: unusable window settings.
     """
-    import torch
-    from tqdm.auto import tqdm
-
-    from .data.windows import domain_token_stream, tokenize_documents
-
     stride = seq_len if stride is None else stride
     check_evaluation_options(seq_len=seq_len, stride=stride, batch_size=batch_size,
                              max_windows_per_domain=max_windows_per_domain)
     evals = _domains(eval_texts)
     if calibration is not None:
         check_overlap(calibration, eval_texts, tokenizer=tokenizer)
+    streams, plans = _plan_windows(evals, tokenizer, seq_len, stride, max_windows_per_domain, cache)
+    nll_sum, n_tok = _score_windows(model, streams, plans, seq_len, batch_size, progress)
+    mean_nll = {d: nll_sum[d] / n_tok[d] for d in evals}
+    return PerplexityReport(
+        per_domain={d: math.exp(v) for d, v in mean_nll.items()},
+        nll=mean_nll,
+        tokens=n_tok,
+        windows={d: len(plans[d]) for d in evals},
+        seq_len=seq_len,
+        stride=stride,
+        label=label,
+    )
 
-    # Tokenise and plan every domain first, so data errors surface before any forward pass.
-    streams: dict[str, torch.Tensor] = {}
-    plans: dict[str, list[tuple[int, int]]] = {}
+
+def _plan_windows(evals: Mapping[str, Any], tokenizer: Any, seq_len: int, stride: int,
+                  max_windows_per_domain: int | None, cache: bool | str | os.PathLike[str]) -> tuple[dict, dict]:
+    """Every domain's token stream and window plan, built before any forward pass so data errors surface first."""
+    from .data.windows import domain_token_stream, tokenize_documents
+
+    streams, plans = {}, {}
     for name, src in evals.items():
         if isinstance(src, DomainSource):
             stream = domain_token_stream(src, tokenizer, cache=cache)
@@ -228,10 +239,17 @@ def evaluate_perplexity(
                 f"of seq_len={seq_len}"
             )
         streams[name], plans[name] = stream, plan
+    return streams, plans
+
+
+def _score_windows(model: Any, streams: dict, plans: dict, seq_len: int, batch_size: int,
+                   progress: bool) -> tuple[dict[str, float], dict[str, int]]:
+    """Summed next-token NLL and the number of scored tokens per domain, in eval mode without gradients."""
+    import torch
+    from tqdm.auto import tqdm
 
     jobs = [(name, start, first) for name, plan in plans.items() for start, first in plan]
-    nll_sum = dict.fromkeys(evals, 0.0)
-    n_tok = dict.fromkeys(evals, 0)
+    nll_sum, n_tok = dict.fromkeys(plans, 0.0), dict.fromkeys(plans, 0)
     device = next(model.parameters()).device
     was_training, grad_enabled = model.training, torch.is_grad_enabled()
     model.eval()
@@ -259,14 +277,4 @@ def evaluate_perplexity(
     finally:
         torch.set_grad_enabled(grad_enabled)
         model.train(was_training)
-
-    mean_nll = {d: nll_sum[d] / n_tok[d] for d in evals}
-    return PerplexityReport(
-        per_domain={d: math.exp(v) for d, v in mean_nll.items()},
-        nll=mean_nll,
-        tokens=n_tok,
-        windows={d: len(plans[d]) for d in evals},
-        seq_len=seq_len,
-        stride=stride,
-        label=label,
-    )
+    return nll_sum, n_tok
