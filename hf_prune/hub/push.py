@@ -441,23 +441,7 @@ class _Pusher:
         from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
         try:
-            head = self._branch_head(branch)
-            if head is None:
-                self._call(
-                    f"create branch {branch!r}",
-                    lambda: self.api.create_branch(self.repo_id, branch=branch, revision=start_point, exist_ok=True),
-                )
-                head = self._branch_head(branch)
-            # Files left on the branch by an earlier push that the new folder does not have.
-            remote = [
-                entry.path
-                for entry in self._call(
-                    "list files", lambda: list(self.api.list_repo_tree(self.repo_id, revision=branch, recursive=True))
-                )
-                if hasattr(entry, "size")
-            ]
-            stale = sorted(set(remote) - set(plan.files) - INITIAL_FILES)
-
+            head, stale = self._prepare_branch(plan, branch, start_point)
             push_id = uuid.uuid4().hex[:16]
             attempts = 0
 
@@ -500,6 +484,25 @@ class _Pusher:
                 status_code=_status_code(err),
             ) from None
         return result
+
+    def _prepare_branch(self, plan: _FolderPlan, branch: str, start_point: str) -> tuple[str | None, list[str]]:
+        """The branch's head (the branch created from ``start_point`` when missing) and the files an earlier push
+        left on it that the new folder does not have (deleted in the same commit)."""
+        head = self._branch_head(branch)
+        if head is None:
+            self._call(
+                f"create branch {branch!r}",
+                lambda: self.api.create_branch(self.repo_id, branch=branch, revision=start_point, exist_ok=True),
+            )
+            head = self._branch_head(branch)
+        remote = [
+            entry.path
+            for entry in self._call(
+                "list files", lambda: list(self.api.list_repo_tree(self.repo_id, revision=branch, recursive=True))
+            )
+            if hasattr(entry, "size")
+        ]
+        return head, sorted(set(remote) - set(plan.files) - INITIAL_FILES)
 
     def _find_landed_commit(self, branch: str, parent: str | None, push_id: str) -> PushResult | None:
         current = self._branch_head(branch)
