@@ -24,6 +24,11 @@ tokens); peak RSS (VmHWM) minus the RSS before the model was loaded = weights + 
                                       [--new-tokens 32] [--dtypes float32 bfloat16] [--threads 2] [--note TEXT]
 
 Writes ``benchmarks/results/format.json`` and prints a markdown table.
+
+``--channel-multiples 1 64 128`` measures instead what kept MLP widths that are not multiples of 64 / 128 cost: the
+heterogeneous plan with its widths rounded to each multiple (same heads, same unrounded widths), every model next
+to dense in the same rounds, each speed-up as a fraction of its own FLOP ratio (the widths differ slightly).
+Writes ``benchmarks/results/format_channel_multiple.json``.
 """
 
 from __future__ import annotations
@@ -64,14 +69,20 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 # ---- models and plans -----------------------------------------------------------------------------------------
-def heterogeneous_plan(model, seed: int = 0) -> PruningPlan:
+def round_width(width: float, multiple: int, limit: int) -> int:
+    """``width`` rounded to the nearest multiple of ``multiple`` (``1``: to an integer), within ``[multiple, limit]``."""
+    return max(multiple, min(limit, int(round(width / multiple)) * multiple))
+
+
+def heterogeneous_plan(model, seed: int = 0, multiple: int = 64) -> PruningPlan:
     """A realistic pruned shape removing about half of every decoder layer, with sizes varying per layer.
 
     Attention: keeps about half the query heads with the same number per kept KV head (what repeat_kv needs).
     With 2 KV heads of 7 query heads (Qwen-0.5B) most layers keep one whole KV group (7 heads, and half the
     KV cache), the others 3 or 4 heads of each group (6 or 8 heads). MLP: a width between ~36% and ~64% of
-    the original, mean ~50%, rounded to a multiple of 64. Which heads/channels survive is random (seeded):
-    speed depends only on the sizes.
+    the original, mean ~50%, rounded to a multiple of ``multiple``. Which heads/channels survive is random
+    (seeded): speed depends only on the sizes. Every ``multiple`` gives the same heads and the same unrounded
+    widths (the draws are those of ``multiple=64``), so plans differ only in the rounding.
     """
     rng = random.Random(seed)
     shapes = layer_shapes(model)
@@ -90,8 +101,12 @@ def heterogeneous_plan(model, seed: int = 0) -> PruningPlan:
             heads = [g * group + i for g in range(kv) for i in sorted(rng.sample(range(group), per_group))]
         # MLP width: a smooth profile over depth (more kept at both ends), plus jitter; mean ~0.5.
         frac = 0.488 + 0.12 * (abs(idx - (n - 1) / 2) / ((n - 1) / 2) * 2 - 1) + rng.uniform(-0.03, 0.03)
-        width = max(64, min(s.intermediate_size, int(round(s.intermediate_size * frac / 64)) * 64))
+        width = round_width(s.intermediate_size * frac, 64, s.intermediate_size)
         channels = sorted(rng.sample(range(s.intermediate_size), width))
+        if multiple != 64:  # the 64-plan's channels, trimmed or extended in index order
+            width = round_width(s.intermediate_size * frac, multiple, s.intermediate_size)
+            rest = sorted(set(range(s.intermediate_size)) - set(channels))
+            channels = sorted(channels[:width] + rest[:max(0, width - len(channels))])
         layers.append(LayerPlan(query_heads=sorted(heads), mlp_channels=channels))
     return PruningPlan(layers=layers, metadata={"name": "bench_format heterogeneous ~50%", "seed": seed})
 
@@ -154,8 +169,9 @@ class _Clock:
         pass
 
 
-def timed_generate(model, input_ids: torch.Tensor, new_tokens: int) -> tuple[float, float]:
-    """(prefill seconds, decode seconds for new tokens 2..N) of one greedy generate with KV cache."""
+def timed_generate(model, input_ids: torch.Tensor, new_tokens: int, **generate_kwargs) -> tuple[float, float]:
+    """(prefill seconds, decode seconds for new tokens 2..N) of one greedy generate with KV cache; ``generate_kwargs``
+    go to ``generate`` (e.g. ``cache_implementation="static"``)."""
     clock = _Clock()
     with torch.inference_mode():
         out = model.generate(
@@ -167,6 +183,7 @@ def timed_generate(model, input_ids: torch.Tensor, new_tokens: int) -> tuple[flo
             use_cache=True,
             streamer=clock,
             pad_token_id=model.generation_config.pad_token_id or 0,
+            **generate_kwargs,
         )
     assert out.shape[1] == input_ids.shape[1] + new_tokens, out.shape
     t = clock.times
@@ -187,16 +204,16 @@ def prompts(tokenizer, batch: int, length: int) -> torch.Tensor:
     return torch.stack([ids[i * length : (i + 1) * length] for i in range(batch)])
 
 
-def bench_setting(models: dict, input_ids: torch.Tensor, new_tokens: int, rounds: int, log) -> dict:
+def bench_setting(models: dict, input_ids: torch.Tensor, new_tokens: int, rounds: int, log, **generate_kwargs) -> dict:
     names = list(models)
     for name in names:  # warm-up: same shapes, fewer tokens
-        timed_generate(models[name], input_ids, min(4, new_tokens))
+        timed_generate(models[name], input_ids, min(4, new_tokens), **generate_kwargs)
     runs = {n: [] for n in names}
     loads = []
     for r in range(rounds):
         order = names if r % 2 == 0 else names[::-1]
         for name in order:
-            runs[name].append(timed_generate(models[name], input_ids, new_tokens))
+            runs[name].append(timed_generate(models[name], input_ids, new_tokens, **generate_kwargs))
         loads.append(os.getloadavg()[0])
         log(f"    round {r + 1}/{rounds} (load {loads[-1]:.1f}): " + ", ".join(f"{n} {runs[n][-1][0]:.2f}+{runs[n][-1][1]:.2f}s" for n in names))
     B, T = input_ids.shape
@@ -241,6 +258,125 @@ def profile_prefill(models: dict, input_ids: torch.Tensor) -> dict:
         out[name] = best
     out["ratio"] = {k: out["dense"][k] / out["pruned"][k] for k in out["dense"]}
     return out
+
+
+def channel_multiple_study(base, tokenizer, args, log) -> dict:
+    """``--channel-multiples``: dense and one pruned model per multiple, timed in the same interleaved rounds."""
+    named = {f"multiple_{m}": heterogeneous_plan(base, multiple=m) for m in args.channel_multiples}
+    models32 = {"dense": copy.deepcopy(base), **{n: apply_plan(base, p) for n, p in named.items()}}
+    widths = {n: [s.intermediate_size for s in layer_shapes(m)] for n, m in models32.items() if n != "dense"}
+    log(f"MLP widths per layer: {widths}")
+    hidden = base.config.hidden_size
+    log(f"MLP matmuls: fastest of {args.matmul_repeats} passes, {args.dtypes}, T = {args.matmul_tokens}")
+    matmuls = mlp_matmul_study(widths, hidden, args.dtypes, args.matmul_tokens, args.matmul_repeats, log)
+    if args.matmuls_only:
+        return {"mlp_widths": widths, "matmuls": matmuls}
+    runs = {}
+    for dtype_name in args.dtypes:
+        models = models32 if dtype_name == "float32" else {n: copy.deepcopy(m).to(DTYPES[dtype_name])
+                                                           for n, m in models32.items()}
+        for batch in args.batches if dtype_name == "float32" else args.bf16_batches:
+            log(f"{dtype_name} batch {batch}: {args.rounds} rounds")
+            row = bench_setting(models, prompts(tokenizer, batch, args.prompt_len), args.new_tokens, args.rounds, log)
+            dense = model_flops(models["dense"], batch, args.prompt_len, args.new_tokens)
+            for name in named:
+                flops = model_flops(models[name], batch, args.prompt_len, args.new_tokens)
+                ratio = {"prefill": dense["prefill"] / flops["prefill"], "decode": dense["decode_step"] / flops["decode_step"]}
+                row[name].update(flop_ratio=ratio, prefill_fraction_of_limit=row[name]["prefill_ratio"] / ratio["prefill"],
+                                 decode_fraction_of_limit=row[name]["decode_ratio"] / ratio["decode"])
+            runs[f"{dtype_name}/b{batch}"] = row
+            log("  prefill speed-up / FLOP ratio: " + ", ".join(
+                f"{n} {row[n]['prefill_ratio']:.3f} / {row[n]['flop_ratio']['prefill']:.3f}" for n in named))
+    return {"benchmark": "bench_format --channel-multiples", "mlp_widths": widths, "matmuls": matmuls, "runs": runs}
+
+
+def mlp_matmul_study(widths: dict[str, list[int]], hidden: int, dtypes: list[str], tokens: list[int],
+                     repeats: int, log) -> dict:
+    """The MLP matmuls alone (gate, up: ``[T, hidden] @ [hidden, w]``; down: ``[T, w] @ [w, hidden]``) of every layer
+    at each multiple's widths: the fastest of ``repeats`` passes over all layers (the minimum is what other jobs on
+    the machine disturb least), the multiples interleaved in alternating order, and the FLOP rate of each."""
+    gen = torch.Generator().manual_seed(0)
+    out = {}
+    for dtype_name in dtypes:
+        dtype = DTYPES[dtype_name]
+        weights = {n: [(torch.randn(w, hidden, generator=gen).to(dtype), torch.randn(w, hidden, generator=gen).to(dtype),
+                        torch.randn(hidden, w, generator=gen).to(dtype)) for w in ws] for n, ws in widths.items()}
+        for T in tokens:
+            x = torch.randn(T, hidden, generator=gen).to(dtype)
+            best = dict.fromkeys(widths, float("inf"))
+            with torch.inference_mode():
+                for r in range(repeats + 1):  # the first pass warms up (allocator, kernels) and is not counted
+                    for name in (list(widths) if r % 2 else list(widths)[::-1]):
+                        t0 = time.perf_counter()
+                        for gate, up, down in weights[name]:
+                            torch.nn.functional.linear(torch.nn.functional.linear(x, gate) *
+                                                       torch.nn.functional.linear(x, up), down)
+                        if r:
+                            best[name] = min(best[name], time.perf_counter() - t0)
+            row = {n: {"seconds": best[n], "gflop_per_s": 6 * T * hidden * sum(ws) / best[n] / 1e9}
+                   for n, ws in widths.items()}
+            ref = row.get("multiple_64")
+            for n in row:
+                if ref:
+                    row[n]["rate_vs_multiple_64"] = row[n]["gflop_per_s"] / ref["gflop_per_s"]
+            out[f"{dtype_name}/T{T}"] = row
+            log(f"  MLP matmuls {dtype_name} T={T}: " + ", ".join(f"{n} {r['gflop_per_s']:.0f} GFLOP/s"
+                                                               for n, r in row.items()))
+    return out
+
+
+def mlp_matmul_markdown(matmuls: dict) -> str:
+    lines = ["| dtype | tokens | kept widths multiple of | MLP matmul time (all layers) | GFLOP/s | rate vs multiple of 64 |",
+             "|---|---|---|---|---|---|"]
+    for key, row in matmuls.items():
+        dtype, T = key.split("/T")
+        for name, r in row.items():
+            lines.append(f"| {dtype} | {T} | {name.split('_')[1]} | {1000 * r['seconds']:.0f} ms | {r['gflop_per_s']:.0f} "
+                         f"| {r.get('rate_vs_multiple_64', float('nan')):.3f} |")
+    return "\n".join(lines)
+
+
+def channel_multiple_markdown(results: dict) -> str:
+    s = results["settings"]
+    lines = [f"Model: {results['model']}; prompt {s['prompt_len']} tokens, {s['new_tokens']} new tokens, "
+             f"{s['threads']} threads, median of {s['rounds']} interleaved rounds (dense and every multiple in each).",
+             "", "| dtype | batch | kept widths multiple of | mean MLP width | prefill speed-up | prefill FLOP ratio "
+             "| % of limit | decode speed-up | decode FLOP ratio | % of limit |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for key, row in results["runs"].items():
+        dtype, batch = key.split("/b")
+        for name, widths in results["mlp_widths"].items():
+            r = row[name]
+            lines.append(f"| {dtype} | {batch} | {name.split('_')[1]} | {statistics.mean(widths):.0f} "
+                         f"| {r['prefill_ratio']:.3f} | {r['flop_ratio']['prefill']:.3f} "
+                         f"| {100 * r['prefill_fraction_of_limit']:.1f}% | {r['decode_ratio']:.3f} "
+                         f"| {r['flop_ratio']['decode']:.3f} | {100 * r['decode_fraction_of_limit']:.1f}% |")
+    return "\n".join(lines)
+
+
+def write_channel_multiple(base, tokenizer, args, info: dict, log) -> None:
+    """Run the ``--channel-multiples`` study and write its JSON (with ``--matmuls-only``, into the JSON already at
+    ``--out``: its model rounds are kept) and its tables."""
+    out = args.out or RESULTS.with_name("format_channel_multiple.json")
+    study = channel_multiple_study(base, tokenizer, args, log)
+    settings = {k: getattr(args, k) for k in ("prompt_len", "new_tokens", "batches", "dtypes", "bf16_batches", "rounds",
+                                              "threads", "matmul_tokens", "matmul_repeats")}
+    if args.matmuls_only and out.is_file():
+        results = json.loads(out.read_text())
+        results.update(matmuls=study["matmuls"], matmul_machine={**info, "loadavg_end": list(os.getloadavg())},
+                       matmul_note=args.note)
+        results["settings"].update(matmul_tokens=args.matmul_tokens, matmul_repeats=args.matmul_repeats)
+    else:
+        results = {"benchmark": "bench_format --channel-multiples", **study, "model": args.model, "machine": info,
+                   "note": args.note, "settings": settings}
+        results["machine"]["loadavg_end"] = list(os.getloadavg())
+    tables = [mlp_matmul_markdown(results["matmuls"])]
+    if results.get("runs"):
+        tables.append(channel_multiple_markdown(results))
+    results["table_markdown"] = "\n\n".join(tables)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1) + "\n")
+    print("\n" + results["table_markdown"])
+    log(f"wrote {out}")
 
 
 # ---- peak memory (subprocess per model) ----------------------------------------------------------------------
@@ -373,7 +509,18 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     parser.add_argument("--note", default="", help="free text stored in the JSON (e.g. machine load)")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--channel-multiples", type=int, nargs="+", default=None,
+                        help="instead: prefill/decode cost of MLP widths rounded to each multiple (e.g. 1 64 128)")
+    parser.add_argument("--matmul-tokens", type=int, nargs="+", default=[256, 1024],
+                        help="--channel-multiples: tokens of the MLP matmul timing (default: 256 1024)")
+    parser.add_argument("--matmul-repeats", type=int, default=7,
+                        help="--channel-multiples: timed passes of the MLP matmuls (the fastest counts)")
+    parser.add_argument("--matmuls-only", action="store_true",
+                        help="--channel-multiples: only the MLP matmul timing, added to the JSON at --out (its model "
+                             "rounds are kept)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="default: benchmarks/results/format.json (format_channel_multiple.json with "
+                             "--channel-multiples)")
     parser.add_argument("--child-folder", help=argparse.SUPPRESS)
     parser.add_argument("--child-dtype", help=argparse.SUPPRESS)
     parser.add_argument("--child-inputs", help=argparse.SUPPRESS)
@@ -393,6 +540,9 @@ def main(argv=None) -> None:
     info = machine_info(args.threads)
     log(f"settings: {vars(args)}; torch.set_num_threads({args.threads}); {info['cpu_model']}")
     base, tokenizer = load_model("qwen" if args.model == "qwen-coder-0.5b" else "smollm2", torch.float32)
+    if args.channel_multiples:
+        write_channel_multiple(base, tokenizer, args, info, log)
+        return
     plan = heterogeneous_plan(base)
     models32 = {
         # from_pretrained leaves the weights memory-mapped from the safetensors file, 32-byte aligned; apply_plan's
@@ -490,11 +640,12 @@ def main(argv=None) -> None:
     results["wall_s"] = time.perf_counter() - start
     table = markdown(results)
     results["table_markdown"] = table
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1) + "\n")
+    out = args.out or RESULTS
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1) + "\n")
     print()
     print(table)
-    log(f"wrote {args.out}")
+    log(f"wrote {out}")
 
 
 if __name__ == "__main__":

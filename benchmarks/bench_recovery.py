@@ -129,17 +129,21 @@ def run_one(model, pruned, tokenizer, calibration, name: str, args, evaluate, le
             "curve": {str(k): v for k, v in sorted(curve.items())}, "complete": True}
 
 
-def throughput(model, built, tokenizer, calibration, names: list[str], args) -> dict:
+def throughput(model, built, tokenizer, calibration, names: list[str], args, fresh=None) -> dict:
     """Student tokens/s of every run type on one level, measured back to back in this process (same machine load):
-    ``--throughput-steps`` optimizer steps each, on a fresh copy, after one untimed warm-up step."""
+    ``--throughput-steps`` optimizer steps each, on a fresh copy, after one untimed warm-up step. ``fresh()`` makes
+    each student (default: a copy of ``built``; on a GPU, slicing the dense model again saves holding ``built``).
+    No windows are held back: their evaluations would count as step time, and a few windows suffice."""
+    fresh = fresh or (lambda: copy.deepcopy(built))
     speeds = {}
     for name in names:
-        config = run_config(name, args, args.throughput_steps * args.train_seq_len * args.batch_size)
+        config = run_config(name, args, args.throughput_steps * args.train_seq_len * args.batch_size).replace(
+            held_back=0)
         windows = training_windows(calibration, tokenizer, config)
         teacher = model if config.needs_teacher else None
-        recover(copy.deepcopy(built), teacher, tokenizer, None, config.replace(tokens=config.tokens_per_step),
+        recover(fresh(), teacher, tokenizer, None, config.replace(tokens=config.tokens_per_step),
                 windows=windows, show_progress=False)  # warm-up: allocator, thread pools
-        result = recover(copy.deepcopy(built), teacher, tokenizer, None, config, windows=windows, show_progress=False)
+        result = recover(fresh(), teacher, tokenizer, None, config, windows=windows, show_progress=False)
         speeds[name] = round(result.tokens_per_second, 1)
         print(f"    {name}: {speeds[name]:.0f} student tok/s", flush=True)
     base = speeds.get("lm")
