@@ -108,7 +108,8 @@ def _layers(text: str) -> str | tuple[int, ...]:
 _TYPES: dict[str, Callable[[str], Any]] = {"int": _integer, "float": _number, "str": str}
 _SPECIAL_TYPES: dict[str, Callable[[str], Any]] = {"target_sparsity": parse_sparsity, "keep_dense": _layers,
                                                    "attention_weight": _number_or_auto,
-                                                   "layer_balance": _number_or_auto}
+                                                   "layer_balance": _number_or_auto,
+                                                   "compensation_damping": _number_or_auto}
 
 
 def _cli_type(f: dataclasses.Field) -> Callable[[str], Any] | None:

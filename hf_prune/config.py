@@ -40,6 +40,10 @@ from .recovery.config import RecoveryConfig
 
 __all__ = ["PruneConfig", "CONFIG_FILE", "level_name"]
 
+#: What ``compensation_toward`` accepts (hf_prune.engine.compensation).
+COMPENSATION_TOWARD = ("kept", "zero")
+#: ``compensation_damping="auto"`` cross-validates over at most this many folds (each keeps its own ``X^T X``).
+COMPENSATION_MAX_FOLDS = 8
 #: File name of the config saved in every level folder (and in the run state).
 CONFIG_FILE = "prune_config.json"
 _FORMAT = 1
@@ -119,7 +123,13 @@ class PruneConfig(Options):
     compensation: str | None = _option(
         "auto", "refit the kept o_proj / down_proj columns to the dense layer's output: lsq (damped least squares), "
                 "none (None), or auto (the method's)")
-    compensation_damping: float = _option(1e-4, "damping of the refit, a fraction of the mean diagonal of X^T X")
+    compensation_damping: float | str = _option(
+        "auto", "damping of the refit, a fraction of the mean diagonal of X^T X, or auto: chosen per projection on "
+                "the grid 1e-4 ... 1 (and inf toward kept: no refit) by leave-one-domain-out cross-validation over "
+                "the calibration domains (folds of windows when there is only one)")
+    compensation_toward: str = _option(
+        "kept", "what the damping shrinks the refit toward: kept (the kept columns' own weights, so a layer moves "
+                "only as far as the calibration text supports) or zero (plain ridge)")
     compensation_samples: int = _option(128, "calibration windows (of seq_len tokens) the refit's statistics use")
     compensation_target: str = _option(
         "sequential", "sequential (each layer on the pruned, compensated model's own inputs), dense (on the dense "
@@ -174,6 +184,7 @@ class PruneConfig(Options):
                                    ("normalization", self.normalization, NORMALIZATIONS),
                                    ("compensation", self.compensation, COMPENSATIONS),
                                    ("compensation_target", self.compensation_target, COMPENSATION_TARGETS),
+                                   ("compensation_toward", self.compensation_toward, COMPENSATION_TOWARD),
                                    ("compensation_when", self.compensation_when, COMPENSATION_WHEN)):
             if value is not None and value not in known:
                 raise PruningError(f"Unknown {name} {value!r}; choose one of {sorted(known)}.")
@@ -197,8 +208,9 @@ class PruneConfig(Options):
     def validate_weights(self) -> None:
         checks = (("attention_weight", lambda v: v > 0, "> 0 (or 'auto')"),
                   ("layer_balance", lambda v: v >= 0, ">= 0 (or 'auto')"),
-                  ("compensation_damping", lambda v: v >= 0, ">= 0"))
-        # A prior may be None (the method's) or "auto" (chosen per model: hf_prune.engine.priors).
+                  ("compensation_damping", lambda v: v >= 0, ">= 0 (or 'auto')"))
+        # A prior may be None (the method's) or "auto" (chosen per model: hf_prune.engine.priors); the damping
+        # "auto" (chosen per projection: hf_prune.engine.compensation).
         self.check_numbers([c for c in checks if getattr(self, c[0]) != AUTO],
                            optional=("attention_weight", "layer_balance"))
 
@@ -266,6 +278,8 @@ class PruneConfig(Options):
             if isinstance(value, str) and value.startswith(_CALLABLE):
                 raise PruningError(f"{key} was a callable ({value[len(_CALLABLE):]}); pass it again to restore the config.")
         cls.check_known(values)
+        if "compensation_damping" in values and "compensation_toward" not in values:
+            values["compensation_toward"] = "zero"  # saved before the option existed: the refit then was plain ridge
         return cls(**values)
 
     def save(self, path: str | os.PathLike) -> Path:

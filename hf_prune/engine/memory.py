@@ -13,7 +13,8 @@ model and adds up, per device, what each stage of a run holds at its peak:
   so the dense weights come on top of the first round's copy and its buffers;
 - **compensation**: the dense weights and the level's copy, the hidden states of every compensation window
   (kept between layers), the largest Gram matrix ``X^T X`` (fp32) and the refit's temporaries (about three more
-  matrices of that size), and one batch through one layer.
+  matrices of that size; with ``compensation_damping="auto"`` one more per cross-validation fold), and one batch
+  through one layer.
 
 The counts are tensors, not the process: the runtime (CUDA context, libraries) is listed as a fixed
 overhead per device. Imports neither torch nor transformers unless devices must be asked for their memory.
@@ -28,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..config import PruneConfig
+from ..config import COMPENSATION_MAX_FOLDS, PruneConfig
 from ..errors import InsufficientMemoryError, PruningError
 from ..format.geometry import ModelGeometry, config_mapping
 from ..options import is_number
@@ -332,8 +333,10 @@ def _compensation(m: ModelDims, c: PruneConfig, layers: range, first: bool, last
         "weights (sliced copy)": b * (sum(m.layer_params(i, keep) for i in layers) + ends),
         # hidden states of every window between layers, and each batch's rotary cos/sin
         "hidden states kept": tokens * b * (m.hidden_size + 2 * m.head_dim),
-        # X^T X (fp32), and the refit's H[S, :], H[S, S] + lam I and its Cholesky factor
-        "Gram matrix and refit": 4 * 4 * widest**2,
+        # X^T X (fp32), and the refit's H[S, :], H[S, S] + lam I and its Cholesky factor; a damping chosen by
+        # cross-validation keeps one X^T X per fold besides
+        "Gram matrix and refit": 4 * (4 + (COMPENSATION_MAX_FOLDS if c.compensation_damping == "auto" else 0))
+                                 * widest**2,
         "one layer forward": c.batch_size * c.seq_len * b * (3 * inter + 4 * m.hidden_size),
     }
 

@@ -40,19 +40,21 @@ __all__ = ["is_auto", "check_memory", "start_priors", "candidates", "holdout_win
            "choose_plan"]
 
 
-def check_memory(model) -> None:
-    """Refuse judging candidates after the refit when its statistics (``DenseStatistics``) would take more than half
-    the memory available on any device that holds layers (before gathering them).
+def check_memory(model, folds: int = 1) -> None:
+    """Refuse judging candidates after the refit when its statistics (``DenseStatistics``, ``folds`` of them with a
+    damping chosen by cross-validation) would take more than half the memory available on any device that holds
+    layers (before gathering them).
 
     Raises:
         PruningError: naming both sizes and the device.
     """
-    for device, need in DenseStatistics.nbytes(model).items():
+    for device, need in DenseStatistics.nbytes(model, folds).items():
         free = available_bytes(device)
         if free is not None and need > free / 2:
             raise PruningError(f"'auto' priors with compensation keep {need / 2**30:.1f} GiB of refit statistics on "
                                f"{device}, more than half the {free / 2**30:.1f} GiB available there: give "
-                               "attention_weight and layer_balance as numbers.")
+                               "attention_weight and layer_balance as numbers"
+                               + (" (or compensation_damping as a number: one X^T X per fold)." if folds > 1 else "."))
 
 
 def start_priors(config: Any) -> tuple[float, float]:

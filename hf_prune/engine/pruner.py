@@ -31,7 +31,7 @@ from ..format.slicing import apply_plan
 from ..options import is_number
 from .allocation import Constraints, allocate
 from .batches import LossRecorder
-from .compensation import CompensationData, DenseStatistics, compensate, compensation_batches
+from .compensation import MAX_FOLDS, CompensationData, DenseStatistics, RefitRule, compensate, compensation_batches
 from .dispatch import redispatch
 from .distributed import TRAFFIC, is_main, shard, world_size
 from .fsdp import check_config as check_fsdp
@@ -240,7 +240,7 @@ class Pruner:
         # Where inputs go: the embeddings' device (a model dispatched by accelerate moves them on from there).
         self.device = model.get_input_embeddings().weight.device
         if is_auto(c) and c.compensation:  # a memory check: before any calibration text is drawn
-            check_memory(model)
+            check_memory(model, MAX_FOLDS if RefitRule.of(c).damping is None else 1)  # cross-validated: per fold
         # Drawn once, before any model work: spec errors (empty domain, missing file...) surface here.
         self.batches = self._draw(c.seed) if self.criterion.needs_data else []
         self.compensation_data = self._compensation_data(geometry) if c.compensation else None
@@ -346,7 +346,8 @@ class Pruner:
                 "kv_cache_reduction": 1 - kv_cache_per_token(after.shapes) / self._kv0,
                 "base_model": getattr(self.model.config, "_name_or_path", None) or None, "seed": c.seed,
                 "compensation": None if not c.compensation else {
-                    "method": c.compensation, "damping": c.compensation_damping, "samples": c.compensation_samples,
+                    "method": c.compensation, "damping": c.compensation_damping, "toward": c.compensation_toward,
+                    "samples": c.compensation_samples,
                     "target": c.compensation_target, "when": c.compensation_when},
                 **({} if priors is None else {"priors": [  # what "auto" chose in each round up to this level
                     {k: e.priors[k] for k in ("attention_weight", "layer_balance")} for e in self.log]}),

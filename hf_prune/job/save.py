@@ -115,8 +115,8 @@ def _method(config: PruneConfig) -> str:
             "MLP channels removed.")
     if config.compensation:
         text += (f" The kept columns of every o_proj and down_proj were then refit to the dense layer's output by damped "
-                 f"least squares (`{config.compensation}`, {config.compensation_target} target, damping "
-                 f"{config.compensation_damping:g}, {config.compensation_samples} calibration windows).")
+                 f"least squares (`{config.compensation}`, {config.compensation_target} target, {_damping(config)}, "
+                 f"{config.compensation_samples} calibration windows).")
     if config.recovery is None:
         return text + " No recovery fine-tuning."
     r = config.recovery
@@ -126,6 +126,13 @@ def _method(config: PruneConfig) -> str:
             "local": "trained layer by layer to reproduce the dense model's layer outputs"}[r.method]
     return text + (f" The level was then {what} on {r.tokens_used:,} calibration-mix tokens, "
                    f"{'LoRA (merged back)' if r.lora else 'all parameters'} (see Recovery).")
+
+
+def _damping(config: PruneConfig) -> str:
+    toward = "the kept weights" if config.compensation_toward == "kept" else "zero"
+    if config.compensation_damping == "auto":
+        return f"damping chosen per projection by leave-one-domain-out cross-validation, toward {toward}"
+    return f"damping {config.compensation_damping:g} toward {toward}"
 
 
 def recovery_description(recovery: Any) -> dict[str, Any]:

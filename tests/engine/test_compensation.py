@@ -4,14 +4,16 @@ reproduces saved checkpoints, and lowers held-out perplexity on real weights."""
 from __future__ import annotations
 
 import logging
+import math
 
 import pytest
 import torch
-from conftest import stdlib_corpus, tiny_qwen2
+from conftest import head_dim, stdlib_corpus, tiny_causal_lm, tiny_qwen2
 
 from hf_prune import CalibrationMix, PruneConfig, PruningPlan, apply_plan, compensate, evaluate_perplexity, prune
 from hf_prune.errors import PruningError
-from hf_prune.engine.compensation import refit
+from hf_prune.data.windows import CalibrationWindows
+from hf_prune.engine.compensation import AUTO_DAMPINGS, MAX_FOLDS, WINDOW_FOLDS, choose_damping, refit
 
 CALIB = torch.randint(3, 128, (16, 32), generator=torch.Generator().manual_seed(0))  # 512 tokens > 96 MLP inputs
 PLAN = PruningPlan.from_dict({"layers": [
@@ -51,11 +53,13 @@ def _ridge(x_all, x_kept, weight, damping):
 
 
 @pytest.mark.parametrize("damping", [0.0, 0.05])
-def test_dense_target_equals_lstsq_weight_by_weight(model, damping):
+def test_dense_target_equals_lstsq_weight_by_weight(family, damping):
+    model = tiny_causal_lm(family, seed=4, num_hidden_layers=2).double()
     out = compensate(model, PLAN, CALIB, compensation_target="dense", compensation_damping=damping,
-                     compensation_samples=16, show_progress=False)
+                     compensation_toward="zero", compensation_samples=16, show_progress=False)
+    assert type(out).__name__ == f"Pruned{type(model).__name__}"
     for i, (dense, pruned, keep) in enumerate(zip(model.model.layers, out.model.layers, PLAN.layers)):
-        heads, channels = _kept_columns(keep)
+        heads, channels = _kept_columns(keep, head_dim(model.config))
         x = _inputs(dense.self_attn.o_proj, lambda: model(CALIB))
         expected = _ridge(x, x[:, heads], dense.self_attn.o_proj.weight, damping)
         torch.testing.assert_close(pruned.self_attn.o_proj.weight, expected, rtol=1e-6, atol=1e-9)
@@ -64,26 +68,158 @@ def test_dense_target_equals_lstsq_weight_by_weight(model, damping):
         torch.testing.assert_close(pruned.mlp.down_proj.weight, expected, rtol=1e-6, atol=1e-9)
 
 
-def test_statistics_gathered_once_refit_any_plan_as_the_dense_target_does(model):
-    """What "auto" priors judge candidates by: one pass of statistics, then each plan's refit by solves only."""
-    from hf_prune.engine.compensation import CompensationData, DenseStatistics
+def _ridge_toward(x_all, x_kept, weight, kept_weight, damping):
+    """min ||x_all W^T - x_kept W'^T||^2 + lam ||W' - kept_weight||^2 by lstsq: the penalty as extra rows
+    sqrt(lam) I W'^T = sqrt(lam) kept_weight^T."""
+    lam = damping * (x_all * x_all).sum(0).mean()
+    a = torch.cat([x_kept, lam.sqrt() * torch.eye(x_kept.shape[1], dtype=x_kept.dtype)])
+    b = torch.cat([x_all @ weight.T, lam.sqrt() * kept_weight.T])
+    return torch.linalg.lstsq(a, b).solution.T
 
-    statistics = DenseStatistics(model, CompensationData([{"input_ids": CALIB}]))
+
+def test_refit_toward_the_kept_weights_equals_lstsq(model):
+    """The damping pulls toward W_S, not zero (dense target: every layer on the dense model's inputs)."""
+    out = compensate(model, PLAN, CALIB, compensation_target="dense", compensation_damping=0.05,
+                     compensation_toward="kept", compensation_samples=16, show_progress=False)
+    for dense, pruned, keep in zip(model.model.layers, out.model.layers, PLAN.layers):
+        heads, channels = _kept_columns(keep)
+        for proj, new, cols in ((dense.self_attn.o_proj, pruned.self_attn.o_proj, heads),
+                                (dense.mlp.down_proj, pruned.mlp.down_proj, channels)):
+            x = _inputs(proj, lambda: model(CALIB))
+            expected = _ridge_toward(x, x[:, cols], proj.weight, proj.weight[:, cols], 0.05)
+            torch.testing.assert_close(new.weight, expected, rtol=1e-6, atol=1e-9)
+            plain = _ridge(x, x[:, cols], proj.weight, 0.05)
+            assert (expected - plain).abs().max() > 1e-3  # the two priors give different weights here
+
+
+def test_infinite_damping_toward_the_kept_weights_is_no_refit():
+    x = torch.randn(50, 10, dtype=torch.float64)
+    weight, keep = torch.randn(3, 10, dtype=torch.float64), torch.tensor([0, 2, 3, 7])
+    assert torch.equal(refit(weight, x.T @ x, keep, math.inf, toward="kept"), weight[:, keep])
+    with pytest.raises(PruningError, match="only meaningful toward the kept weights"):
+        refit(weight, x.T @ x, keep, math.inf, toward="zero")
+
+
+def _held_out_errors(x, t, domains, keep, grid, prior):
+    """Leave-one-domain-out by brute force: fit by lstsq on the other domains' rows, sum the squared error of the
+    left-out rows, for every damping of the grid (inf: the prior itself)."""
+    errors = []
+    for damping in grid:
+        total = 0.0
+        for d in sorted(set(domains)):
+            inside = torch.tensor([e != d for e in domains])
+            xi, ti = x[inside], t[inside]
+            if math.isinf(damping):
+                w = prior
+            else:
+                lam = damping * (xi * xi).sum(0).mean()
+                a = torch.cat([xi[:, keep], lam.sqrt() * torch.eye(len(keep), dtype=x.dtype)])
+                w = torch.linalg.lstsq(a, torch.cat([ti, lam.sqrt() * prior.T])).solution.T
+            total += float(((t[~inside] - x[~inside][:, keep] @ w.T) ** 2).sum())
+        errors.append(total)
+    return errors
+
+
+def _grams(x, domains, keep, weight):
+    rows = {d: x[torch.tensor([e == d for e in domains])] for d in sorted(set(domains))}
+    return ({d: r.T @ r for d, r in rows.items()}, {d: r[:, keep].T @ (r @ weight.T) for d, r in rows.items()})
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_damping_chosen_out_of_domain_is_the_brute_force_choice(shared):
+    """Removed inputs that depend on the kept ones the same way in every domain: the refit transfers and the
+    smallest damping wins. A different dependence per domain: what one domain teaches misleads on another, and
+    leave-one-domain-out keeps the original weights (inf). Either way the choice is the brute-force argmin."""
+    g = torch.Generator().manual_seed(0)
+    domains = [d for d in "abcd" for _ in range(60)]
+    kept = torch.randn(240, 6, generator=g, dtype=torch.float64)
+    mixing = [torch.randn(6, 4, generator=g, dtype=torch.float64) for _ in range(1 if shared else 4)]
+    removed = torch.cat([kept[i * 60:(i + 1) * 60] @ mixing[0 if shared else i] for i in range(4)])
+    x = torch.cat([kept, removed + 0.01 * torch.randn(240, 4, generator=g, dtype=torch.float64)], 1)
+    weight, keep = torch.randn(5, 10, generator=g, dtype=torch.float64), torch.arange(6)
+    grams, crosses = _grams(x, domains, keep, weight)
+    chosen = choose_damping(grams, crosses, keep, AUTO_DAMPINGS, prior=weight[:, keep])
+    errors = _held_out_errors(x, x @ weight.T, domains, keep, AUTO_DAMPINGS, weight[:, keep])
+    assert chosen == AUTO_DAMPINGS[min(range(len(errors)), key=errors.__getitem__)]
+    assert chosen == (AUTO_DAMPINGS[0] if shared else math.inf)
+
+
+_MIXED = ["a", "b", "c", "a"] * 4
+
+
+@pytest.mark.parametrize("labels, folds", [
+    (_MIXED, _MIXED),  # domains: leave one domain out
+    (None, [f"windows {i % WINDOW_FOLDS}" for i in range(16)]),  # token ids: folds of windows dealt in turn
+    (["a"] * 16, [f"windows {i % WINDOW_FOLDS}" for i in range(16)]),  # one domain: the same
+])
+def test_auto_damping_refits_each_projection_with_its_cross_validated_choice(model, labels, folds):
+    """``compensation_damping="auto"`` end to end (dense target): every projection's weight is the lstsq refit at
+    the damping that brute-force leave-one-fold-out prefers on that projection's inputs; the folds are the domains,
+    or folds of windows when there are fewer than two domains."""
+    windows = CALIB if labels is None else CalibrationWindows(input_ids=CALIB, domains=labels)
+    out = compensate(model, PLAN, windows, compensation_target="dense", compensation_damping="auto",
+                     compensation_toward="kept", compensation_samples=16, batch_size=4, show_progress=False)
+    rows = [f for f in folds for _ in range(CALIB.shape[1])]  # one label per token row
+    for dense, pruned, keep in zip(model.model.layers, out.model.layers, PLAN.layers):
+        heads, channels = _kept_columns(keep)
+        for proj, new, cols in ((dense.self_attn.o_proj, pruned.self_attn.o_proj, heads),
+                                (dense.mlp.down_proj, pruned.mlp.down_proj, channels)):
+            x = _inputs(proj, lambda: model(CALIB))
+            prior = proj.weight[:, cols].detach()
+            errors = _held_out_errors(x, x @ proj.weight.detach().T, rows, torch.tensor(cols), AUTO_DAMPINGS, prior)
+            best = AUTO_DAMPINGS[min(range(len(errors)), key=errors.__getitem__)]
+            expected = prior if math.isinf(best) else _ridge_toward(x, x[:, cols], proj.weight, prior, best)
+            torch.testing.assert_close(new.weight, expected, rtol=1e-6, atol=1e-9)
+
+
+def test_more_domains_than_folds_share_folds_and_one_window_is_refused(model):
+    from hf_prune.engine.compensation import CompensationData, RefitRule
+
+    names = [f"d{i:02d}" for i in range(MAX_FOLDS + 3)]
+    data = CompensationData([{"input_ids": CALIB[:1], "domains": [d]} for d in names], RefitRule(None, "kept"))
+    assert data.folds == [f"domains {k}" for k in range(MAX_FOLDS)]
+    assert [f for b in data.batches for f in b["folds"]] == [f"domains {i % MAX_FOLDS}" for i in range(len(names))]
+    assert CompensationData([{"input_ids": CALIB[:1]}], RefitRule(0.01, "kept")).folds is None  # a number: no need
+    with pytest.raises(PruningError, match="1 window is too few; raise compensation_samples or give a number"):
+        compensate(model, PLAN, CALIB[:1], compensation_damping="auto", compensation_samples=1, show_progress=False)
+
+
+def test_memory_plan_counts_a_gram_matrix_per_fold_when_the_damping_is_cross_validated(model):
+    from hf_prune.engine.memory import memory_plan
+
+    part = {d: memory_plan(model.config.to_dict(), PruneConfig(compensation_damping=d), dtype="float32")
+            .devices[0].stages["compensation"]["Gram matrix and refit"] for d in (0.01, "auto")}
+    widest = max(model.config.intermediate_size, model.config.num_attention_heads * 8)
+    assert part[0.01] == 4 * 4 * widest**2 and part["auto"] == part[0.01] + MAX_FOLDS * 4 * widest**2
+
+
+@pytest.mark.parametrize("damping, toward", [(0.01, "zero"), (0.01, "kept"), ("auto", "kept")])
+def test_statistics_gathered_once_refit_any_plan_as_the_dense_target_does(model, damping, toward):
+    """What "auto" priors judge candidates by: one pass of statistics, then each plan's refit by solves only, with
+    the run's refit rule (the batches carry it)."""
+    from hf_prune.engine.compensation import DenseStatistics, compensation_batches
+
+    windows = CalibrationWindows(input_ids=CALIB, domains=["a", "b", "c", "a"] * 4)
+    config = PruneConfig(compensation_target="dense", compensation_damping=damping, compensation_toward=toward,
+                         compensation_samples=16)
+    statistics = DenseStatistics(model, compensation_batches(windows, None, config, torch.device("cpu")))
     other = PruningPlan.from_dict({"layers": [{"query_heads": [0, 1, 2, 3], "mlp_channels": list(range(96))},
                                               {"query_heads": list(range(8)), "mlp_channels": list(range(8, 72))}]})
     for plan in (PLAN, other):
-        expected = compensate(model, plan, CALIB, compensation_target="dense", compensation_damping=0.01,
-                              compensation_samples=16, show_progress=False)
-        got = statistics.refit(plan, 0.01)
+        expected = compensate(model, plan, windows, config=config, show_progress=False)
+        got = statistics.refit(plan, damping)
         for (name, a), b in zip(got.state_dict().items(), expected.state_dict().values()):
             torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12, msg=name)
+    if damping != "auto":
+        with pytest.raises(PruningError, match="needs statistics gathered per fold"):
+            statistics.refit(PLAN, "auto")
 
 
 def test_sequential_target_fits_the_dense_layer_on_the_pruned_models_own_inputs(model):
     """Layer 1 is refit on what the *compensated* layer 0 gives it: the dense layer 1's activations on those
     hidden states (taken here from the compensated model by a hook), solved by lstsq."""
     out = compensate(model, PLAN, CALIB, compensation_target="sequential", compensation_damping=0.0,
-                     compensation_samples=16, show_progress=False)
+                     compensation_toward="zero", compensation_samples=16, show_progress=False)
     hidden = _inputs(out.model.layers[1], lambda: out(CALIB)).reshape(16, 32, -1)  # layer 1's input in `out`
     dense = model.model.layers[1]
     position_embeddings = model.model.rotary_emb(hidden, torch.arange(32).unsqueeze(0))
@@ -106,20 +242,21 @@ def test_sequential_target_fits_the_dense_layer_on_the_pruned_models_own_inputs(
     torch.testing.assert_close(out.model.layers[1].mlp.down_proj.weight, expected, rtol=1e-6, atol=1e-9)
 
 
-def _ridge_to(target, x_kept, x_all, damping):
-    """min ||target - x_kept W'^T||^2 + lam ||W'||^2 (lam from x_all's Gram, as the library scales it) by lstsq."""
+def _ridge_to(target, x_kept, x_all, damping, prior):
+    """min ||target - x_kept W'^T||^2 + lam ||W' - prior||^2 (lam from x_all's Gram, as the library scales it) by
+    lstsq."""
     lam = damping * (x_all * x_all).sum(0).mean()
     a = torch.cat([x_kept, lam.sqrt() * torch.eye(x_kept.shape[1], dtype=x_kept.dtype)])
-    b = torch.cat([target, torch.zeros(x_kept.shape[1], target.shape[1], dtype=x_kept.dtype)])
+    b = torch.cat([target, lam.sqrt() * prior.T])
     return torch.linalg.lstsq(a, b).solution.T
 
 
-@pytest.mark.parametrize("damping", [0.0, 0.05])
-def test_stream_target_fits_the_dense_models_hidden_states_from_the_pruned_models_inputs(model, damping):
+@pytest.mark.parametrize("damping, toward", [(0.0, "zero"), (0.05, "zero"), (0.05, "kept")])
+def test_stream_target_fits_the_dense_models_hidden_states_from_the_pruned_models_inputs(model, damping, toward):
     """Layer 1 of the `stream` refit: regressors from the compensated model's own layer-1 input, target the dense
     model's hidden states after each sublayer minus the pruned residual, solved by lstsq."""
     out = compensate(model, PLAN, CALIB, compensation_target="stream", compensation_damping=damping,
-                     compensation_samples=16, show_progress=False)
+                     compensation_toward=toward, compensation_samples=16, show_progress=False)
     h_p = _inputs(out.model.layers[1], lambda: out(CALIB)).reshape(16, 32, -1)
     h_d = _inputs(model.model.layers[1], lambda: model(CALIB)).reshape(16, 32, -1)
     dense, layer = model.model.layers[1], out.model.layers[1]
@@ -132,12 +269,14 @@ def test_stream_target_fits_the_dense_models_hidden_states_from_the_pruned_model
     with torch.no_grad():
         mid_d = h_d + attention(dense, h_d)
         x = _inputs(dense.self_attn.o_proj, lambda: attention(dense, h_p))
-        expected = _ridge_to((mid_d - h_p).reshape(-1, 64), x[:, heads], x, damping)
+        prior = dense.self_attn.o_proj.weight[:, heads] * (toward == "kept")
+        expected = _ridge_to((mid_d - h_p).reshape(-1, 64), x[:, heads], x, damping, prior)
         torch.testing.assert_close(layer.self_attn.o_proj.weight, expected, rtol=1e-6, atol=1e-9)
         mid_p = h_p + attention(layer, h_p)
         after_d = mid_d + dense.mlp(dense.post_attention_layernorm(mid_d))
         x = _inputs(dense.mlp.down_proj, lambda: dense.mlp(dense.post_attention_layernorm(mid_p)))
-        expected = _ridge_to((after_d - mid_p).reshape(-1, 64), x[:, channels], x, damping)
+        prior = dense.mlp.down_proj.weight[:, channels] * (toward == "kept")
+        expected = _ridge_to((after_d - mid_p).reshape(-1, 64), x[:, channels], x, damping, prior)
     torch.testing.assert_close(layer.mlp.down_proj.weight, expected, rtol=1e-6, atol=1e-9)
 
 
@@ -218,6 +357,8 @@ class _Spy:
     ({"compensation_damping": 0.0}, "compensation without damping needs at least 96 calibration tokens"),
     ({"compensation": "obs"}, "Unknown compensation 'obs'"),
     ({"compensation_target": "teacher"}, "Unknown compensation_target 'teacher'"),
+    ({"compensation_toward": "dense"}, "Unknown compensation_toward 'dense'"),
+    ({"compensation_damping": "often"}, "compensation_damping must be a number >= 0 \\(or 'auto'\\)"),
 ])
 def test_bad_compensation_options_fail_before_scoring(model, kwargs, message):
     with pytest.raises(PruningError, match=message):
@@ -228,10 +369,7 @@ def test_bad_compensation_options_fail_before_scoring(model, kwargs, message):
 
 
 def test_saved_level_is_reproduced_by_apply_and_by_compensate(tmp_path):
-    try:
-        from tests.test_push import make_tiny_base
-    except ImportError:  # pragma: no cover
-        from test_push import make_tiny_base
+    from conftest import make_tiny_base
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from hf_prune import prune_and_push
@@ -268,3 +406,28 @@ def test_compensation_lowers_held_out_perplexity_on_smollm2(smollm2, tmp_path):
 
     plain, compensated = held_out(apply_plan(model, result.plans[0.3])), held_out(result.apply(model, 0.3))
     assert compensated < plain, (compensated, plain)
+
+
+@pytest.mark.parametrize("options, says", [
+    ({}, "damping chosen per projection by leave-one-domain-out cross-validation, toward the kept weights"),
+    ({"compensation_damping": 1e-4, "compensation_toward": "zero"}, "damping 0.0001 toward zero"),
+])
+def test_the_card_says_how_the_damping_was_set(options, says):
+    from hf_prune.job.save import _method
+
+    assert f"(`lsq`, sequential target, {says}, 128 calibration windows)" in _method(
+        PruneConfig(method="gisp", **options).resolved())
+
+
+def test_batches_drawn_under_a_fixed_damping_serve_a_cross_validated_refit(model):
+    """``compensate(data=...)`` refits by the config it is given, whatever rule drew the batches (the benchmarks
+    draw once per fold and refit several ways)."""
+    from hf_prune.engine.compensation import compensation_batches
+
+    windows = CalibrationWindows(input_ids=CALIB, domains=_MIXED)
+    config = PruneConfig(compensation_target="dense", compensation_damping="auto", compensation_samples=16)
+    data = compensation_batches(windows, None, config.replace(compensation_damping=0.01), torch.device("cpu"))
+    reused = compensate(model, PLAN, windows, config=config, data=data, show_progress=False)
+    own = compensate(model, PLAN, windows, config=config, show_progress=False)
+    for (name, a), b in zip(reused.state_dict().items(), own.state_dict().values()):
+        assert torch.equal(a, b), name

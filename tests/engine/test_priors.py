@@ -188,17 +188,21 @@ def test_auto_needs_a_calibration_mix_and_no_fsdp(tiny, monkeypatch):
 
 
 def test_auto_with_compensation_is_refused_when_its_statistics_would_not_fit(tiny, monkeypatch):
-    from hf_prune.engine.compensation import DenseStatistics
+    from hf_prune.engine.compensation import MAX_FOLDS, DenseStatistics
 
     model, tokenizer, mix = tiny
     expected = 4 * sum(layer.self_attn.o_proj.in_features ** 2 + layer.mlp.down_proj.in_features ** 2
                        for layer in model.model.layers)
     assert DenseStatistics.nbytes(model) == {torch.device("cpu"): expected}
     assert DenseStatistics.nbytes(copy.deepcopy(model).double()) == {torch.device("cpu"): 2 * expected}  # fp64
+    fixed = {**FAST, "compensation": "lsq", "compensation_damping": 0.01}
     monkeypatch.setattr(priors, "available_bytes", lambda device: 2 * expected - 1)  # half is just too little
     with pytest.raises(PruningError, match="GiB of refit statistics"):
-        prune(model, tokenizer, mix, 0.2, layer_balance="auto", **{**FAST, "compensation": "lsq"})
+        prune(model, tokenizer, mix, 0.2, layer_balance="auto", **fixed)
     monkeypatch.setattr(priors, "available_bytes", lambda device: 2 * expected)
-    result = prune(model, tokenizer, mix, 0.2, steps=1, layer_balance="auto", compensation_samples=8,
-                   **{**FAST, "compensation": "lsq"})
+    result = prune(model, tokenizer, mix, 0.2, steps=1, layer_balance="auto", compensation_samples=8, **fixed)
     assert result.log[0].priors["judged_after_refit"]
+    # A damping chosen by cross-validation keeps one X^T X per fold: up to MAX_FOLDS times as much.
+    assert DenseStatistics.nbytes(model, MAX_FOLDS) == {torch.device("cpu"): MAX_FOLDS * expected}
+    with pytest.raises(PruningError, match="or compensation_damping as a number: one X\\^T X per fold"):
+        prune(model, tokenizer, mix, 0.2, layer_balance="auto", **{**fixed, "compensation_damping": "auto"})
