@@ -137,7 +137,7 @@ def _config_arguments(group: argparse._ArgumentGroup) -> None:
             continue
         flag = f.metadata.get("flag", "--" + f.name.replace("_", "-"))
         kind = _cli_type(f)
-        help_text = f"{f.metadata['help']} (default: {_shown(f.default)})".replace("%", "%%")
+        help_text = f"{f.metadata['help']} (default: {f.metadata.get('shown') or _shown(f.default)})".replace("%", "%%")
         if kind is None:
             group.add_argument(flag, dest=f.name, action="store_true", default=f.default, help=help_text)
             continue
@@ -293,12 +293,13 @@ def add_prune_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--state-dir", default=None, metavar="DIR",
                        help="keep the run's state here (scoring rounds, recovery checkpoints): a rerun resumes")
     _load_arguments(parser)
-    group = parser.add_argument_group("memory and devices (README: Scaling)")
+    group = parser.add_argument_group("memory and devices (docs/guides/scaling.md)")
     group.add_argument("--max-memory", type=_max_memory, default=None, metavar="MAP",
                        help="memory per device for the plan and from_pretrained, e.g. 0=75GiB,1=75GiB or cpu=20GiB "
                             "(default: what the devices report)")
     group.add_argument("--dry-run", action="store_true",
-                       help="print the memory plan (per device: scoring, compensation) and exit without loading weights")
+                       help="print what each level will reach (parameters, memory at --context-length, KV cache) and "
+                            "the memory plan (per device: scoring, compensation), and exit without loading weights")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings, errors and the final tables")
 
 
@@ -446,7 +447,7 @@ def _export_parser(sub: Any) -> None:
         "Write a saved model folder in a format that serves outside transformers: deci (DeciLM / nemotron-nas, "
         "vLLM and SGLang: per-layer KV heads and MLP widths, query heads uniform: prune with --uniform-heads), "
         "gguf (llama.cpp, OUT/model.gguf: per-layer everything), qwen2 / qwen3 (stock, when every layer has one "
-        "shape). README: Serving."))
+        "shape). Guide: docs/guides/serving.md."))
     x.add_argument("folder", metavar="FOLDER", help="a saved (pruned) model folder, e.g. OUTPUT_DIR/sparsity-30")
     x.add_argument("--format", required=True, choices=FORMATS, help="the export format")
     x.add_argument("--output-dir", required=True, metavar="OUT", help="the folder to write (must be new or empty)")

@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -35,10 +36,10 @@ from .presets import (
     SCHEDULES,
 )
 from .errors import PruningError
-from .options import Options, is_int, is_number, option
+from .options import Options, is_int, is_number, option, parse_bytes, parse_count
 from .recovery.config import RecoveryConfig
 
-__all__ = ["PruneConfig", "CONFIG_FILE", "level_name"]
+__all__ = ["PruneConfig", "CONFIG_FILE", "level_name", "LEVEL_NAME", "DEFAULT_LEVELS"]
 
 #: What ``compensation_toward`` accepts (hf_prune.engine.compensation).
 COMPENSATION_TOWARD = ("kept", "zero")
@@ -48,11 +49,69 @@ COMPENSATION_MAX_FOLDS = 8
 CONFIG_FILE = "prune_config.json"
 _FORMAT = 1
 _CALLABLE = "callable:"
+#: The levels of a run that names no size target.
+DEFAULT_LEVELS = (0.2, 0.3, 0.4, 0.5)
+#: What a level's folder and branch are named (:meth:`PruneConfig.level_names`).
+LEVEL_NAME = re.compile(r"(sparsity-[0-9.]+|params-[0-9.]+[KMBT]|memory-[0-9.]+(?:[KMGT]i?)?B)(-kv-[0-9.]+)?")
 
 
 def level_name(sparsity: float) -> str:
     """Folder and branch name of a level: ``0.3 -> "sparsity-30"``, ``0.125 -> "sparsity-12.5"``."""
     return f"sparsity-{round(sparsity * 100, 2):g}"
+
+
+def _count_name(n: int) -> str:
+    """``5_000_000_000 -> "5B"``, ``494_032_768 -> "494M"``."""
+    unit, size = next((u, v) for u, v in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3), ("", 1)) if n >= v)
+    return f"{n / size:.4g}{unit}" if unit else f"{n / 1e3:.4g}K"
+
+
+def _bytes_name(n: int) -> str:
+    """``12 * 2**30 -> "12GiB"``, ``12e9 -> "12GB"``: the first unit that shows it in at most two decimals."""
+    for unit, size in (("TiB", 2**40), ("TB", 1e12), ("GiB", 2**30), ("GB", 1e9), ("MiB", 2**20), ("MB", 1e6),
+                       ("KiB", 2**10), ("KB", 1e3)):
+        value = n / size
+        if value >= 1 and abs(round(value, 2) - value) < 1e-9 * value:
+            return f"{value:g}{unit}"
+    unit, size = next((u, v) for u, v in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10), ("B", 1)) if n >= v)
+    return f"{n / size:.4g}{unit}"
+
+
+def _targets(value: Any, name: str, parse: Any, unique: bool = True) -> tuple | None:
+    """A target's levels from a number, a string (``"5B,4B"``) or a list; ``None`` stays ``None``. ``unique``: a
+    value given twice is refused (it would be one level twice)."""
+    if value is None:
+        return None
+    items = value.split(",") if isinstance(value, str) else [value] if is_number(value) else list(value)
+    try:
+        values = tuple(parse(v.strip() if isinstance(v, str) else v) for v in items)
+    except ValueError as err:
+        raise PruningError(f"{name}: {err}.") from None
+    if not values:
+        raise PruningError(f"{name} names no level.")
+    twice = sorted({v for v in values if values.count(v) > 1})
+    if twice and unique:
+        raise PruningError(f"{name} lists {', '.join(map(str, twice))} more than once: give each level once.")
+    return values
+
+
+def _kv_fraction(value: Any) -> float:
+    try:
+        fraction = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"not a fraction of the KV cache: {value!r} (give e.g. 0.25 or 0.5)") from None
+    if not 0 <= fraction < 1 or isinstance(value, bool):
+        raise ValueError(f"a fraction of the KV cache is in [0, 1), got {value!r}")
+    return round(fraction, 6)
+
+
+def _positive(parse: Any, what: str) -> Any:
+    def parsed(value: Any) -> int:
+        n = parse(value)
+        if n <= 0:
+            raise ValueError(f"{what} must be positive, got {value!r}")
+        return n
+    return parsed
 
 
 def _option(default: Any, help: str, *, cli: bool = True, **extra: Any) -> Any:
@@ -80,9 +139,25 @@ class PruneConfig(Options):
 
     # ---- what to reach ----
     target_sparsity: tuple[float, ...] = _option(
-        (0.2, 0.3, 0.4, 0.5),
+        DEFAULT_LEVELS,
         "fractions of decoder-layer parameters to remove; one nested run passes through every level",
         flag="--sparsity")
+    target_params: Any = _option(
+        None, "total parameters each level keeps (e.g. 5B,3.5B or 5e9; embeddings and lm_head counted): the levels "
+              "instead of target_sparsity", shown="none")
+    target_memory: Any = _option(
+        None, "memory each level fits in: its weights in the saved dtype plus the KV cache of memory_batch_size "
+              "sequences of context_length tokens (e.g. 12GiB,10GB): the levels instead of target_sparsity",
+        shown="none")
+    context_length: int = _option(4096, "tokens per sequence of the KV cache that target_memory (and --dry-run) counts")
+    memory_batch_size: int = _option(1, "sequences whose KV cache target_memory (and --dry-run) counts")
+    target_kv_cache: Any = _option(
+        None, "fraction of the KV cache each level removes at least: one for every level or one per level (e.g. "
+              "0.5); a second budget, on KV groups, of the global ranking, met together with the size target",
+        shown="none")
+    resolved_decoder_params: int | None = _option(
+        None, "set by hf-prune when target_params / target_memory are resolved on a model (its decoder "
+              "parameters); target_sparsity then holds each level's decoder sparsity", cli=False)
     # ---- the method and its pieces ----
     method: str = _option(
         "gisp", f"preset: {', '.join(METHODS)}; the fields below that default to None take the preset's value")
@@ -148,7 +223,12 @@ class PruneConfig(Options):
               "no recovery (command line: --recovery and the --recovery-* options)", nested=RecoveryConfig)
 
     def __post_init__(self) -> None:
-        self.target_sparsity = self._levels(self.target_sparsity)
+        self.target_params = _targets(self.target_params, "target_params", _positive(parse_count, "target_params"))
+        self.target_memory = _targets(self.target_memory, "target_memory", _positive(parse_bytes, "target_memory"))
+        self.target_kv_cache = _targets(self.target_kv_cache, "target_kv_cache", _kv_fraction, unique=False)
+        given = self.target_sparsity
+        self.target_sparsity = self._levels(given, named=self.size_target == "sparsity")
+        self._order_levels(given)
         if self.compensation == "none":
             self.compensation = None
         if isinstance(self.keep_dense, Sequence) and not isinstance(self.keep_dense, str):
@@ -158,7 +238,7 @@ class PruneConfig(Options):
 
     # ---- checks -----------------------------------------------------------------------------------------
     @staticmethod
-    def _levels(value: Any) -> tuple[float, ...]:
+    def _levels(value: Any, named: bool = True) -> tuple[float, ...]:
         values = [value] if is_number(value) or isinstance(value, (str, bool)) else list(value)
         if not values:
             raise PruningError("target_sparsity names no level; give e.g. (0.2, 0.3).")
@@ -173,9 +253,89 @@ class PruneConfig(Options):
                                "each level once.")
         levels = tuple(sorted(rounded))
         names = [level_name(s) for s in levels]
-        if len(set(names)) != len(names):
+        if named and len(set(names)) != len(names):
             raise PruningError(f"sparsity levels {list(levels)} are too close: they would share a folder name.")
         return levels
+
+    def _order_levels(self, given_sparsity: Any) -> None:
+        """Levels in order, the least pruned first (a parameter or memory target from the largest); a per-level KV
+        target stays with the level it was given with."""
+        kind = self.size_target
+        if kind != "sparsity" and self.resolved_decoder_params is None:
+            sizes = getattr(self, f"target_{kind}")
+            order = sorted(range(len(sizes)), key=lambda i: -sizes[i])
+            setattr(self, f"target_{kind}", tuple(sizes[i] for i in order))
+        else:  # target_sparsity, which _levels sorted from the order given
+            given = [given_sparsity] if is_number(given_sparsity) else list(given_sparsity)
+            order = sorted(range(len(given)), key=lambda i: float(given[i]))
+        kv = self.target_kv_cache
+        if kv is not None and len(kv) == len(order) > 1:
+            self.target_kv_cache = tuple(kv[i] for i in order)
+
+    # ---- the levels ----------------------------------------------------------------------------------------------
+    @property
+    def size_target(self) -> str:
+        """What names the levels: ``"sparsity"``, ``"params"`` or ``"memory"``."""
+        return "params" if self.target_params is not None else "memory" if self.target_memory is not None else "sparsity"
+
+    @property
+    def num_levels(self) -> int:
+        return len({"params": self.target_params, "memory": self.target_memory}.get(self.size_target)
+                   or self.target_sparsity)
+
+    def kv_targets(self) -> tuple[float, ...]:
+        """Each level's KV-cache target in level order (0 without one)."""
+        kv = self.target_kv_cache or (0.0,)
+        return kv * self.num_levels if len(kv) == 1 else kv
+
+    def level_names(self) -> tuple[str, ...]:
+        """Each level's folder and branch name, in level order: ``sparsity-30``, ``params-5B``, ``memory-12GiB``,
+        with ``-kv-50`` when a KV-cache target is given."""
+        kind = self.size_target
+        if kind == "params":
+            names = [f"params-{_count_name(n)}" for n in self.target_params]
+        elif kind == "memory":
+            names = [f"memory-{_bytes_name(n)}" for n in self.target_memory]
+        else:
+            names = [level_name(s) for s in self.target_sparsity]
+        if self.target_kv_cache is not None:
+            names = [f"{n}-kv-{round(k * 100, 2):g}" for n, k in zip(names, self.kv_targets())]
+        return tuple(names)
+
+    def name_of(self, sparsity: float) -> str:
+        """The name of the level at ``sparsity`` (one of ``target_sparsity``: a resolved config's, for parameter or
+        memory targets)."""
+        if self.size_target != "sparsity" and self.resolved_decoder_params is None:
+            raise PruningError(f"the {self.size_target} targets are not resolved on a model yet.")
+        for s, name in zip(self.target_sparsity, self.level_names()):
+            if abs(s - sparsity) < 1e-9:
+                return name
+        return level_name(sparsity)
+
+    def validate_targets(self) -> None:
+        kind = self.size_target
+        if self.target_params is not None and self.target_memory is not None:
+            raise PruningError("target_params and target_memory are both given: give one size target.")
+        if kind != "sparsity":
+            if self.resolved_decoder_params is None and self.target_sparsity != DEFAULT_LEVELS:
+                raise PruningError(f"target_sparsity and target_{kind} are both given: give one size target.")
+            if self.resolved_decoder_params is not None and len(self.target_sparsity) != self.num_levels:
+                raise PruningError(f"a resolved config has one target_sparsity per target_{kind} level.")
+        kv = self.target_kv_cache
+        if kv is not None:
+            if len(kv) not in (1, self.num_levels):
+                raise PruningError(f"target_kv_cache gives {len(kv)} values for {self.num_levels} levels: give one "
+                                   "for every level or one per level.")
+            if list(kv) != sorted(kv):
+                raise PruningError(f"target_kv_cache {list(kv)} shrinks from level to level; levels are nested (each "
+                                   "keeps what the next keeps), so a smaller level removes at least as much KV cache.")
+            allocation = (self.allocation or METHODS[self.method].allocation) if self.method in METHODS else None
+            if any(kv) and allocation == "uniform":
+                raise PruningError(f"target_kv_cache needs global allocation; method {self.method!r} allocates "
+                                   "uniformly: pass allocation='global' (--allocation global) or another method.")
+        names = self.level_names()
+        if len(set(names)) != len(names):
+            raise PruningError(f"levels {list(names)} share a name: give targets further apart.")
 
     def validate_names(self) -> None:
         if self.method not in METHODS:
@@ -198,7 +358,8 @@ class PruneConfig(Options):
 
     def validate_counts(self) -> None:
         self.check_ints(("num_samples", "seq_len", "batch_size", "channel_multiple", "tp_degree",
-                         "compensation_samples", "steps"), minimum=1, optional=("steps",))
+                         "compensation_samples", "steps", "context_length", "memory_batch_size",
+                         "resolved_decoder_params"), minimum=1, optional=("steps", "resolved_decoder_params"))
         self.check_ints(("min_heads", "min_channels"), minimum=0)
         self.check_ints(("seed",), minimum=None)
         for name in ("uniform_heads", "fsdp"):
@@ -301,7 +462,7 @@ class PruneConfig(Options):
 
     @classmethod
     def reference(cls) -> str:
-        """Markdown table of every field: name, default, meaning (the README's reference is checked against it)."""
+        """Markdown table of every field: name, default, meaning (docs/reference is generated from it)."""
         rows = ["| option | default | meaning |", "|---|---|---|"]
         for f in dataclasses.fields(cls):
             default = f.default if not isinstance(f.default, tuple) else ", ".join(map(str, f.default))

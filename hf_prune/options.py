@@ -10,11 +10,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import field
 from typing import Any, ClassVar
 
-__all__ = ["option", "is_int", "is_number", "Options"]
+__all__ = ["option", "is_int", "is_number", "parse_bytes", "parse_count", "Options"]
 
 
 def option(default: Any, help: str, **extra: Any) -> Any:
@@ -30,6 +31,42 @@ def is_int(value: Any) -> bool:
 def is_number(value: Any) -> bool:
     """A finite real number that is not a bool."""
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+_NUMBER = r"\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*"
+#: Count suffixes (parameters): thousand, million, billion (B and G alike), trillion.
+_COUNT_UNITS = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
+
+
+def parse_bytes(value: Any) -> int:
+    """Bytes of ``"12GiB"`` (binary), ``"80GB"`` / ``"80G"`` (decimal), ``"512MiB"`` or a number (bytes).
+
+    Raises:
+        ValueError: not a size, or in a unit this does not know (the message says what to give).
+    """
+    if is_number(value):
+        return int(value)
+    match = re.fullmatch(_NUMBER + r"([KMGT]i?B?|B)?\s*", str(value), flags=re.IGNORECASE)
+    if not match:
+        raise ValueError(f"not a memory size: {value!r} (give e.g. 12GiB, 80GB, 512MiB or a number of bytes)")
+    number, unit = float(match.group(1)), (match.group(2) or "B").upper()
+    power = "BKMGT".index(unit[0]) if unit != "B" else 0
+    base = 1024 if "I" in unit or unit == "B" else 1000
+    return int(number * base**power)
+
+
+def parse_count(value: Any) -> int:
+    """A count of ``"5B"`` (billion), ``"500M"``, ``"1.5K"``, ``5e9`` or ``"5e9"``.
+
+    Raises:
+        ValueError: not a count, or in a unit this does not know.
+    """
+    if is_number(value):
+        return int(value)
+    match = re.fullmatch(_NUMBER + r"([A-Za-z]*)\s*", str(value))
+    if not match or match.group(2).upper() not in _COUNT_UNITS:
+        raise ValueError(f"not a parameter count: {value!r} (give e.g. 5B, 500M, 1.5K or 5e9)")
+    return int(round(float(match.group(1)) * _COUNT_UNITS[match.group(2).upper()]))
 
 
 class Options:

@@ -12,6 +12,12 @@ all its query heads). MLP units: blocks of ``channel_multiple`` weakest channels
 With ``uniform_heads`` (a run that targets the DeciLM export, whose query-head count is global), attention is
 removed only by one cross-layer unit: a slot of *every* layer at once, so all layers keep the same query heads
 and KV heads; a layer's whole attention may still go (DeciLM's ``no_op``) when ``min_heads`` is 0.
+
+A KV-cache budget (``kv_heads_to_remove``) is a second budget of the same global ranking, met by Lagrangian
+pricing: every KV head a unit removes lowers its score by a price ``lambda``, and ``lambda`` is the smallest (found
+by bisection) at which the ranking, filling the parameter budget, also removes that many KV heads. So KV groups go
+where they cost the least loss per parameter once their cache saving is priced in, and the parameter budget still
+decides how much goes in all.
 """
 
 from __future__ import annotations
@@ -90,6 +96,7 @@ class _Entry(NamedTuple):
     version: int  # the layer's version when priced: a stale entry is skipped
     cost: int
     action: _Action
+    kv_heads: int = 0  # KV heads the unit removes (its share of the KV-cache budget)
 
 
 @dataclass
@@ -212,6 +219,13 @@ def _apply(state: _Layer, action: _Action) -> None:
     state.version += 1
 
 
+def _kv_heads(state: _Layer, action: _Action) -> int:
+    """KV heads an action removes from a layer: whole groups, or every group when a slot takes the last query heads."""
+    if action.kind == "groups":
+        return len(action.arg)
+    return len(state.groups) if action.kind == "slot" and state.heads_per_group == 1 else 0
+
+
 def _to_plan(states: list[_Layer]) -> PruningPlan:
     layers = []
     for s in states:
@@ -229,39 +243,99 @@ def allocate(
     normalization: str = "param",
     constraints: Constraints = Constraints(),
     tolerance: int = 0,
+    kv_heads_to_remove: int = 0,
 ) -> PruningPlan:
     """Choose structures to remove (about ``params_to_remove`` decoder parameters) from the current model.
 
     Global allocation passes over a unit that would overshoot the budget by more than ``tolerance`` parameters
-    (a whole KV group, say) for the next-best one that fits, so targets are met closely.
+    (a whole KV group, say) for the next-best one that fits, so targets are met closely. ``kv_heads_to_remove``:
+    at least that many KV heads go too (a second budget, priced into the same ranking: see the module docstring;
+    global allocation only).
 
     Returns a plan whose indices refer to the current model. Raises :class:`PruningError` when the constraints
-    cannot remove that many parameters.
+    cannot remove that many parameters (or KV heads).
     """
     check_names(allocation, normalization)
-    states = [_initial_state(s, geometry, i) for i, s in enumerate(scores)]
-    if params_to_remove <= 0:
-        return _to_plan(states)
-    prunable = [i for i in range(len(states)) if i not in constraints.keep_dense]
-    if allocation == "global":
-        ranking_class = _UniformHeadsRanking if constraints.uniform_heads else _GlobalRanking
-        ranking = ranking_class(states, _normalised(scores, geometry, normalization), geometry, constraints,
-                                normalization)
-        ranking.remove(prunable, params_to_remove, tolerance)
-    else:
+    if params_to_remove <= 0 and kv_heads_to_remove <= 0:
+        return _to_plan([_initial_state(s, geometry, i) for i, s in enumerate(scores)])
+    prunable = [i for i in range(len(scores)) if i not in constraints.keep_dense]
+    if allocation != "global":
+        if kv_heads_to_remove > 0:
+            raise PruningError("a KV-cache budget needs global allocation (uniform removes the same share everywhere).")
+        states = [_initial_state(s, geometry, i) for i, s in enumerate(scores)]
         _allocate_uniform(states, prunable, geometry, params_to_remove, constraints)
-    return _to_plan(states)
+        return _to_plan(states)
+    ranked = _Ranked(scores, geometry, constraints, normalization, prunable, max(params_to_remove, 1), tolerance)
+    return _to_plan(ranked.with_kv_budget(kv_heads_to_remove))
+
+
+class _Ranked:
+    """The global ranking run with a price on KV heads: fresh keep-states for each price tried."""
+
+    def __init__(self, scores, geometry, constraints, normalization, prunable, budget, tolerance) -> None:
+        self.scores, self.geometry, self.constraints, self.mode = scores, geometry, constraints, normalization
+        self.normed = _normalised(scores, geometry, normalization)
+        self.prunable, self.budget, self.tolerance = prunable, budget, tolerance
+        self.kv0 = sum(s.num_key_value_heads for s in geometry.shapes)
+
+    def run(self, kv_price: float, kv_needed: int = 0) -> tuple[list[_Layer], int]:
+        """The keep-states after the ranking at this price, and the KV heads it removed. With ``kv_needed``, KV
+        units may overshoot the parameter budget until that many KV heads are gone."""
+        states = [_initial_state(s, self.geometry, i) for i, s in enumerate(self.scores)]
+        ranking_class = _UniformHeadsRanking if self.constraints.uniform_heads else _GlobalRanking
+        ranking = ranking_class(states, self.normed, self.geometry, self.constraints, self.mode, kv_price, kv_needed)
+        ranking.remove(self.prunable, self.budget, self.tolerance)
+        return states, self.kv0 - sum(len(s.groups) for s in states)
+
+    def with_kv_budget(self, kv_needed: int) -> list[_Layer]:
+        """The states of the lowest price at which at least ``kv_needed`` KV heads go (price 0 without a budget)."""
+        states, removed = self.run(0.0)
+        if kv_needed <= 0 or removed >= kv_needed:
+            return states
+        # A price at which it is met within the parameter budget: from the scale of the scores, doubled until it is.
+        scale = sum(float(t.abs().sum()) for s in self.normed for t in (s.query_heads, s.kv_heads) if t is not None)
+        low, high = 0.0, max(scale, 1e-12) * max(self.constraints.attention_weight, 1.0)
+        for _ in range(40):
+            best, removed = self.run(high)
+            if removed >= kv_needed:
+                break
+            low, high = high, 2 * high
+        else:
+            # This round's parameter budget is smaller than the KV heads it must lose (a rounding of the schedule):
+            # the KV budget wins, later rounds remove the rest.
+            best, removed = self.run(high, kv_needed)
+            if removed < kv_needed:
+                raise PruningError(f"the KV-cache budget ({kv_needed} KV heads) cannot be met under these constraints: "
+                                   "lower target_kv_cache or relax keep_dense / min_heads / tp_degree.")
+            return best
+        for _ in range(30):  # bisection to the lowest price that meets it: the least loss-inflating KV removal
+            middle = (low + high) / 2
+            states, removed = self.run(middle)
+            if removed >= kv_needed:
+                best, high = states, middle
+            else:
+                low = middle
+            if high - low <= 1e-4 * high:
+                break
+        return best
 
 
 class _GlobalRanking:
     """Greedy removal over the units of all layers, cheapest (normalised score per unit) first."""
 
     def __init__(self, states: list[_Layer], norm_scores: list[LayerScores], geometry: ModelGeometry,
-                 constraints: Constraints, mode: str) -> None:
+                 constraints: Constraints, mode: str, kv_price: float = 0.0, kv_needed: int = 0) -> None:
         self.states, self.geometry, self.constraints, self.mode = states, geometry, constraints, mode
         for state, s in zip(states, norm_scores):  # rank on normalised scores; raw ones only ordered structures
             state.head_score, state.kv_score, state.channel_score = s.query_heads, s.kv_heads, s.mlp_channels
         self.heap: list[_Entry] = []
+        self.kv_price, self.kv_needed, self.kv_removed = kv_price, kv_needed, 0
+
+    def push(self, i: int, unit: _Unit, score: float) -> None:
+        """Price ``unit`` of layer ``i`` at ``score`` (weights applied) less the price of the KV heads it removes."""
+        kv = _kv_heads(self.states[i], unit.action)
+        priced = unit._replace(score=score - self.kv_price * kv)
+        heapq.heappush(self.heap, _Entry(self._key(priced), i, self.states[i].version, unit.cost, unit.action, kv))
 
     def _key(self, unit: _Unit) -> float:
         # "param": expected loss per parameter removed (a knapsack greedy); otherwise the mean normalised score of
@@ -282,8 +356,7 @@ class _GlobalRanking:
             elif c.layer_balance:
                 base = c.base_widths[i] if c.base_widths else self.geometry.shapes[i].intermediate_size
                 score *= 1 + c.layer_balance * (1 - len(s.channels) / max(base, 1))
-            priced = unit._replace(score=score)
-            heapq.heappush(self.heap, _Entry(self._key(priced), i, s.version, unit.cost, unit.action))
+            self.push(i, unit, score)
 
     def is_current(self, entry: _Entry) -> bool:
         """Whether ``entry`` was priced on its layer as it is now (else it is stale and skipped)."""
@@ -316,11 +389,13 @@ class _GlobalRanking:
             entry = heapq.heappop(self.heap)
             if not self.is_current(entry):
                 continue  # stale: this layer changed since the unit was priced
-            if removed + entry.cost > budget + tolerance:
+            kv_wanted = entry.kv_heads and self.kv_removed < self.kv_needed  # the KV budget may overshoot the other
+            if removed + entry.cost > budget + tolerance and not kv_wanted:
                 skipped.append(entry)  # would overshoot: a smaller unit (or a smaller part of this layer) fits better
                 continue
             self.apply(entry)
             removed += entry.cost
+            self.kv_removed += entry.kv_heads
 
 
 class _UniformHeadsRanking(_GlobalRanking):
@@ -350,8 +425,7 @@ class _UniformHeadsRanking(_GlobalRanking):
             if unit.action.kind == "channels" and c.layer_balance:
                 base = c.base_widths[i] if c.base_widths else self.geometry.shapes[i].intermediate_size
                 score *= 1 + c.layer_balance * (1 - len(s.channels) / max(base, 1))
-            priced = unit._replace(score=score)
-            heapq.heappush(self.heap, _Entry(self._key(priced), i, s.version, unit.cost, unit.action))
+            self.push(i, unit, score)
 
     def price_slot(self) -> None:
         """Push the cross-layer slot, if every attention layer can give one up and stay like the others."""

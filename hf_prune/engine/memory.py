@@ -23,7 +23,6 @@ overhead per device. Imports neither torch nor transformers unless devices must 
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -32,8 +31,9 @@ from typing import Any
 from ..config import COMPENSATION_MAX_FOLDS, PruneConfig
 from ..errors import InsufficientMemoryError, PruningError
 from ..format.geometry import ModelGeometry, config_mapping
-from ..options import is_number
+from ..options import parse_bytes
 from .schedule import get_schedule
+from .targets import resolve_targets
 
 __all__ = ["ModelDims", "MemoryPlan", "DevicePlan", "memory_plan", "parse_size", "check_fits", "format_bytes",
            "device_capacities", "fit_options", "plan_for_devices", "split_layers"]
@@ -51,16 +51,11 @@ def format_bytes(n: float) -> str:
 
 
 def parse_size(value: int | float | str) -> int:
-    """Bytes of ``"75GiB"``, ``"80GB"``, ``"512MiB"`` or a number (bytes)."""
-    if is_number(value):
-        return int(value)
-    match = re.fullmatch(r"\s*([0-9.]+)\s*([KMGT]i?B?|B)?\s*", str(value), flags=re.IGNORECASE)
-    if not match:
-        raise PruningError(f"not a memory size: {value!r} (give e.g. 75GiB, 80GB or a number of bytes).")
-    number, unit = float(match.group(1)), (match.group(2) or "B").upper()
-    power = "BKMGT".index(unit[0]) if unit != "B" else 0
-    base = 1024 if "I" in unit or unit == "B" else 1000
-    return int(number * base**power)
+    """Bytes of ``"75GiB"``, ``"80GB"``, ``"512MiB"`` or a number (bytes) (:func:`hf_prune.options.parse_bytes`)."""
+    try:
+        return parse_bytes(value)
+    except ValueError as err:
+        raise PruningError(f"{err}.") from None
 
 
 # ---- the model's sizes ---------------------------------------------------------------------------------------
@@ -137,6 +132,21 @@ class ModelDims:
 
     def total_params(self, keep: float = 1.0) -> int:
         return self.embedding_params + self.head_params + sum(self.layer_params(i, keep) for i in range(len(self.layers)))
+
+    # ---- serving: the weights and the KV cache ----
+    @property
+    def kv_heads(self) -> int:
+        """KV heads of every layer together (the KV cache per token is ``2 x kv_heads x head_dim`` values)."""
+        return sum(kv for _, kv, _ in self.layers)
+
+    def kv_cache_bytes(self, context_length: int, batch_size: int = 1) -> int:
+        """Bytes of the KV cache of ``batch_size`` sequences of ``context_length`` tokens (keys and values of every KV
+        head, in the dtype of the weights: what transformers' cache holds)."""
+        return batch_size * context_length * 2 * self.kv_heads * self.head_dim * self.dtype_bytes
+
+    def serving_bytes(self, context_length: int, batch_size: int = 1) -> int:
+        """The weights in their dtype plus the KV cache at that context: what ``target_memory`` budgets."""
+        return self.total_params() * self.dtype_bytes + self.kv_cache_bytes(context_length, batch_size)
 
     # ---- activations (bytes per token) ----
     def layer_activations(self, index: int, eager: bool = False, seq_len: int = 0) -> int:
@@ -361,9 +371,9 @@ def memory_plan(model_or_config: Any, config: PruneConfig | Mapping[str, Any] | 
     Returns:
         A :class:`MemoryPlan`; ``str(plan)`` is a table per device, ``plan.fits`` the verdict.
     """
-    c = PruneConfig.coerce(config).resolved()
     m = ModelDims.from_model(model_or_config) if hasattr(model_or_config, "parameters") else \
         ModelDims.from_config(model_or_config, dtype)
+    c = resolve_targets(PruneConfig.coerce(config).resolved(), m)  # parameter / memory targets: their sparsities
     devs = list(devices) if devices else [("device", None)]  # no devices given: one of unknown capacity
     split = len(devs) > 1 if split is None else split
     layout = f"layers split over {len(devs)} devices" if split else "one device" if len(devs) == 1 else \

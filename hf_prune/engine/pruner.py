@@ -12,7 +12,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,10 +37,12 @@ from .distributed import TRAFFIC, is_main, shard, world_size
 from .fsdp import check_config as check_fsdp
 from .fsdp import shard_model
 from .importance import get_importance
+from .memory import ModelDims
 from .objectives import get_objective
 from .priors import check_memory, choose_plan, holdout_windows, is_auto, start_priors
 from .schedule import check_schedule, get_schedule
 from .structures import LayerScores, kv_cache_per_token
+from .targets import check_targets, keep_dense_layers, kv_heads_at, level_targets, resolve_targets
 
 __all__ = ["Pruner", "prune", "PruneResult", "StepLog", "STATE_FILE"]
 
@@ -103,25 +105,13 @@ class PruneResult:
 
     def summary(self) -> str:
         """A markdown table: level, measured sparsity, KV-cache reduction."""
-        rows = ["| target | decoder params removed | KV cache removed |", "|---|---|---|"]
+        rows = ["| level | decoder params removed | KV cache removed |", "|---|---|---|"]
         for s in sorted(self.plans):
-            rows.append(f"| {s:.0%} | {self.sparsity[s]:.2%} | {self.kv_cache_reduction[s]:.2%} |")
+            rows.append(f"| {self.config.name_of(s)} | {self.sparsity[s]:.2%} | {self.kv_cache_reduction[s]:.2%} |")
         return "\n".join(rows)
 
 
 # ---- model-dependent checks --------------------------------------------------------------------------------
-def _keep_dense_layers(keep_dense: str | Iterable[int] | None, num_layers: int) -> frozenset[int]:
-    if keep_dense is None:
-        return frozenset()
-    if keep_dense == "gisp":  # GISP leaves layers < int(0.1 L) and the last layer dense
-        return frozenset(range(int(0.1 * num_layers))) | {num_layers - 1}
-    layers = frozenset(int(i) for i in keep_dense)
-    bad = sorted(i for i in layers if not 0 <= i < num_layers)
-    if bad:
-        raise PruningError(f"keep_dense layers {bad} are out of range for a model with {num_layers} layers.")
-    return layers
-
-
 def _max_removable(geometry: ModelGeometry, c: Constraints) -> int:
     """Decoder parameters the constraints allow removing at most (checked before any scoring)."""
     total = 0
@@ -143,7 +133,7 @@ def _constraints(config: PruneConfig, geometry: ModelGeometry) -> Constraints:
     """The config's constraints for this model, refused if the model cannot satisfy them."""
     # An "auto" prior's placeholder (the neutral value) is replaced by each candidate's (engine.priors).
     weight, balance = (v if is_number(v) else d for v, d in ((config.attention_weight, 1.0), (config.layer_balance, 0.0)))
-    c = Constraints(_keep_dense_layers(config.keep_dense, len(geometry.shapes)), config.min_heads,
+    c = Constraints(keep_dense_layers(config.keep_dense, len(geometry.shapes)), config.min_heads,
                     config.min_channels, config.channel_multiple, config.tp_degree, float(weight), float(balance),
                     tuple(s.intermediate_size for s in geometry.shapes), bool(config.uniform_heads))
     heads = sorted({s.num_attention_heads for s in geometry.shapes if s.num_attention_heads})
@@ -226,16 +216,18 @@ class Pruner:
     def __init__(self, model, tokenizer: Any, calibration: Any, config: PruneConfig | Mapping | None = None, *,
                  show_progress: bool = True, **overrides: Any) -> None:
         check_supported(model)
-        self.config = PruneConfig.coerce(config, **overrides).resolved()
+        geometry = ModelGeometry.of(model)
+        # Parameter and memory targets become each level's decoder sparsity on this model (refused if unreachable).
+        self.config = resolve_targets(PruneConfig.coerce(config, **overrides).resolved(), ModelDims.from_model(model))
         c = self.config
         self.model, self.tokenizer, self.show_progress = model, tokenizer, show_progress
         self.calibration = as_calibration(calibration)
         check_fsdp(c)
         self.criterion = get_importance(c.importance, seed=c.seed)
         self.objective = get_objective(c.objective)
-        geometry = ModelGeometry.of(model)
         self.base_params = geometry.total_params()
         self.constraints = _constraints(c, geometry)
+        check_targets(c, geometry)
         self.schedule = check_schedule(get_schedule(c.schedule)(list(c.target_sparsity), c.steps), c.target_sparsity)
         # Where inputs go: the embeddings' device (a model dispatched by accelerate moves them on from there).
         self.device = model.get_input_embeddings().weight.device
@@ -317,6 +309,9 @@ class Pruner:
         geometry = ModelGeometry.of(self.current)
         budget = int(round(point * self.base_params)) - (self.base_params - geometry.total_params())
 
+        kv0 = self._kv0 // 2  # the dense model's KV heads (the cache holds a key and a value per head)
+        kv_gone = kv0 - sum(s.num_key_value_heads for s in geometry.shapes)
+        kv_budget = max(0, kv_heads_at(self.config, point, kv0) - kv_gone)  # the KV-cache targets' share of the round
         recorder = LossRecorder(self.objective)
         fresh = self.scores is None or self.config.steps > 1
         TRAFFIC.reset()
@@ -326,7 +321,7 @@ class Pruner:
         sent, calls = TRAFFIC.reset()
         if calls:
             logger.info("round %d: all-reduced %d bytes in %d calls", step + 1, sent, calls)
-        plan, priors = self._allocate(geometry, budget)
+        plan, priors = self._allocate(geometry, budget, kv_budget)
         self.scores = _remap(self.scores, plan)
         self.cumulative = self.cumulative.compose(plan)
         c = self.config
@@ -341,8 +336,10 @@ class Pruner:
                         recorder.per_domain(), time.perf_counter() - t0, fresh, priors)
         self.log.append(entry)
         if point in c.target_sparsity:
+            level = next(t for t in level_targets(c) if t.sparsity == point)
+            targets = {} if c.size_target == "sparsity" and c.target_kv_cache is None else {"targets": level.asked(c)}
             self.plans[point] = PruningPlan(layers=self.cumulative.layers, metadata={
-                "method": c.method, "target_sparsity": point, "sparsity": sparsity,
+                "method": c.method, "level": level.name, **targets, "target_sparsity": point, "sparsity": sparsity,
                 "kv_cache_reduction": 1 - kv_cache_per_token(after.shapes) / self._kv0,
                 "base_model": getattr(self.model.config, "_name_or_path", None) or None, "seed": c.seed,
                 "compensation": None if not c.compensation else {
@@ -355,13 +352,16 @@ class Pruner:
         self.next_step += 1
         return entry
 
-    def _allocate(self, geometry: ModelGeometry, budget: int) -> tuple[PruningPlan, dict[str, Any] | None]:
-        """The round's plan (of the current model); with "auto" priors, the candidates' best and what was measured."""
+    def _allocate(self, geometry: ModelGeometry, budget: int, kv_budget: int = 0
+                  ) -> tuple[PruningPlan, dict[str, Any] | None]:
+        """The round's plan (of the current model); with "auto" priors, the candidates' best and what was measured.
+        ``kv_budget``: KV heads the round removes at least (the levels' KV-cache targets)."""
         c = self.config
 
         def allocate_with(constraints: Constraints) -> PruningPlan:
             return allocate(self.scores, geometry, budget, allocation=c.allocation, normalization=c.normalization,
-                            constraints=constraints, tolerance=int(0.002 * self.base_params)).explicit(geometry.shapes)
+                            constraints=constraints, tolerance=int(0.002 * self.base_params),
+                            kv_heads_to_remove=kv_budget).explicit(geometry.shapes)
 
         if self.holdout is None:
             return allocate_with(self.constraints), None

@@ -71,6 +71,9 @@ class CardInfo:
             "pruned_tokens_per_s": 14.2, "batch_size": 1}``.
         other_levels: ``(sparsity, branch)`` of every level of the same run (this one included or not).
         branch: the branch this card is published on (e.g. ``"sparsity-30"``).
+        targets: what the level was asked (``asked``: ``params``, ``memory_bytes`` with ``context_length`` and
+            ``batch_size``, ``sparsity``, ``kv_cache_reduction``), what it reached (``reached``: the same measured,
+            and ``dtype``) and whether it met each (``met``); ``None``: not stated.
     """
 
     base_model: str | None
@@ -98,6 +101,7 @@ class CardInfo:
     speed: Mapping[str, Any] | None = None
     other_levels: Sequence[tuple[float, str]] = field(default_factory=list)
     branch: str
+    targets: Mapping[str, Any] | None = None
 
     def validate(self) -> None:
         """Raise :class:`ModelCardError` naming the first inconsistent field."""
@@ -318,7 +322,28 @@ def _size_rows(info: CardInfo) -> list[list[str]]:
         ("parameters after", _count(info.params_after)),
         ("parameters removed", f"{_count(removed)}, {_pct(removed / info.params_before)} of all parameters"),
         ("KV-cache reduction", _pct(info.kv_cache_reduction)),
-    ])
+    ]) + _target_rows(info.targets)
+
+
+def _bytes(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def _target_rows(targets: Mapping[str, Any] | None) -> list[list[str]]:
+    """One row per target the level was given (asked, reached, met), and its memory at the stated context."""
+    if not targets:
+        return []
+    asked, reached, met = targets["asked"], targets["reached"], targets.get("met", {})
+    context = f"{reached['context_length']:,} tokens x {reached['batch_size']}, {reached['dtype']}"
+    shown = {"params": ("target: parameters", _count),
+             "memory_bytes": (f"target: memory (weights + KV cache at {context})", _bytes),
+             "sparsity": ("target: sparsity of the decoder layers", _pct),
+             "kv_cache_reduction": ("target: KV cache removed", _pct)}
+    rows = [(shown[k][0], f"{shown[k][1](v)} asked, {shown[k][1](reached[k])} reached: "
+                          f"{'met' if met.get(k) else 'NOT met'}") for k, v in asked.items() if k in shown]
+    if "memory_bytes" not in asked:
+        rows.append((f"memory (weights + KV cache at {context})", _bytes(reached["memory_bytes"])))
+    return _cells(rows)
 
 
 def _change(before: float | None, after: float | None) -> str:

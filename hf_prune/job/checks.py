@@ -39,12 +39,13 @@ class CheckedInputs:
     source: Any = None
 
 
-def resolve_primary(primary: float | str | None, levels: list[float]) -> float:
-    """The level for ``main``: ``primary`` as a sparsity or a level name; ``None`` gives the lowest level."""
+def resolve_primary(primary: float | str | None, levels: list[float], names: list[str] | None = None) -> float:
+    """The level for ``main``: ``primary`` as a sparsity or a level name (``names``: the levels' names, default
+    ``sparsity-XX``); ``None`` gives the lowest level."""
     if primary is None:
         return levels[0]
     if isinstance(primary, str):
-        by_name = {level_name(s): s for s in levels}
+        by_name = dict(zip(names or [level_name(s) for s in levels], levels))
         if primary in by_name:
             return by_name[primary]
         try:
@@ -139,7 +140,8 @@ def check_inputs(*, model: ModelArguments | None = None, data: DataArguments | N
     """
     from ..data.calibration import as_calibration
     from ..data.spec import check_overlap
-    primary = resolve_primary(output.primary, list(config.target_sparsity)) if output and config else None
+    named = output is not None and config is not None and config.size_target == "sparsity"
+    primary = resolve_primary(output.primary, list(config.target_sparsity), list(config.level_names())) if named else None
     out = _check_outputs(output, run, config)
     repo_id = _push_target(output) if output else None
     tasks = _check_evaluation(evaluation) if evaluation else None
@@ -158,4 +160,25 @@ def check_inputs(*, model: ModelArguments | None = None, data: DataArguments | N
 
         resolve_token(model.token if model else None)
     source = _check_model(model) if model is not None else None
+    if output is not None and config is not None and not named:  # parameter / memory levels: known on the model
+        levels = _resolved(config, model, source).target_sparsity
+        primary = resolve_primary(output.primary, list(levels), list(config.level_names()))
     return CheckedInputs(calibration, evals, tasks, out, repo_id, primary, source)
+
+
+def _resolved(config: PruneConfig, model: ModelArguments | None, source: Any) -> PruneConfig:
+    """``config``'s parameter or memory targets resolved on the model (its ``config.json``, or the loaded model):
+    refused here, before loading, when the model cannot reach them."""
+    if model is None:
+        raise PruningError(f"target_{config.size_target} levels are resolved on a model: give the model.")
+    if source is None:  # a loaded model
+        from ..engine.memory import ModelDims
+        from ..engine.targets import check_targets, resolve_targets
+
+        dims = ModelDims.from_model(model.model)
+        resolved = resolve_targets(config.resolved(), dims)
+        check_targets(resolved, dims.geometry)
+        return resolved
+    from .memory import check_levels, model_config
+
+    return check_levels(model_config(source, revision=model.revision, token=model.token), config, model.torch_dtype)

@@ -43,7 +43,7 @@ def level_folders(paths: list[str]) -> dict[str, Path]:
     Raises:
         PushArgumentError, ModelLoadError: naming the first folder that is not such a level.
     """
-    from ..config import level_name
+    from ..config import LEVEL_NAME, level_name
     from ..format.checkpoint import check_checkpoint
 
     folders: dict[str, Path] = {}
@@ -51,15 +51,17 @@ def level_folders(paths: list[str]) -> dict[str, Path]:
         if (given / "config.json").is_file():
             candidates = [given]
         else:  # an output dir: its level folders
-            candidates = sorted(p for p in given.glob("sparsity-*") if (p / "config.json").is_file()) if given.is_dir() else []
+            candidates = sorted(p for p in given.glob("*-*") if LEVEL_NAME.fullmatch(p.name)
+                                and (p / "config.json").is_file()) if given.is_dir() else []
             if not candidates:
                 raise PushArgumentError(f"{given} is neither a checkpoint folder (config.json) nor a folder of "
                                         "sparsity-XX/ level folders")
         for folder in candidates:
             if folder.name in folders:
                 raise PushArgumentError(f"two folders would go to branch {folder.name!r}")
-            target = check_checkpoint(folder).metadata.get("target_sparsity")
-            if target is None or folder.name != level_name(target):
+            metadata = check_checkpoint(folder).metadata
+            target = metadata.get("target_sparsity")
+            if target is None or folder.name != (metadata.get("level") or level_name(target)):
                 raise PushArgumentError(f"{folder} holds the level of sparsity {target} by its pruning plan, but its "
                                         f"name makes it branch {folder.name!r}: push level folders as hf-prune named "
                                         "them.")
@@ -68,14 +70,20 @@ def level_folders(paths: list[str]) -> dict[str, Path]:
 
 
 def primary_branch(primary: str | None, branches: list[str]) -> str:
-    """The branch for main among level branches ``sparsity-XX`` (others sort last), as prune_and_push picks it."""
+    """The branch for main among level branches (``sparsity-XX``, ``params-5B``, ``memory-12GiB``: the least pruned;
+    others sort last), as prune_and_push picks it."""
+    from ..options import parse_bytes, parse_count
     if primary in branches:
         return primary
 
     def level(branch: str) -> float:
+        """How much a level removes, for ordering: its sparsity, or a larger size target first."""
+        kind, _, size = branch.partition("-")
+        size = size.split("-kv-")[0]
         try:
-            return float(branch.split("-", 1)[1]) / 100
-        except (IndexError, ValueError):
+            return {"sparsity": lambda: float(size) / 100, "params": lambda: -parse_count(size),
+                    "memory": lambda: -parse_bytes(size)}[kind]()
+        except (KeyError, ValueError):
             return float("inf")
 
     levels = {level(b): b for b in branches if level(b) != float("inf")}

@@ -9,9 +9,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import PruneConfig, level_name
+from ..config import PruneConfig
 from .arguments import EvaluationArguments, ModelArguments
-from .record import DenseRecord, LevelRecord
+from .record import DenseRecord, LevelRecord, level_record
 
 __all__ = ["load_tokenizer", "load_model", "Evaluator", "LevelBuilder"]
 
@@ -100,6 +100,10 @@ class LevelBuilder:
     ledger: Any = None  # a LevelLedger: the levels an interrupted run saved (kept), and where this one notes its own
     teacher_cache: Any = None
 
+    def name(self, s: float) -> str:
+        """The level's folder and branch name (``sparsity-30``, ``params-5B``, ``memory-12GiB-kv-50``)."""
+        return self.result.config.name_of(s)
+
     def _pruned(self, s: float):
         """The level's model: the run's own top level (a copy when recovery will train it), else rebuilt."""
         if s == self.result.config.target_sparsity[-1] and self.result.model is not None:
@@ -116,16 +120,16 @@ class LevelBuilder:
         from ..recovery.distill import recover
 
         config: PruneConfig = self.result.config
-        logger.info("recovering %s: %s on %s tokens", level_name(s), config.recovery.method,
+        logger.info("recovering %s: %s on %s tokens", self.name(s), config.recovery.method,
                     f"{config.recovery.tokens_used:,}")
-        state = Path(self.state_dir) / "recovery" / level_name(s) if self.state_dir is not None else None
+        state = Path(self.state_dir) / "recovery" / self.name(s) if self.state_dir is not None else None
         trained = recover(pruned, self.model, self.tokenizer, None, config.recovery, windows=self.windows,
                           state_dir=state, show_progress=self.show_progress, teacher_cache=self.teacher_cache)
         self.teacher_cache = trained.teacher_cache
         if record is None:  # a process other than rank 0: it trains alongside, rank 0 evaluates and saves
             return trained.model
         record.recovery = trained
-        record.recovered_perplexity, record.recovered_accuracy = self.evaluate(trained.model, f"{level_name(s)} recovered")
+        record.recovered_perplexity, record.recovered_accuracy = self.evaluate(trained.model, f"{self.name(s)} recovered")
         return trained.model
 
     def follow(self, s: float) -> None:
@@ -143,23 +147,22 @@ class LevelBuilder:
 
         plan = self.result.plans[s]
         plan = type(plan)(layers=plan.layers, metadata={**plan.metadata, **self.plan_metadata})
-        saved = self.ledger.saved(level_name(s), plan.to_dict()) if self.ledger is not None else None
+        saved = self.ledger.saved(self.name(s), plan.to_dict()) if self.ledger is not None else None
         if saved is not None:
-            return LevelRecord.from_state(saved, self.out / level_name(s))
+            return LevelRecord.from_state(saved, self.out / self.name(s))
         pruned = self._pruned(s)
-        record = LevelRecord(s, self.result.sparsity[s], self.result.kv_cache_reduction[s],
-                             sum(p.numel() for p in pruned.parameters()), [])
-        record.perplexity, record.accuracy = self.evaluate(pruned, level_name(s))
+        record = level_record(self.result, s, self.model, pruned)
+        record.perplexity, record.accuracy = self.evaluate(pruned, self.name(s))
         if self.windows is not None:
             pruned = self._recover(pruned, s, record)
         record.layers = [asdict(shape) for shape in layer_shapes(pruned)]
         # A folder the interrupted run left (one that did not verify) is this run's to replace.
-        replace = self.overwrite or (self.ledger is not None and self.ledger.knows(level_name(s)))
-        record.folder = save_level(self.out / level_name(s), pruned, self.tokenizer, plan=plan,
+        replace = self.overwrite or (self.ledger is not None and self.ledger.knows(self.name(s)))
+        record.folder = save_level(self.out / self.name(s), pruned, self.tokenizer, plan=plan,
                                    config=self.result.config, evaluation=record.eval_results(base_name, dense),
                                    overwrite=replace)
         if self.ledger is not None:
-            self.ledger.record(level_name(s), plan.to_dict(), record.to_state())
+            self.ledger.record(self.name(s), plan.to_dict(), record.to_state())
         del pruned
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

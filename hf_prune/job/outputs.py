@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import PruneConfig
+from ..config import LEVEL_NAME, PruneConfig
 from ..errors import OutputExistsError
 from ..fileio import check_output_dir, check_writable, write_text_atomic
 from ..format.checkpoint import PLAN_FILE
@@ -34,8 +34,8 @@ logger = logging.getLogger(__name__)
 
 #: The record of the levels an interrupted run saved, in its ``state_dir``.
 LEDGER_FILE = "levels.json"
-_LEVEL = re.compile(r"sparsity-[0-9.]+")
-_LEFTOVER = re.compile(r"\.(sparsity-[0-9.]+\.(partial|old)|hf-prune-probe)-.+")
+_LEVEL = LEVEL_NAME
+_LEFTOVER = re.compile(rf"\.(({LEVEL_NAME.pattern})\.(partial|old)|hf-prune-probe)-.+")
 # Written into a level folder after it is saved (and its checksums recorded): not part of what is verified.
 _CARD_FILES = frozenset({"README.md", "layer_sizes.png"})
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..config import level_name
 
-__all__ = ["DenseRecord", "LevelRecord", "accuracy_columns"]
+__all__ = ["DenseRecord", "LevelRecord", "level_record", "accuracy_columns"]
 
 
 def _dict(report: Any) -> dict[str, Any] | None:
@@ -51,6 +51,9 @@ class LevelRecord:
         recovery: its :class:`~hf_prune.recovery.RecoveryResult` (``None``: not recovered);
         recovered_perplexity, recovered_accuracy: its reports after recovery.
         folder: where it was saved.
+        name: its folder and branch name (``None``: the sparsity's, ``sparsity-30``).
+        targets: what it was asked, what it reached (parameters counted from its weights, memory at the run's
+            context, KV cache removed) and whether it met each target (:func:`hf_prune.engine.targets.measured`).
     """
 
     target: float
@@ -64,10 +67,12 @@ class LevelRecord:
     recovered_perplexity: Any = None
     recovered_accuracy: Any = None
     folder: Path | None = None
+    name: str | None = None
+    targets: dict[str, Any] | None = None
 
     @property
     def branch(self) -> str:
-        return level_name(self.target)
+        return self.name or level_name(self.target)
 
     @property
     def own_accuracy(self) -> Any:
@@ -78,6 +83,8 @@ class LevelRecord:
         """The level's entry in :attr:`PruneAndPushResult.metrics` (see there)."""
         out: dict[str, Any] = {"branch": self.branch, "target_sparsity": self.target, "sparsity": self.sparsity,
                                "kv_cache_reduction": self.kv_cache_reduction, "params": self.params}
+        if self.targets is not None:
+            out["targets"] = self.targets
         if self.perplexity is not None:
             out["perplexity"] = self.perplexity.to_dict()
         if self.accuracy is not None:
@@ -93,7 +100,8 @@ class LevelRecord:
     def to_state(self) -> dict[str, Any]:
         """Everything but the folder, JSON-ready: what a resumed run reads back with :meth:`from_state`."""
         return {"target": self.target, "sparsity": self.sparsity, "kv_cache_reduction": self.kv_cache_reduction,
-                "params": self.params, "layers": self.layers, "perplexity": _dict(self.perplexity),
+                "params": self.params, "layers": self.layers, "name": self.name, "targets": self.targets,
+                "perplexity": _dict(self.perplexity),
                 "accuracy": _dict(self.accuracy), "recovery": _dict(self.recovery),
                 "recovered_perplexity": _dict(self.recovered_perplexity),
                 "recovered_accuracy": _dict(self.recovered_accuracy)}
@@ -112,7 +120,8 @@ class LevelRecord:
                    perplexity=load(PerplexityReport, "perplexity"), accuracy=load(AccuracyReport, "accuracy"),
                    recovery=load(RecoveryResult, "recovery"),
                    recovered_perplexity=load(PerplexityReport, "recovered_perplexity"),
-                   recovered_accuracy=load(AccuracyReport, "recovered_accuracy"), folder=folder)
+                   recovered_accuracy=load(AccuracyReport, "recovered_accuracy"), folder=folder,
+                   name=data.get("name"), targets=data.get("targets"))
 
     def eval_results(self, base_model: str, dense: DenseRecord) -> dict[str, Any]:
         """What the level's ``eval_results.json`` holds: perplexity of dense, pruned (and recovered); accuracy of
@@ -121,6 +130,7 @@ class LevelRecord:
             "base_model": base_model, "branch": self.branch, "target_sparsity": self.target,
             "sparsity": self.sparsity, "kv_cache_reduction": self.kv_cache_reduction,
             "params_before": dense.params, "params_after": self.params,
+            **({} if self.targets is None else {"targets": self.targets}),
             "dense": _dict(dense.perplexity), "pruned": _dict(self.perplexity)}
         if self.recovery is not None:
             out["recovered"] = _dict(self.recovered_perplexity)
@@ -129,6 +139,19 @@ class LevelRecord:
             out["accuracy"] = {k: v.to_dict() for k, v in (("dense", dense.accuracy), ("pruned", self.accuracy),
                                                            ("recovered", self.recovered_accuracy)) if v is not None}
         return out
+
+
+def level_record(result: Any, sparsity: float, model: Any, pruned: Any) -> LevelRecord:
+    """The record of a level just built: ``pruned``, the level at ``sparsity`` of ``result`` (a
+    :class:`~hf_prune.PruneResult`), pruned from ``model``; its name, sizes and targets, nothing evaluated yet."""
+    from ..engine.memory import ModelDims
+    from ..engine.targets import measured
+
+    config = result.config
+    params = sum(p.numel() for p in pruned.parameters())
+    targets = measured(config, sparsity, ModelDims.from_model(model), ModelDims.from_model(pruned), params)
+    return LevelRecord(sparsity, result.sparsity[sparsity], result.kv_cache_reduction[sparsity], params, [],
+                       name=config.name_of(sparsity), targets=targets)
 
 
 def accuracy_columns(metrics: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ..config import PruneConfig, level_name
+from ..config import PruneConfig
 from .arguments import (DEFAULT_CALIBRATION, DataArguments, EvaluationArguments, ModelArguments, OutputArguments,
                         RunArguments)
 from .checks import CheckedInputs, check_inputs
@@ -209,7 +209,7 @@ def _check_memory(job: Job, source: Any) -> None:
 def _prune(model, tokenizer, job: Job, checked: CheckedInputs):
     from ..engine.pruner import prune
 
-    logger.info("pruning to %s with %s", ", ".join(f"{s:.0%}" for s in job.config.target_sparsity), job.config.method)
+    logger.info("pruning to %s with %s", ", ".join(job.config.level_names()), job.config.method)
     return prune(model, tokenizer, checked.calibration, job.config, state_dir=job.run.state_dir,
                  show_progress=job.run.show_progress)
 
@@ -288,7 +288,8 @@ def _push(job: Job, checked: CheckedInputs, folders) -> list[Any]:
         return []
     from ..hub.push import push_pruned_folders
 
-    logger.info("pushing %d level(s) to %s (main = %s)", len(folders), checked.repo_id, level_name(checked.primary))
-    return push_pruned_folders(checked.repo_id, {level_name(s): f for s, f in folders.items()},
-                               primary=level_name(checked.primary), token=job.model.token, private=job.output.private,
+    name = Path(folders[checked.primary]).name  # each level's folder is named as its branch
+    logger.info("pushing %d level(s) to %s (main = %s)", len(folders), checked.repo_id, name)
+    return push_pruned_folders(checked.repo_id, {Path(f).name: f for f in folders.values()},
+                               primary=name, token=job.model.token, private=job.output.private,
                                overwrite=job.output.overwrite, endpoint=job.output.endpoint)

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import CONFIG_FILE, PruneConfig, level_name
+from ..config import CONFIG_FILE, PruneConfig
 from ..format.plan import PruningPlan
 from .record import DenseRecord, LevelRecord
 
@@ -186,7 +186,8 @@ def level_card(base: BaseModelInfo, record: LevelRecord, dense: DenseRecord, *, 
         eval_after=record.perplexity.per_domain if record.perplexity is not None else {}, eval_seq_len=eval_seq_len,
         eval_recovered=record.recovered_perplexity.per_domain if record.recovered_perplexity is not None else {},
         recovery=recovery_description(record.recovery) if record.recovery is not None else None,
-        **accuracy, other_levels=[(s, level_name(s)) for s in config.target_sparsity], branch=record.branch,
+        **accuracy, other_levels=[(s, config.name_of(s)) for s in config.target_sparsity], branch=record.branch,
+        targets=record.targets,
     )
 
 
