@@ -23,12 +23,10 @@ import time
 from pathlib import Path
 
 import torch
-from common import DOMAINS, MODELS, ROOT, calib_file, corpus_dir, load_model
+from common import DOMAINS, MODELS, ROOT, add_suite_arguments, calib_file, corpus_dir, load_model, zero_shot_suite
 
 from hf_prune import CalibrationMix, evaluate_tasks, prune
-from hf_prune.accuracy import prepare_tasks
-from hf_prune.data.zero_shot import build_zero_shot_suite
-from hf_prune.fileio import cache_dir, write_text_atomic
+from hf_prune.fileio import write_text_atomic
 
 
 def mix_of(corpus: Path, domains: list[str]) -> CalibrationMix:
@@ -85,23 +83,18 @@ def main() -> None:
     parser.add_argument("--num-samples", type=int, default=32)
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--limit", type=int, default=None, help="questions per task at most")
-    parser.add_argument("--max-records", type=int, default=200, help="questions per task in the built suite")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--suite", default=None,
-                        help="where the suite's .jsonl files go (default: ~/.cache/hf_prune/zero_shot_suite)")
+    add_suite_arguments(parser)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     corpus = corpus_dir("bench_zero_shot")
     out = Path(args.out or ROOT / "benchmarks" / "results" / f"zero_shot_{args.model}.json")
-    # Outside the repository by default: the suite is corpus text, which the project does not vendor.
-    suite_dir = Path(args.suite) if args.suite else cache_dir() / "zero_shot_suite"
-    written = build_zero_shot_suite(corpus, suite_dir, max_records=args.max_records)
-    print(f"suite: {', '.join(written)} in {suite_dir}", flush=True)
-    suite = prepare_tasks([str(p) for p in written.values()])
+    suite, written = zero_shot_suite(corpus, args)
+    print(f"suite: {', '.join(written)}", flush=True)
     model, tokenizer = tiny_model() if args.model == "tiny" else load_model(args.model)
     sparsities = [float(s) for s in args.sparsities.split(",") if s]
     results = {"model": args.model, "method": args.method, "settings": vars(args),

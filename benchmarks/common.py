@@ -36,6 +36,26 @@ def calib_file(corpus: Path, domain: str) -> str:
     return str(corpus / "calib" / f"{domain}.jsonl")
 
 
+def add_suite_arguments(parser) -> None:
+    """``--suite`` and ``--max-records``: where the local zero-shot suite goes and how many questions per task."""
+    parser.add_argument("--max-records", type=int, default=200, help="questions per task in the built suite")
+    parser.add_argument("--suite", default=None,
+                        help="where the suite's .jsonl files go (default: ~/.cache/hf_prune/zero_shot_suite)")
+
+
+def zero_shot_suite(corpus: Path, args):
+    """The local zero-shot suite (:mod:`hf_prune.data.zero_shot`) built from ``corpus`` and loaded by lm-eval:
+    ``(TaskSuite, {task: file})``. Written outside the repository by default: it is corpus text, which the project
+    does not vendor."""
+    from hf_prune.accuracy import prepare_tasks
+    from hf_prune.data.zero_shot import build_zero_shot_suite
+    from hf_prune.fileio import cache_dir
+
+    folder = Path(args.suite) if args.suite else cache_dir() / "zero_shot_suite"
+    written = build_zero_shot_suite(corpus, folder, max_records=args.max_records)
+    return prepare_tasks([str(p) for p in written.values()]), written
+
+
 def dev_files(corpus: Path) -> dict[str, str]:
     """``{domain: dev jsonl}`` for :func:`hf_prune.evaluate_perplexity`."""
     return {d: str(corpus / "dev" / f"{d}.jsonl") for d in DOMAINS}
