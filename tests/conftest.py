@@ -72,6 +72,16 @@ def tiny_qwen3(seed: int = 0, **overrides) -> Qwen3ForCausalLM:
     return model
 
 
+#: A plan of the tiny models with every kind of layer (layer 0 without attention, layer 2 without MLP, the others
+#: pruned unevenly), and input ids for it: for save / load and shipped-code tests.
+MIXED_PLAN = {"layers": [
+    {"query_heads": [], "mlp_channels": list(range(0, 96, 3))},
+    {"query_heads": [0, 1, 2, 3]},
+    {"mlp_channels": []},
+    {"query_heads": [2, 7], "mlp_channels": list(range(50))},
+]}
+MIXED_INPUT = [[5, 9, 17, 33, 65, 100, 3, 4]]
+
 #: The model families hf-prune supports; tests that hold for every family take the ``family`` fixture.
 FAMILIES = ("qwen2", "qwen3")
 _TINY = {"qwen2": (tiny_qwen2_config, tiny_qwen2), "qwen3": (tiny_qwen3_config, tiny_qwen3)}

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import MIXED_INPUT as INPUT
+from conftest import MIXED_PLAN as PLAN
 from conftest import run_without_hf_prune, tiny_qwen2
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
@@ -26,13 +28,6 @@ from hf_prune.modeling import PrunedQwen2ForCausalLM, shipped_files
 pytestmark = pytest.mark.filterwarnings("error::FutureWarning", "error::DeprecationWarning")
 
 FIXTURE = Path(__file__).parent / "fixtures" / "pruned_qwen2_v1"
-PLAN = {"layers": [
-    {"query_heads": [], "mlp_channels": list(range(0, 96, 3))},
-    {"query_heads": [0, 1, 2, 3]},
-    {"mlp_channels": []},
-    {"query_heads": [2, 7], "mlp_channels": list(range(50))},
-]}
-INPUT = [[5, 9, 17, 33, 65, 100, 3, 4]]
 
 
 def old_checkpoint(folder: Path) -> torch.Tensor:

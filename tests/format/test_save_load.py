@@ -9,6 +9,8 @@ import sys
 
 import pytest
 import torch
+from conftest import MIXED_INPUT as INPUT
+from conftest import MIXED_PLAN as PLAN
 from conftest import REPO_ROOT, head_dim, pruned_classes, run_without_hf_prune, tiny_causal_lm
 from safetensors.torch import load_file, save_file
 from transformers import AutoModel, AutoModelForCausalLM
@@ -19,13 +21,6 @@ from hf_prune.format import to_qwen2, to_qwen3
 # The modeling files ship in every checkpoint and run on the user's transformers: a deprecation is a failure.
 pytestmark = pytest.mark.filterwarnings("error::FutureWarning", "error::DeprecationWarning")
 
-PLAN = {"layers": [
-    {"query_heads": [], "mlp_channels": list(range(0, 96, 3))},
-    {"query_heads": [0, 1, 2, 3]},
-    {"mlp_channels": []},
-    {"query_heads": [2, 7], "mlp_channels": list(range(50))},
-]}
-INPUT = [[5, 9, 17, 33, 65, 100, 3, 4]]
 # The remote-code files of each family: a Qwen3 checkpoint also carries the Qwen2 files its own import.
 SHIPPED = {"qwen2": ("configuration_pruned_qwen2.py", "modeling_pruned_qwen2.py"),
            "qwen3": ("configuration_pruned_qwen3.py", "modeling_pruned_qwen3.py", "configuration_pruned_qwen2.py",
