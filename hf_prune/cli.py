@@ -95,6 +95,10 @@ def _number_or_auto(text: str) -> float | str:
     return "auto" if text.strip() == "auto" else _number(text)
 
 
+def _integer_or_auto(text: str) -> int | str:
+    return "auto" if text.strip() == "auto" else _integer(text)
+
+
 def _layers(text: str) -> str | tuple[int, ...]:
     if text.strip() == "gisp":
         return "gisp"
@@ -109,7 +113,8 @@ _TYPES: dict[str, Callable[[str], Any]] = {"int": _integer, "float": _number, "s
 _SPECIAL_TYPES: dict[str, Callable[[str], Any]] = {"target_sparsity": parse_sparsity, "keep_dense": _layers,
                                                    "attention_weight": _number_or_auto,
                                                    "layer_balance": _number_or_auto,
-                                                   "compensation_damping": _number_or_auto}
+                                                   "compensation_damping": _number_or_auto,
+                                                   "channel_multiple": _integer_or_auto}
 
 
 def _cli_type(f: dataclasses.Field) -> Callable[[str], Any] | None:

@@ -49,6 +49,10 @@ COMPENSATION_MAX_FOLDS = 8
 CONFIG_FILE = "prune_config.json"
 _FORMAT = 1
 _CALLABLE = "callable:"
+#: ``channel_multiple="auto"``: kept MLP widths are multiples of this when every layer's MLP is at least
+#: ``AUTO_CHANNEL_MIN_WIDTH`` wide (the benchmarks page, "Kept MLP widths"), else any width.
+AUTO_CHANNEL_MULTIPLE = 64
+AUTO_CHANNEL_MIN_WIDTH = 1024
 #: The levels of a run that names no size target.
 DEFAULT_LEVELS = (0.2, 0.3, 0.4, 0.5)
 #: What a level's folder and branch are named (:meth:`PruneConfig.level_names`).
@@ -189,7 +193,10 @@ class PruneConfig(Options):
     keep_dense: Any = _option(None, "layer indices never pruned, or 'gisp' (the first 10% of layers and the last)")
     min_heads: int = _option(0, "query heads every pruned layer keeps (0 allows removing its attention)")
     min_channels: int = _option(0, "MLP channels every pruned layer keeps (0 allows removing its MLP)")
-    channel_multiple: int = _option(1, "kept MLP widths are multiples of this (e.g. 64 for fast kernels)")
+    channel_multiple: int | str = _option(
+        AUTO, f"kept MLP widths are multiples of this; auto: {AUTO_CHANNEL_MULTIPLE} when every layer's MLP is at least "
+              f"{AUTO_CHANNEL_MIN_WIDTH:,} channels wide (aligned widths suit GEMM kernels; no measured quality cost), "
+              "else 1")
     tp_degree: int = _option(1, "kept KV heads per layer divisible by this (tensor parallelism)")
     uniform_heads: bool = _option(
         False, "every layer that keeps attention keeps the same query heads (GQA groups intact), so the result "
@@ -271,6 +278,13 @@ class PruneConfig(Options):
         kv = self.target_kv_cache
         if kv is not None and len(kv) == len(order) > 1:
             self.target_kv_cache = tuple(kv[i] for i in order)
+
+    def channel_multiple_for(self, widths: Sequence[int]) -> int:
+        """The kept-width multiple for a model whose layers' MLP widths are ``widths`` (``"auto"`` resolved)."""
+        if self.channel_multiple != AUTO:
+            return self.channel_multiple
+        mlps = [w for w in widths if w]
+        return AUTO_CHANNEL_MULTIPLE if mlps and min(mlps) >= AUTO_CHANNEL_MIN_WIDTH else 1
 
     # ---- the levels ----------------------------------------------------------------------------------------------
     @property
@@ -357,7 +371,9 @@ class PruneConfig(Options):
                 raise PruningError(f"{name} must be a name or a callable, got {type(value).__name__}.")
 
     def validate_counts(self) -> None:
-        self.check_ints(("num_samples", "seq_len", "batch_size", "channel_multiple", "tp_degree",
+        if self.channel_multiple != AUTO:
+            self.check_ints(("channel_multiple",), minimum=1)
+        self.check_ints(("num_samples", "seq_len", "batch_size", "tp_degree",
                          "compensation_samples", "steps", "context_length", "memory_batch_size",
                          "resolved_decoder_params"), minimum=1, optional=("steps", "resolved_decoder_params"))
         self.check_ints(("min_heads", "min_channels"), minimum=0)

@@ -58,8 +58,9 @@ class Settings:
 
     @property
     def multiple(self) -> int:
-        """The kept-width multiple of the sections that use one: the library's default ``channel_multiple``."""
-        return self.prune_config().channel_multiple
+        """The kept-width multiple of the sections that use one: the library's default ``channel_multiple`` for the
+        benchmark's model shape."""
+        return self.prune_config().channel_multiple_for([bench_scale.config_of(self.shape)["intermediate_size"]])
 
 
 def smoke_settings() -> Settings:

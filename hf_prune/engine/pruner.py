@@ -134,7 +134,8 @@ def _constraints(config: PruneConfig, geometry: ModelGeometry) -> Constraints:
     # An "auto" prior's placeholder (the neutral value) is replaced by each candidate's (engine.priors).
     weight, balance = (v if is_number(v) else d for v, d in ((config.attention_weight, 1.0), (config.layer_balance, 0.0)))
     c = Constraints(keep_dense_layers(config.keep_dense, len(geometry.shapes)), config.min_heads,
-                    config.min_channels, config.channel_multiple, config.tp_degree, float(weight), float(balance),
+                    config.min_channels, config.channel_multiple_for([s.intermediate_size for s in geometry.shapes]),
+                    config.tp_degree, float(weight), float(balance),
                     tuple(s.intermediate_size for s in geometry.shapes), bool(config.uniform_heads))
     heads = sorted({s.num_attention_heads for s in geometry.shapes if s.num_attention_heads})
     if c.uniform_heads and len(heads) > 1:

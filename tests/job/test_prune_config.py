@@ -58,6 +58,8 @@ def test_resolved_fills_what_the_method_decides():
         ({"layer_balance": -1}, "layer_balance must be a number >= 0"),
         ({"keep_dense": "first"}, "keep_dense must be a list of layer indices or 'gisp'"),
         ({"keep_dense": [0, -2]}, "keep_dense must be a list"),
+        ({"channel_multiple": 0}, "channel_multiple must be a positive integer"),
+        ({"channel_multiple": "fast"}, "channel_multiple must be a positive integer"),
     ],
 )
 def test_invalid_options_are_refused_at_construction(overrides, message):
