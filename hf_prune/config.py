@@ -194,9 +194,9 @@ class PruneConfig(Options):
     min_heads: int = _option(0, "query heads every pruned layer keeps (0 allows removing its attention)")
     min_channels: int = _option(0, "MLP channels every pruned layer keeps (0 allows removing its MLP)")
     channel_multiple: int | str = _option(
-        AUTO, f"kept MLP widths are multiples of this; auto: {AUTO_CHANNEL_MULTIPLE} when every layer's MLP is at least "
-              f"{AUTO_CHANNEL_MIN_WIDTH:,} channels wide (aligned widths suit GEMM kernels; no measured quality cost), "
-              "else 1")
+        AUTO, f"kept MLP widths are multiples of this; auto: {AUTO_CHANNEL_MULTIPLE} with global allocation when every "
+              f"layer's MLP is at least {AUTO_CHANNEL_MIN_WIDTH:,} channels wide (aligned widths suit GEMM kernels; no "
+              "measured quality cost), else 1")
     tp_degree: int = _option(1, "kept KV heads per layer divisible by this (tensor parallelism)")
     uniform_heads: bool = _option(
         False, "every layer that keeps attention keeps the same query heads (GQA groups intact), so the result "
@@ -280,11 +280,17 @@ class PruneConfig(Options):
             self.target_kv_cache = tuple(kv[i] for i in order)
 
     def channel_multiple_for(self, widths: Sequence[int]) -> int:
-        """The kept-width multiple for a model whose layers' MLP widths are ``widths`` (``"auto"`` resolved)."""
+        """The kept-width multiple for a model whose layers' MLP widths are ``widths`` (``"auto"`` resolved).
+
+        ``"auto"`` rounds only under global allocation, where the other layers' units absorb the rounding: a uniform
+        allocation rounds every layer alike, which would move a level off its target by up to a block per layer.
+        """
         if self.channel_multiple != AUTO:
             return self.channel_multiple
+        allocation = self.allocation or (METHODS[self.method].allocation if self.method in METHODS else None)
         mlps = [w for w in widths if w]
-        return AUTO_CHANNEL_MULTIPLE if mlps and min(mlps) >= AUTO_CHANNEL_MIN_WIDTH else 1
+        wide = bool(mlps) and min(mlps) >= AUTO_CHANNEL_MIN_WIDTH
+        return AUTO_CHANNEL_MULTIPLE if wide and allocation == "global" else 1
 
     # ---- the levels ----------------------------------------------------------------------------------------------
     @property

@@ -85,16 +85,18 @@ def test_constraints_are_honoured(model):
     assert len(widths) == 1 and widths.pop() % 16 == 0  # same ratio everywhere, rounded
 
 
-def test_channel_multiple_auto_aligns_wide_mlps_only():
-    # "auto" (the default): widths in multiples of 64 when every MLP is at least 1,024 wide, any width otherwise.
+def test_channel_multiple_auto_aligns_wide_mlps_under_global_allocation():
+    # "auto" (the default): widths in multiples of 64 when every MLP is at least 1,024 wide and allocation is global
+    # (magnitude ranks globally with allocation="global"); any width otherwise.
     wide = tiny_qwen2(seed=2, intermediate_size=1024)
-    plan = prune(wide, None, CALIB, [0.4], method="magnitude", show_progress=False).plans[0.4]
-    widths = [len(l.mlp_channels) for l in plan.layers]
+    aligned = dict(method="magnitude", allocation="global", show_progress=False)
+    result = prune(wide, None, CALIB, [0.4], **aligned)
+    widths = [len(l.mlp_channels) for l in result.plans[0.4].layers]
     assert all(w % 64 == 0 for w in widths) and min(widths) < 1024
-    narrow = prune(tiny_qwen2(seed=2), None, CALIB, [0.4], method="magnitude", show_progress=False).plans[0.4]
-    assert any(len(l.mlp_channels) % 64 for l in narrow.layers)
-    unaligned = prune(wide, None, CALIB, [0.4], method="magnitude", channel_multiple=1, show_progress=False)
-    assert any(len(l.mlp_channels) % 64 for l in unaligned.plans[0.4].layers)
+    for model, options in ((tiny_qwen2(seed=2), aligned), (wide, {**aligned, "channel_multiple": 1}),
+                           (wide, dict(method="magnitude", show_progress=False))):  # narrow; fixed to 1; uniform
+        plan = prune(model, None, CALIB, [0.4], **options).plans[0.4]
+        assert any(len(l.mlp_channels) % 64 for l in plan.layers)
 
 
 def test_keep_dense_gisp_rule():
