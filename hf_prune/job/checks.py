@@ -171,14 +171,8 @@ def _resolved(config: PruneConfig, model: ModelArguments | None, source: Any) ->
     refused here, before loading, when the model cannot reach them."""
     if model is None:
         raise PruningError(f"target_{config.size_target} levels are resolved on a model: give the model.")
-    if source is None:  # a loaded model
-        from ..engine.memory import ModelDims
-        from ..engine.targets import check_targets, resolve_targets
-
-        dims = ModelDims.from_model(model.model)
-        resolved = resolve_targets(config.resolved(), dims)
-        check_targets(resolved, dims.geometry)
-        return resolved
     from .memory import check_levels, model_config
 
+    if source is None:  # a loaded model
+        return check_levels(model.model, config)
     return check_levels(model_config(source, revision=model.revision, token=model.token), config, model.torch_dtype)
