@@ -144,6 +144,38 @@ def test_damping_chosen_out_of_domain_is_the_brute_force_choice(shared):
     assert chosen == (AUTO_DAMPINGS[0] if shared else math.inf)
 
 
+def test_the_damping_walk_stops_one_past_the_best(monkeypatch):
+    """The grid is walked from ``inf`` down and stops at the first damping that does worse than the best: the
+    dampings solved are the chosen one, those above it and one below it (each once per fold), and the choice is the
+    whole grid's (brute force). Four domains, one with 8x larger activations, each with its own (related) dependence
+    of the removed inputs on the kept ones: a damping inside the grid wins."""
+    from hf_prune.engine import compensation
+
+    g = torch.Generator().manual_seed(0)
+    domains = [d for d in "abcd" for _ in range(60)]
+    kept = torch.randn(240, 6, generator=g, dtype=torch.float64)
+    scale = torch.tensor([8.0] * 60 + [1.0] * 180, dtype=torch.float64)[:, None]
+    shared = torch.randn(6, 4, generator=g, dtype=torch.float64)
+    mixing = [shared + 0.7 * torch.randn(6, 4, generator=g, dtype=torch.float64) for _ in range(4)]
+    removed = torch.cat([kept[i * 60:(i + 1) * 60] @ mixing[i] for i in range(4)])
+    x = scale * torch.cat([kept, removed + 0.3 * torch.randn(240, 4, generator=g, dtype=torch.float64)], 1)
+    weight, keep = torch.randn(5, 10, generator=g, dtype=torch.float64), torch.arange(6)
+    grams, crosses = _grams(x, domains, keep, weight)
+    solved = []
+    real = compensation.solve
+    monkeypatch.setattr(compensation, "solve", lambda *a, **k: solved.append(a[3]) or real(*a, **k))
+    chosen = choose_damping(grams, crosses, keep, AUTO_DAMPINGS, prior=weight[:, keep])
+    errors = _held_out_errors(x, x @ weight.T, domains, keep, AUTO_DAMPINGS, weight[:, keep])
+    assert chosen == AUTO_DAMPINGS[min(range(len(errors)), key=errors.__getitem__)]
+    walked = sorted((d for d in AUTO_DAMPINGS if math.isfinite(d)), reverse=True)
+    walked = walked[:walked.index(chosen) + 2]
+    assert solved == [d for d in walked for _ in range(4)], (chosen, solved)
+    assert len(walked) < len(AUTO_DAMPINGS) - 1  # it stopped before the end of the grid
+    solved.clear()
+    assert choose_damping(grams, crosses, keep, AUTO_DAMPINGS, prior=weight[:, keep], walk=False) == chosen
+    assert len(solved) == 4 * (len(AUTO_DAMPINGS) - 1)  # walk=False: every finite damping, every fold
+
+
 _MIXED = ["a", "b", "c", "a"] * 4
 
 
