@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import platform
 import sys
 import time
@@ -29,7 +28,7 @@ from pathlib import Path
 
 import torch
 from bench_quality import add_run_options, domain_mix, evaluate, parse_overrides
-from common import DOMAINS, MODELS, ROOT, corpus_dir, dev_files, geometric_mean, load_model
+from common import DOMAINS, MODELS, ROOT, ChosenDampings, corpus_dir, dev_files, geometric_mean, load_model
 
 from hf_prune import PruneConfig, PruningPlan, apply_plan, compensate, prune
 from hf_prune.engine.compensation import compensation_batches
@@ -40,20 +39,6 @@ OLD = "compensation_damping=0.0001:compensation_toward=zero"  # the refit as it 
 WORST_ALLOWED = 1.02
 SETTINGS = ("num_samples", "seq_len", "steps", "batch_size", "eval_seq_len", "eval_windows", "seed",
             "compensation_samples", "sparsities")
-
-
-class _ChosenDampings(logging.Handler):
-    """Counts the dampings ``compensation_damping="auto"`` chose (its log lines), by projection."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.counts: dict[str, dict[str, int]] = {}
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if "chosen by leave-one-fold-out" in record.msg:
-            where, damping = record.args[0], f"{record.args[1]:g}"
-            kind = self.counts.setdefault(where.split()[-1], {})
-            kind[damping] = kind.get(damping, 0) + 1
 
 
 def fold_plans(model, tokenizer, mix, held_out: str, levels: list[float], args) -> tuple[dict, float]:
@@ -91,25 +76,19 @@ def run_fold(model, tokenizer, corpus, evals, held_out, levels, variants, args, 
     drawn: dict[int, object] = {}
     for s, variant in missing:
         t0 = time.perf_counter()
-        counter = _ChosenDampings()
-        if variant == "none":
-            pruned = apply_plan(model, plans[s])
-        else:
-            config = base.replace(**parse_overrides(variant.split(":")))
-            if config.compensation_samples not in drawn:  # one draw per fold: every variant refits the same windows
-                drawn[config.compensation_samples] = compensation_batches(mix, tokenizer, config, model.device)
-            logger = logging.getLogger("hf_prune.engine.compensation")
-            logger.addHandler(counter)
-            logger.setLevel(logging.INFO)
-            try:
+        with ChosenDampings() as chosen:
+            if variant == "none":
+                pruned = apply_plan(model, plans[s])
+            else:
+                config = base.replace(**parse_overrides(variant.split(":")))
+                if config.compensation_samples not in drawn:  # one draw per fold: every variant refits these windows
+                    drawn[config.compensation_samples] = compensation_batches(mix, tokenizer, config, model.device)
                 pruned = compensate(model, plans[s], mix, tokenizer=tokenizer, config=config,
                                     data=drawn[config.compensation_samples], show_progress=False)
-            finally:
-                logger.removeHandler(counter)
         seconds = time.perf_counter() - t0
         row = {**evaluate(pruned, tokenizer, evals, args, mix), "refit_seconds": seconds}
-        if counter.counts:
-            row["chosen_dampings"] = counter.counts
+        if chosen.chosen:
+            row["chosen_dampings"] = chosen.counts()
         del pruned
         fold["levels"].setdefault(str(s), {})[variant] = row
         save()

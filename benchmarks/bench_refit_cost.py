@@ -21,45 +21,30 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import logging
 import platform
 import time
 
 import torch
 from bench_quality import add_run_options, domain_mix, evaluate
-from common import DOMAINS, MODELS, ROOT, corpus_dir, dev_files, load_model
+from common import DOMAINS, MODELS, ROOT, ChosenDampings, corpus_dir, dev_files, load_model
 
 from hf_prune import PruneConfig, apply_plan, compensate, prune
 from hf_prune.engine import compensation
 from hf_prune.engine.compensation import compensation_batches
 
 
-class _Chosen(logging.Handler):
-    """The dampings ``"auto"`` chose, in order (its log lines)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.chosen: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if "chosen by leave-one-fold-out" in record.msg:
-            self.chosen.append(f"{record.args[0]}={record.args[1]:g}")
-
-
 def timed_refit(model, plan, mix, tokenizer, config, data, full_grid: bool) -> tuple[object, float, list[str]]:
-    handler, logger = _Chosen(), logging.getLogger(compensation.__name__)
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
     original = compensation.choose_damping
     if full_grid:
         compensation.choose_damping = functools.partial(original, walk=False)
     try:
-        t0 = time.perf_counter()
-        out = compensate(model, plan, mix, tokenizer=tokenizer, config=config, data=data, show_progress=False)
-        return out, time.perf_counter() - t0, handler.chosen
+        with ChosenDampings() as chosen:
+            t0 = time.perf_counter()
+            out = compensate(model, plan, mix, tokenizer=tokenizer, config=config, data=data, show_progress=False)
+            seconds = time.perf_counter() - t0
+        return out, seconds, [f"{where}={damping:g}" for where, damping in chosen.chosen]
     finally:
         compensation.choose_damping = original
-        logger.removeHandler(handler)
 
 
 def main() -> None:

@@ -97,3 +97,39 @@ def finish_perplexity_plot(fig, ax, path, *, dense: float, xlabel: str, title: s
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+
+
+class ChosenDampings:
+    """The dampings ``compensation_damping="auto"`` chooses while this context is open (its INFO log lines), in
+    order: ``chosen`` holds ``(projection, damping)``; :meth:`counts` groups them by projection kind."""
+
+    def __init__(self) -> None:
+        self.chosen: list[tuple[str, float]] = []
+
+    def __enter__(self) -> ChosenDampings:
+        import logging
+
+        owner = self
+
+        class _Handler(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                if "chosen by leave-one-fold-out" in record.msg:
+                    owner.chosen.append((record.args[0], float(record.args[1])))
+
+        self._logger = logging.getLogger("hf_prune.engine.compensation")
+        self._handler, self._level = _Handler(logging.INFO), self._logger.level
+        self._logger.addHandler(self._handler)
+        self._logger.setLevel(logging.INFO)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._logger.removeHandler(self._handler)
+        self._logger.setLevel(self._level)
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """``{"down_proj": {"1": 25, "0.1": 3}, ...}``."""
+        out: dict[str, dict[str, int]] = {}
+        for where, damping in self.chosen:
+            kind = out.setdefault(where.split()[-1], {})
+            kind[f"{damping:g}"] = kind.get(f"{damping:g}", 0) + 1
+        return out
