@@ -6,6 +6,7 @@ added too, so they also run without installing hf-prune.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import sys
@@ -99,31 +100,27 @@ def finish_perplexity_plot(fig, ax, path, *, dense: float, xlabel: str, title: s
     fig.savefig(path, dpi=100)
 
 
-class ChosenDampings:
+class ChosenDampings(logging.Handler):
     """The dampings ``compensation_damping="auto"`` chooses while this context is open (its INFO log lines), in
     order: ``chosen`` holds ``(projection, damping)``; :meth:`counts` groups them by projection kind."""
 
     def __init__(self) -> None:
+        super().__init__(logging.INFO)
         self.chosen: list[tuple[str, float]] = []
+        self._logger = logging.getLogger("hf_prune.engine.compensation")
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "chosen by leave-one-fold-out" in record.msg:
+            self.chosen.append((record.args[0], float(record.args[1])))
 
     def __enter__(self) -> ChosenDampings:
-        import logging
-
-        owner = self
-
-        class _Handler(logging.Handler):
-            def emit(self, record: logging.LogRecord) -> None:
-                if "chosen by leave-one-fold-out" in record.msg:
-                    owner.chosen.append((record.args[0], float(record.args[1])))
-
-        self._logger = logging.getLogger("hf_prune.engine.compensation")
-        self._handler, self._level = _Handler(logging.INFO), self._logger.level
-        self._logger.addHandler(self._handler)
+        self._level = self._logger.level
+        self._logger.addHandler(self)
         self._logger.setLevel(logging.INFO)
         return self
 
     def __exit__(self, *exc) -> None:
-        self._logger.removeHandler(self._handler)
+        self._logger.removeHandler(self)
         self._logger.setLevel(self._level)
 
     def counts(self) -> dict[str, dict[str, int]]:

@@ -37,15 +37,17 @@ def _dtype_name(dtype: Any) -> str:
     return name if isinstance(name, str) else str(name)
 
 
-def check_levels(config_json: Any, config: PruneConfig, dtype: Any = "auto") -> PruneConfig:
-    """``config`` with its parameter / memory targets resolved on the model's ``config.json`` (in the dtype it is
-    loaded in) or on a loaded model; a target the model cannot reach is refused
+def check_levels(model: Any, config: PruneConfig, dtype: Any = "auto") -> PruneConfig:
+    """``config`` with its parameter / memory targets resolved on ``model``: its ``config.json`` (a mapping, in the
+    dtype it is loaded in) or the loaded model itself; a target the model cannot reach is refused
     (:class:`~hf_prune.errors.PruningError`)."""
     from ..engine.memory import ModelDims
     from ..engine.targets import check_targets as check, resolve_targets
 
-    dims = ModelDims.from_model(config_json) if hasattr(config_json, "parameters") else \
-        ModelDims.from_config(config_json, _dtype_name(dtype))
+    if isinstance(model, Mapping):
+        dims = ModelDims.from_config(model, _dtype_name(dtype))
+    else:
+        dims = ModelDims.from_model(model)
     resolved = resolve_targets(config.resolved(), dims)
     check(resolved, dims.geometry)
     return resolved
