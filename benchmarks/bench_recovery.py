@@ -29,7 +29,8 @@ from common import DOMAINS, MODELS, ROOT, calib_file, corpus_dir, dev_files, fin
 from transformers import TrainerCallback
 
 from hf_prune import CalibrationMix, evaluate_perplexity, prune, recover
-from hf_prune.recovery import RecoveryConfig, parse_tokens, training_windows
+from hf_prune.fileio import cache_dir
+from hf_prune.recovery import RecoveryConfig, parse_tokens, recovery_windows, training_windows
 
 #: Run configurations: name -> RecoveryConfig fields (``--lr`` / ``--lora-lr`` fill in the learning rate).
 RUNS = {
@@ -92,15 +93,51 @@ def evaluator(tokenizer, evals, calibration, args):
 
 
 def run_config(name: str, args, tokens) -> RecoveryConfig:
-    """The RecoveryConfig of run type ``name`` with the benchmark's window, batch, seed and learning rates."""
-    fields = {**RUNS[name], "tokens": tokens, "seq_len": args.train_seq_len, "batch_size": args.batch_size,
+    """The RecoveryConfig of run type ``name`` (``TYPE`` or ``TYPE@LR``) with the benchmark's window, batch, seed and
+    learning rates (``@LR`` overrides ``--lr`` / ``--lora-lr``; ``@auto`` is the learning-rate probe)."""
+    kind, _, rate = name.partition("@")
+    fields = {**RUNS[kind], "tokens": tokens, "seq_len": args.train_seq_len, "batch_size": args.batch_size,
               "seed": args.seed, "save_steps": 0}
-    fields["learning_rate"] = args.lora_lr if fields.get("lora") else args.lr
+    fields["learning_rate"] = (rate if rate == "auto" else float(rate)) if rate else (
+        args.lora_lr if fields.get("lora") else args.lr)
     return RecoveryConfig(**fields)
 
 
+class Levels:
+    """The pruned (and compensated) levels: pruned once with gisp when first asked for, each level kept under
+    ``--level-cache`` (``save_pretrained``) so a later call with the same settings loads it instead."""
+
+    def __init__(self, model, tokenizer, calibration, sparsities, args) -> None:
+        self.model, self.tokenizer, self.calibration, self.sparsities, self.args = (model, tokenizer, calibration,
+                                                                                   sparsities, args)
+        self.result, self.seconds = None, None
+
+    def _path(self, s: float) -> Path | None:
+        a = self.args
+        key = f"{a.model}_gisp{a.steps}_{a.num_samples}x{a.seq_len}_seed{a.seed}_{s}"
+        return Path(a.level_cache) / key if a.level_cache else None
+
+    def build(self, s: float):
+        path = self._path(s)
+        if path is not None and (path / "config.json").is_file():
+            from transformers import AutoModelForCausalLM
+
+            print(f"  {s:.0%}: level loaded from {path}", flush=True)
+            return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        if self.result is None:
+            t0 = time.perf_counter()
+            self.result = prune(self.model, self.tokenizer, self.calibration, self.sparsities, method="gisp",
+                                steps=self.args.steps, num_samples=self.args.num_samples, seq_len=self.args.seq_len,
+                                seed=self.args.seed, show_progress=False)
+            self.seconds = round(time.perf_counter() - t0, 1)
+        built = self.result.apply(self.model, s, show_progress=False)
+        if path is not None:
+            built.save_pretrained(path)
+        return built
+
+
 def run_one(model, pruned, tokenizer, calibration, name: str, args, evaluate, level0: dict, stop: int,
-            save) -> dict:
+            save, teacher_cache=None) -> dict:
     """One recovery run of one level (stopped after ``stop`` tokens): the perplexity curve and student tokens/s."""
     config = run_config(name, args, args.tokens)
     per_step = config.tokens_per_step
@@ -116,17 +153,22 @@ def run_one(model, pruned, tokenizer, calibration, name: str, args, evaluate, le
         save(entry)
 
     callback = EvalAt(marks, evaluate, save_partial, stop_step, per_step)
-    windows = training_windows(calibration, tokenizer, config)
+    windows = recovery_windows(calibration, tokenizer, config)
+    if config.learning_rate != "auto":  # the curves are the raw run's: no held-back guard (the probe needs it)
+        windows = windows.train
     t = time.perf_counter()
     result = recover(pruned, model if config.needs_teacher else None, tokenizer, None, config, windows=windows,
-                     show_progress=False, callbacks=[callback])
+                     show_progress=False, callbacks=[callback], teacher_cache=teacher_cache)
     wall = time.perf_counter() - t
     curve = {0: level0, **callback.points}
     return {**entry, "steps": result.steps, "tokens_trained": result.steps * per_step, "wall_seconds": round(wall, 1),
             "eval_seconds": round(callback.eval_seconds, 1),
             "student_tokens_per_second": round(callback.tokens_per_second(result.steps), 1),
             "final_loss": result.losses[-1][1] if result.losses else None, "domain_counts": result.domain_counts,
-            "curve": {str(k): v for k, v in sorted(curve.items())}, "complete": True}
+            "curve": {str(k): v for k, v in sorted(curve.items())}, "complete": True,
+            "learning_rate": result.config.learning_rate,
+            "lr_probe": result.lr_probe.to_dict() if result.lr_probe is not None else None,
+            "_teacher_cache": result.teacher_cache}
 
 
 def throughput(model, built, tokenizer, calibration, names: list[str], args, fresh=None) -> dict:
@@ -231,6 +273,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=None)
+    parser.add_argument("--level-cache", default=str(cache_dir() / "bench" / "recovery_levels"),
+                        help="folder keeping each pruned level for later calls with the same settings ('' : none)")
     parser.add_argument("--append", action="store_true", help="keep the runs already in --out, run the missing ones")
     parser.add_argument("--dense-control", action="store_true",
                         help="instead of pruning: train a copy of the dense model with the lm run (stop with "
@@ -241,7 +285,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     corpus = corpus_dir("bench_recovery")
     runs = [r for r in args.runs.split(",") if r]  # NAME (every level) or LEVEL:NAME (that level only)
-    unknown = [r for r in runs if r.rpartition(":")[2] not in RUNS]
+    unknown = [r for r in runs if r.rpartition(":")[2].partition("@")[0] not in RUNS]
     if unknown:
         sys.exit(f"bench_recovery: unknown run(s) {unknown}; choose from {list(RUNS)}")
     sparsities = [float(s) for s in args.sparsities.split(",") if s]
@@ -287,26 +331,24 @@ def main() -> None:
         save_control(run_one(model, copy.deepcopy(model), tokenizer, calibration, "lm", args, evaluate, data["dense"],
                              stop, save_control))
         return
-    t0 = time.perf_counter()
-    result = prune(model, tokenizer, calibration, sparsities, method="gisp", steps=args.steps,
-                   num_samples=args.num_samples, seq_len=args.seq_len, seed=args.seed, show_progress=False)
-    data["prune_seconds"] = round(time.perf_counter() - t0, 1)
+    levels = Levels(model, tokenizer, calibration, sparsities, args)
     if args.throughput_steps:
         names = list(dict.fromkeys(r.rpartition(":")[2] for r in runs))
         for s in sparsities:
             print(f"  {s:.0%}: throughput of {', '.join(names)}", flush=True)
-            built = result.apply(model, s, show_progress=False)
+            built = levels.build(s)
             data.setdefault("throughput", {})[str(s)] = throughput(model, built, tokenizer, calibration, names, args)
             out.write_text(json.dumps(data, indent=1))
+        data["prune_seconds"] = levels.seconds or data.get("prune_seconds")
         return
     for s in sparsities:
         level = data["levels"].setdefault(str(s), {})
-        level0 = built = None
+        level0 = built = cache = None
         for name in [r.rpartition(":")[2] for r in runs if r.rpartition(":")[0] in ("", str(s))]:
             if level.get(name, {}).get("complete"):
                 continue
             # Built (and compensated) once per level; every run trains its own copy.
-            built = built or result.apply(model, s, show_progress=False)
+            built = built or levels.build(s)
             pruned = copy.deepcopy(built)
             level0 = level0 or evaluate(pruned)
             print(f"  {s:.0%} {name}: pruned mean {level0['mean']:.2f}", flush=True)
@@ -315,11 +357,15 @@ def main() -> None:
                 out.write_text(json.dumps(data, indent=1))
 
             stop = stops.get(f"{s}:{name}", parse_tokens(args.tokens))
-            level[name] = run_one(model, pruned, tokenizer, calibration, name, args, evaluate, level0, stop, save)
-            print(f"  {s:.0%} {name}: {level[name]['student_tokens_per_second']:.0f} student tok/s, "
-                  f"{level[name]['wall_seconds']:.0f}s", flush=True)
+            entry = run_one(model, pruned, tokenizer, calibration, name, args, evaluate, level0, stop, save, cache)
+            cache = entry.pop("_teacher_cache") or cache  # the same windows' teacher distributions: run it once
+            level[name] = entry
+            print(f"  {s:.0%} {name}: {entry['student_tokens_per_second']:.0f} student tok/s, "
+                  f"{entry['wall_seconds']:.0f}s", flush=True)
             out.write_text(json.dumps(data, indent=1))
             del pruned
+    if levels.seconds:
+        data["prune_seconds"] = levels.seconds
     out.write_text(json.dumps(data, indent=1))
     print("\nMean dev perplexity vs recovery tokens:\n" + table(data))
     plot(out.with_suffix(".png"), data, f"{args.model}: recovery (gisp, compensated)")

@@ -161,7 +161,7 @@ def _tokens(text: str) -> int:
         raise argparse.ArgumentTypeError(str(err).rstrip(".")) from None
 
 
-_RECOVERY_TYPES: dict[str, Callable[[str], Any]] = {"tokens": _tokens}
+_RECOVERY_TYPES: dict[str, Callable[[str], Any]] = {"tokens": _tokens, "learning_rate": _number_or_auto}
 _RECOVERY_PREFIX = "recovery_"
 
 

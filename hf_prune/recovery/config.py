@@ -31,8 +31,15 @@ RECOVERY_METHODS = ("kd", "lm", "local")
 TEACHER_METHODS = ("kd", "local")
 #: Learning-rate schedules (transformers' ``lr_scheduler_type`` names) offered here.
 LR_SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
-#: Learning rate when ``learning_rate`` is None: LoRA adapters start at zero and take larger steps.
+#: Learning rate when ``learning_rate="auto"`` cannot probe (too small a budget, nothing held back): LoRA adapters
+#: start at zero and take larger steps.
 DEFAULT_LR = {False: 1e-4, True: 1e-3}
+#: ``learning_rate="auto"`` tries these multiples of DEFAULT_LR ...
+LR_PROBE_FACTORS = (0.1, 0.3, 1.0, 3.0)
+#: ... spending at most this share of the token budget on them together ...
+LR_PROBE_SHARE = 0.05
+#: ... and probes only when that gives each candidate at least this many optimizer steps.
+LR_PROBE_MIN_STEPS = 2
 #: Held-back evaluations per run when ``eval_steps`` is None.
 EVALUATIONS = 20
 _SUFFIXES = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "b": 10**9}
@@ -82,9 +89,12 @@ class RecoveryConfig(Options):
     seq_len: int = _option(256, "tokens per training window")
     temperature: float = _option(1.0, "kd: softmax temperature of teacher and student (the KL is scaled by T^2)")
     lm_weight: float = _option(0.0, "kd: share of the LM loss in the objective, (1 - w) KL + w CE")
-    learning_rate: float | None = _option(
-        None, f"peak learning rate (default: {DEFAULT_LR[False]:g} full-parameter, {DEFAULT_LR[True]:g} LoRA)",
-        flag="--recovery-lr")
+    learning_rate: float | str = _option(
+        "auto", f"peak learning rate, or auto: each of {', '.join(f'{f:g}' for f in LR_PROBE_FACTORS)} x "
+                f"{DEFAULT_LR[False]:g} (LoRA {DEFAULT_LR[True]:g}) trained briefly from the same start, the one with "
+                f"the lowest held-back loss used (at most {LR_PROBE_SHARE:.0%} of the tokens, spent on top of the "
+                f"budget; a budget too small to probe, or held_back=0, uses {DEFAULT_LR[False]:g} / "
+                f"{DEFAULT_LR[True]:g})", flag="--recovery-lr")
     lr_scheduler: str = _option("cosine", f"learning-rate schedule after warmup: {', '.join(LR_SCHEDULERS)}")
     warmup: float = _option(0.05, "fraction of the optimizer steps spent warming the learning rate up from 0")
     weight_decay: float = _option(0.0, "AdamW weight decay")
@@ -141,12 +151,13 @@ class RecoveryConfig(Options):
         self.check_ints(("seed",), minimum=None)
 
     def validate_rates(self) -> None:
+        if self.learning_rate != "auto":
+            self.check_numbers((("learning_rate", lambda v: 0 < v < 1, "in (0, 1) (e.g. 1e-4) or 'auto'"),))
         self.check_numbers((
-            ("learning_rate", lambda v: 0 < v < 1, "in (0, 1) (e.g. 1e-4)"), ("temperature", lambda v: v > 0, "> 0"),
+            ("temperature", lambda v: v > 0, "> 0"),
             ("lm_weight", lambda v: 0 <= v <= 1, "in [0, 1]"), ("warmup", lambda v: 0 <= v < 1, "in [0, 1)"),
             ("weight_decay", lambda v: v >= 0, ">= 0"), ("max_grad_norm", lambda v: v >= 0, ">= 0"),
-            ("lora_alpha", lambda v: v > 0, "> 0"), ("lora_dropout", lambda v: 0 <= v < 1, "in [0, 1)")),
-            optional=("learning_rate",))  # None: the default of full-parameter or LoRA training
+            ("lora_alpha", lambda v: v > 0, "> 0"), ("lora_dropout", lambda v: 0 <= v < 1, "in [0, 1)")))
         if self.method != "kd" and self.lm_weight not in (0, 1):
             raise RecoveryError(f"recovery lm_weight mixes the LM loss into kd; method {self.method!r} does not use it.")
 
@@ -158,8 +169,23 @@ class RecoveryConfig(Options):
     # ---- derived ----------------------------------------------------------------------------------------
     @property
     def lr(self) -> float:
-        """The learning rate used: ``learning_rate``, else the default for full-parameter or LoRA training."""
-        return float(self.learning_rate) if self.learning_rate is not None else DEFAULT_LR[bool(self.lora)]
+        """The learning rate of a run that does not probe: ``learning_rate``, or with ``"auto"`` the default of
+        full-parameter or LoRA training (what :func:`~hf_prune.recover` uses when the probe cannot run)."""
+        return DEFAULT_LR[bool(self.lora)] if self.learning_rate == "auto" else float(self.learning_rate)
+
+    @property
+    def lr_candidates(self) -> tuple[float, ...]:
+        """The learning rates ``"auto"`` tries (multiples of the default of full-parameter or LoRA training)."""
+        # rounded: 3e-4, not 3.0000000000000003e-4
+        return tuple(float(f"{f * DEFAULT_LR[bool(self.lora)]:.3g}") for f in LR_PROBE_FACTORS)
+
+    @property
+    def lr_probe_steps(self) -> int:
+        """Optimizer steps of each probed learning rate (0: no probe: a fixed rate, or too small a budget)."""
+        if self.learning_rate != "auto" or not self.held_back:
+            return 0
+        steps = int(LR_PROBE_SHARE * self.max_steps) // len(LR_PROBE_FACTORS)
+        return steps if steps >= LR_PROBE_MIN_STEPS else 0
 
     @property
     def needs_teacher(self) -> bool:

@@ -45,10 +45,11 @@ from ..compat import disable_activation_checkpointing, is_activation_checkpointi
 from ..data.windows import CalibrationWindows
 from ..errors import RecoveryDivergedError, RecoveryError
 from ..fileio import write_text_atomic
-from .config import RecoveryConfig
+from .config import LR_PROBE_SHARE, RecoveryConfig
 from .data import RecoveryWindows, recovery_windows
 from .guard import HeldBackGuard, HeldBackReport
 from .losses import LayerTaps, SparseTeacher, kd_loss, local_loss, token_losses
+from .probe import LearningRateProbe, probe_learning_rate
 from .teacher import TeacherCache
 
 __all__ = ["recover", "RecoveryResult", "DistillationTrainer", "kd_loss", "local_loss", "LayerTaps",
@@ -209,6 +210,8 @@ class RecoveryResult:
             final and their steps, what was returned), ``None`` with ``held_back=0``.
         teacher_cache: the :class:`TeacherCache` of the training windows (``kd`` with ``kd_top_k`` > 0), to pass to
             another call on the same windows (another level) instead of running the teacher again.
+        lr_probe: what the learning-rate probe measured (:class:`~hf_prune.recovery.probe.LearningRateProbe`),
+            ``None`` when the run did not probe; ``config.learning_rate`` is the rate used either way.
     """
 
     model: Any = field(repr=False)
@@ -222,6 +225,7 @@ class RecoveryResult:
     resumed_from: str | None = None
     held_back: HeldBackReport | None = None
     teacher_cache: TeacherCache | None = field(default=None, repr=False)
+    lr_probe: LearningRateProbe | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (for ``eval_results.json`` and the metrics), without the model and losses."""
@@ -229,7 +233,8 @@ class RecoveryResult:
         return {"config": self.config.to_dict(), "steps": self.steps, "tokens": self.tokens,
                 "seconds": round(self.seconds, 2), "tokens_per_second": round(self.tokens_per_second, 1),
                 "final_loss": final, "domain_counts": self.domain_counts, "resumed_from": self.resumed_from,
-                "held_back": self.held_back.to_dict() if self.held_back is not None else None}
+                "held_back": self.held_back.to_dict() if self.held_back is not None else None,
+                "lr_probe": self.lr_probe.to_dict() if self.lr_probe is not None else None}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], model: Any = None) -> RecoveryResult:
@@ -239,7 +244,8 @@ class RecoveryResult:
                    tokens=data["tokens"], seconds=data["seconds"], tokens_per_second=data["tokens_per_second"],
                    losses=[] if final is None else [(data["steps"], final)], domain_counts=dict(data["domain_counts"]),
                    resumed_from=data.get("resumed_from"),
-                   held_back=HeldBackReport.from_dict(data["held_back"]) if data.get("held_back") else None)
+                   held_back=HeldBackReport.from_dict(data["held_back"]) if data.get("held_back") else None,
+                   lr_probe=LearningRateProbe.from_dict(data["lr_probe"]) if data.get("lr_probe") else None)
 
 
 def _with_lora(model: torch.nn.Module, config: RecoveryConfig) -> torch.nn.Module:
@@ -350,6 +356,11 @@ def recover(student: torch.nn.Module, teacher: torch.nn.Module | None, tokenizer
         with _offloaded(teacher if cache is not None else None):
             if guard is not None:
                 guard.begin(model, resume)
+            probe = _probe(model, teacher, cache, config, windows, guard, args, out if state_dir is not None else None,
+                           show_progress)
+            if config.learning_rate == "auto":  # the result (and the card) name the rate used
+                config = config.replace(learning_rate=probe.chosen if probe is not None else config.lr)
+                args.learning_rate = config.lr
             trainer, progress, history = _trainer(model, teacher, cache, config, args, windows.train, show_progress,
                                                   [*([guard] if guard else []), *callbacks])
             trainer.train(resume_from_checkpoint=resume)
@@ -364,7 +375,29 @@ def recover(student: torch.nn.Module, teacher: torch.nn.Module | None, tokenizer
     return RecoveryResult(model=trained, config=config, steps=trainer.state.global_step, tokens=config.tokens_used,
                           seconds=progress.seconds, tokens_per_second=progress.tokens_per_second,
                           losses=history.losses, domain_counts=windows.train.domain_counts, resumed_from=resume,
-                          held_back=report, teacher_cache=cache)
+                          held_back=report, teacher_cache=cache, lr_probe=probe)
+
+
+def _probe(model, teacher, cache: TeacherCache | None, config: RecoveryConfig, windows: RecoveryWindows,
+           guard: HeldBackGuard | None, args: TrainingArguments, state_dir: Path | None,
+           show_progress: bool) -> LearningRateProbe | None:
+    """The learning-rate probe of ``learning_rate="auto"`` (:mod:`hf_prune.recovery.probe`), or None when the run
+    does not probe (a fixed rate; or "auto" with too small a budget or nothing held back: then ``config.lr``)."""
+    if config.learning_rate != "auto":
+        return None
+    if not config.lr_probe_steps or guard is None:
+        logger.info("recovery learning rate %g: %s", config.lr, "nothing is held back to probe on" if guard is None
+                    else "the budget is too small to probe (it gets at most "
+                         f"{LR_PROBE_SHARE:.0%} of the tokens)")
+        return None
+
+    def train(probe: RecoveryConfig) -> None:
+        probe_args = _arguments(probe, Path(args.output_dir) / "lr-probe", False, torch.device(args.device.type))
+        trainer = _trainer(model, teacher, cache, probe, probe_args, windows.train, False, [])[0]
+        trainer.train()
+
+    return probe_learning_rate(model, config, windows.held_back, guard.report.before, train,
+                               batch_size=guard.batch_size, state_dir=state_dir, show_progress=show_progress)
 
 
 def _serves(cache: TeacherCache | None, windows: Any, config: RecoveryConfig) -> bool:

@@ -26,7 +26,7 @@ from transformers import TrainerCallback
 from ..fileio import write_text_atomic
 from .losses import token_losses
 
-__all__ = ["HeldBackGuard", "HeldBackReport", "held_back_loss"]
+__all__ = ["HeldBackGuard", "HeldBackReport", "held_back_loss", "trainable_weights", "load_weights"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +60,19 @@ def held_back_loss(model: torch.nn.Module, input_ids: torch.Tensor, batch_size: 
             out = out.to(device)
         dist.all_reduce(out)
     return out.float().cpu()
+
+
+def trainable_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A CPU copy of the parameters training changes (all of them, or the LoRA adapters)."""
+    return {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
+
+
+@torch.no_grad()
+def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    """Copy :func:`trainable_weights` back into ``model``."""
+    params = dict(model.named_parameters())
+    for name, value in weights.items():
+        params[name].copy_(value)
 
 
 @dataclass
@@ -126,13 +139,9 @@ class HeldBackGuard(TrainerCallback):
         per_window = held_back_loss(model, self.windows.input_ids, self.batch_size, self.bf16)
         return float(per_window.mean()), per_window
 
-    @staticmethod
-    def _trainable(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-        return {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
-
     def begin(self, model: torch.nn.Module, resume: str | None = None) -> None:
         """Before training: keep the input's weights; measure the input, or read what a checkpoint saved."""
-        self.input_weights = self._trainable(model)
+        self.input_weights = trainable_weights(model)
         if resume is not None and self._load(Path(resume)):
             return
         before, per_window = self._measure(model)
@@ -151,7 +160,7 @@ class HeldBackGuard(TrainerCallback):
         report.final, report.final_step = loss, step
         if loss < report.best:
             report.best, report.best_step, self.since_best = loss, step, 0
-            self.best_weights = self._trainable(model)
+            self.best_weights = trainable_weights(model)
             self._per_window["best"] = per_window
         else:
             self.since_best += 1
@@ -170,11 +179,7 @@ class HeldBackGuard(TrainerCallback):
         else:
             report.returned = "final" if report.best_step == report.final_step else "best"
         if report.returned != "final":
-            weights = self.best_weights if report.best_step else self.input_weights
-            params = dict(model.named_parameters())
-            with torch.no_grad():
-                for name, value in weights.items():
-                    params[name].copy_(value)
+            load_weights(model, self.best_weights if report.best_step else self.input_weights)
         report.per_domain = self._per_domain()
         return report
 
