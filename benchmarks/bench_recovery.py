@@ -35,6 +35,7 @@ from hf_prune.recovery import RecoveryConfig, parse_tokens, recovery_windows, tr
 #: Run configurations: name -> RecoveryConfig fields (``--lr`` / ``--lora-lr`` fill in the learning rate).
 RUNS = {
     "kd": {"method": "kd"},
+    "kd-full": {"method": "kd", "kd_top_k": 0},  # the teacher at every step: no teacher pass before training
     "lm": {"method": "lm"},
     "kd-lora": {"method": "kd", "lora": True},
     "kd+lm": {"method": "kd", "lm_weight": 0.5},

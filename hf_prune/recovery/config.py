@@ -130,6 +130,8 @@ class RecoveryConfig(Options):
 
     def __post_init__(self) -> None:
         self.tokens = parse_tokens(self.tokens)
+        if self.learning_rate is None:  # what configs saved before "auto" meant by None: the fixed default
+            self.learning_rate = DEFAULT_LR[bool(self.lora)]
         self.validate()
 
     # ---- checks -----------------------------------------------------------------------------------------

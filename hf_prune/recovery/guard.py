@@ -154,6 +154,14 @@ class HeldBackGuard(TrainerCallback):
         step = state.global_step
         if step % self.every and step != state.max_steps:
             return
+        self._record(model, step, control)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        # Another callback stopped training between measurements: the last step trained is measured too.
+        if state.global_step and self.report.final_step != state.global_step:
+            self._record(model, state.global_step, control)
+
+    def _record(self, model: torch.nn.Module, step: int, control: Any) -> None:
         loss, per_window = self._measure(model)
         report = self.report
         report.history.append((step, loss))

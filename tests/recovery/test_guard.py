@@ -180,3 +180,26 @@ def test_prune_and_push_shows_the_held_back_losses_and_never_saves_a_worse_level
     card = (folder / "README.md").read_text()
     assert f"{h['before']:.4f} before, {h['best']:.4f} best (step 0), {h['final']:.4f} final (step 2)" in card
     assert "no recovery step lowered the held-back loss" in card and "stopped early" in card
+
+
+class _Stop(TrainerCallback):
+    """Stops training after ``step`` (as a user's callback may), between two of the guard's measurements."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_training_stop = True
+
+
+def test_a_run_stopped_by_another_callback_measures_its_last_step():
+    _, student = _pair()
+    data = _tokens(40, seed=5)
+    result = recover(student, None, None, None, _options(method="lm", tokens=96 * SEQ, held_back=8, eval_steps=5,
+                                                         patience=0), windows=_windows(data[:32], data[32:]),
+                     show_progress=False, callbacks=[_Stop(3)])
+    h = result.held_back
+    assert result.steps == 3 and [s for s, _ in h.history] == [0, 3] and h.final_step == 3 and h.final is not None
+    assert h.returned in ("final", "input")  # the step measured is one the guard could keep
+    assert _ce(student, data[32:]) == pytest.approx(h.best, rel=1e-5)

@@ -35,6 +35,8 @@ def test_the_probe_step_count_is_five_percent_of_the_budget_split_over_the_candi
     assert config.replace(tokens=(STEPS - 1) * BATCH * SEQ).lr_probe_steps == 0  # 7 steps: under 2 per candidate
     assert config.replace(held_back=0).lr_probe_steps == 0 and config.replace(learning_rate=1e-4).lr_probe_steps == 0
     assert RecoveryConfig().learning_rate == "auto"
+    # a config saved before "auto" existed said None for the fixed default, and still means it
+    assert RecoveryConfig.from_dict({"learning_rate": None, "lora": True}).learning_rate == DEFAULT_LR[True]
     with pytest.raises(RecoveryError, match=r"learning_rate must be a number in \(0, 1\) \(e.g. 1e-4\) or 'auto'"):
         RecoveryConfig(learning_rate="fast")
 
