@@ -356,7 +356,7 @@ def recover(student: torch.nn.Module, teacher: torch.nn.Module | None, tokenizer
         with _offloaded(teacher if cache is not None else None):
             if guard is not None:
                 guard.begin(model, resume)
-            probe = _probe(model, teacher, cache, config, windows, guard, args, out if state_dir is not None else None,
+            probe = _probe(model, teacher, cache, config, windows, guard, device, out if state_dir is not None else None,
                            show_progress)
             if config.learning_rate == "auto":  # the result (and the card) name the rate used
                 config = config.replace(learning_rate=probe.chosen if probe is not None else config.lr)
@@ -379,7 +379,7 @@ def recover(student: torch.nn.Module, teacher: torch.nn.Module | None, tokenizer
 
 
 def _probe(model, teacher, cache: TeacherCache | None, config: RecoveryConfig, windows: RecoveryWindows,
-           guard: HeldBackGuard | None, args: TrainingArguments, state_dir: Path | None,
+           guard: HeldBackGuard | None, device: torch.device, state_dir: Path | None,
            show_progress: bool) -> LearningRateProbe | None:
     """The learning-rate probe of ``learning_rate="auto"`` (:mod:`hf_prune.recovery.probe`), or None when the run
     does not probe (a fixed rate; or "auto" with too small a budget or nothing held back: then ``config.lr``)."""
@@ -392,9 +392,9 @@ def _probe(model, teacher, cache: TeacherCache | None, config: RecoveryConfig, w
         return None
 
     def train(probe: RecoveryConfig) -> None:
-        probe_args = _arguments(probe, Path(args.output_dir) / "lr-probe", False, torch.device(args.device.type))
-        trainer = _trainer(model, teacher, cache, probe, probe_args, windows.train, False, [])[0]
-        trainer.train()
+        with tempfile.TemporaryDirectory(prefix="hf-prune-lr-probe-") as scratch:
+            probe_args = _arguments(probe, Path(scratch), False, device)
+            _trainer(model, teacher, cache, probe, probe_args, windows.train, False, [])[0].train()
 
     return probe_learning_rate(model, config, windows.held_back, guard.report.before, train,
                                batch_size=guard.batch_size, state_dir=state_dir, show_progress=show_progress)

@@ -122,6 +122,8 @@ def test_every_recovery_option_is_on_the_command_line():
                               "--recovery-seq-len", "128"])
     assert config_from_args(args).recovery == RecoveryConfig(tokens=62_500, learning_rate=2e-4, lora=True, lora_r=8,
                                                              allow_repeat=False, seq_len=128)
+    lora_auto = parser.parse_args(["prune", "m", "--recovery", "kd", "--recovery-lr", "auto", "--recovery-lora"])
+    assert config_from_args(lora_auto).recovery == RecoveryConfig(learning_rate="auto", lora=True)
     # Nothing but --recovery: the RecoveryConfig defaults.
     assert config_from_args(parser.parse_args(["prune", "m", "--recovery", "lm"])).recovery == RecoveryConfig(method="lm")
     with pytest.raises(RecoveryError, match="--recovery-lr, --recovery-tokens need.s. --recovery kd or --recovery lm"):
