@@ -28,6 +28,8 @@ result = recover(student, teacher, None, None, OPTIONS, windows=windows(), show_
 torch.save({{"weights": student.state_dict(), "held_back": result.held_back.to_dict(), "steps": result.steps,
              "world": dist.get_world_size(), "passes": result.teacher_cache.teacher_passes}},
            {out!r} + f"/rank{{dist.get_rank()}}.pt")
+# Left to interpreter exit, gloo's threads can abort the process ("terminate called without an active exception").
+dist.destroy_process_group()
 """
 
 # 6 steps of a global batch of 4 windows: 2 per process, the teacher's top-k cached per process; the held-back
