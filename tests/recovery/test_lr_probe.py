@@ -12,7 +12,7 @@ import torch
 from hf_prune.errors import RecoveryError
 from hf_prune.job.save import recovery_description
 from hf_prune.recovery import RecoveryResult, recover
-from hf_prune.recovery.config import DEFAULT_LR, LR_PROBE_FACTORS, RecoveryConfig
+from hf_prune.recovery.config import DEFAULT_LR, LEGACY_DEFAULT_LR, LR_CANDIDATES, RecoveryConfig
 from hf_prune.recovery.probe import probe_config
 from test_guard import _windows
 from test_recovery import SEQ, _options, _pair, _tokens
@@ -29,14 +29,13 @@ def _probing(**overrides) -> dict:
 
 def test_the_probe_step_count_is_five_percent_of_the_budget_split_over_the_candidates():
     config = RecoveryConfig(**_probing())
-    assert config.lr_probe_steps == int(0.05 * STEPS) // len(LR_PROBE_FACTORS) == 2
-    assert config.lr_candidates == tuple(float(f"{f * DEFAULT_LR[False]:.3g}") for f in LR_PROBE_FACTORS)
-    assert config.replace(lora=True).lr_candidates == tuple(float(f"{f * DEFAULT_LR[True]:.3g}") for f in LR_PROBE_FACTORS)
+    assert config.lr_probe_steps == int(0.05 * STEPS) // len(LR_CANDIDATES[False]) == 2
+    assert config.lr_candidates == LR_CANDIDATES[False] and config.replace(lora=True).lr_candidates == LR_CANDIDATES[True]
     assert config.replace(tokens=(STEPS - 1) * BATCH * SEQ).lr_probe_steps == 0  # 7 steps: under 2 per candidate
     assert config.replace(held_back=0).lr_probe_steps == 0 and config.replace(learning_rate=1e-4).lr_probe_steps == 0
     assert RecoveryConfig().learning_rate == "auto"
     # a config saved before "auto" existed said None for the fixed default, and still means it
-    assert RecoveryConfig.from_dict({"learning_rate": None, "lora": True}).learning_rate == DEFAULT_LR[True]
+    assert RecoveryConfig.from_dict({"learning_rate": None}).learning_rate == LEGACY_DEFAULT_LR[False] == 1e-4
     with pytest.raises(RecoveryError, match=r"learning_rate must be a number in \(0, 1\) \(e.g. 1e-4\) or 'auto'"):
         RecoveryConfig(learning_rate="fast")
 

@@ -12,7 +12,7 @@ from conftest import pruned_classes, tiny_causal_lm
 from hf_prune import PruneConfig, PruningPlan, RecoveryConfig, apply_plan, prune_and_push
 from hf_prune.errors import RecoveryDivergedError, RecoveryError
 from hf_prune.recovery import recover, training_windows
-from hf_prune.recovery.config import parse_tokens
+from hf_prune.recovery.config import DEFAULT_LR, parse_tokens
 from hf_prune.recovery.distill import kd_loss, local_loss
 from transformers import TrainerCallback
 
@@ -107,7 +107,7 @@ def test_prune_config_holds_recovery_as_dict_or_object(tmp_path):
     # Budget arithmetic: whole optimizer steps, at least the budget.
     r = RecoveryConfig(tokens=1000, seq_len=64, batch_size=4, gradient_accumulation_steps=2)
     assert (r.max_steps, r.num_windows, r.tokens_used) == (2, 16, 1024)
-    assert RecoveryConfig().lr == 1e-4 and RecoveryConfig(lora=True).lr == 1e-3
+    assert RecoveryConfig().lr == DEFAULT_LR[False] == 3e-5 and RecoveryConfig(lora=True).lr == DEFAULT_LR[True] == 1e-3
 
 
 # ---- training --------------------------------------------------------------------------------------------
