@@ -299,7 +299,8 @@ def main() -> None:
     data.setdefault("runs_log", []).append({"argv": sys.argv[1:], "started": time.strftime("%Y-%m-%d %H:%M:%S")})
     # a throughput or control run keeps the curves' settings
     key = "throughput_settings" if args.throughput_steps else "control_settings" if args.dense_control else "settings"
-    data[key] = {**vars(args), "domains": DOMAINS, "torch": torch.__version__,
+    # the level cache is where, not how, the levels were built (and a machine path): left out of the record
+    data[key] = {**{k: v for k, v in vars(args).items() if k != "level_cache"}, "domains": DOMAINS, "torch": torch.__version__,
                  "machine": platform.processor() or platform.machine(),
                  "note": "CPU, 2 cores; the lr schedule spans the whole --tokens budget, intermediate points "
                          "are evaluated during that run"}
