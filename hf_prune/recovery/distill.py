@@ -396,8 +396,7 @@ def _probe(model, teacher, cache: TeacherCache | None, config: RecoveryConfig, w
             probe_args = _arguments(probe, Path(scratch), False, device)
             _trainer(model, teacher, cache, probe, probe_args, windows.train, False, [])[0].train()
 
-    return probe_learning_rate(model, config, windows.held_back, guard.report.before, train,
-                               batch_size=guard.batch_size, state_dir=state_dir, show_progress=show_progress)
+    return probe_learning_rate(model, config, guard, train, state_dir=state_dir, show_progress=show_progress)
 
 
 def _serves(cache: TeacherCache | None, windows: Any, config: RecoveryConfig) -> bool:

@@ -135,7 +135,8 @@ class HeldBackGuard(TrainerCallback):
         self._per_window: dict[str, torch.Tensor] = {}
 
     # ---- measuring ----------------------------------------------------------------------------------------
-    def _measure(self, model: torch.nn.Module) -> tuple[float, torch.Tensor]:
+    def measure(self, model: torch.nn.Module) -> tuple[float, torch.Tensor]:
+        """(mean held-back loss of ``model`` as it is now, each window's loss)."""
         per_window = held_back_loss(model, self.windows.input_ids, self.batch_size, self.bf16)
         return float(per_window.mean()), per_window
 
@@ -144,7 +145,7 @@ class HeldBackGuard(TrainerCallback):
         self.input_weights = trainable_weights(model)
         if resume is not None and self._load(Path(resume)):
             return
-        before, per_window = self._measure(model)
+        before, per_window = self.measure(model)
         self.report = HeldBackReport(len(self.windows), self.windows.domain_counts, before, before, 0,
                                      history=[(0, before)])
         self._per_window = {"before": per_window, "best": per_window}
@@ -162,7 +163,7 @@ class HeldBackGuard(TrainerCallback):
             self._record(model, state.global_step, control)
 
     def _record(self, model: torch.nn.Module, step: int, control: Any) -> None:
-        loss, per_window = self._measure(model)
+        loss, per_window = self.measure(model)
         report = self.report
         report.history.append((step, loss))
         report.final, report.final_step = loss, step

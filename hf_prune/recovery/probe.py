@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from ..errors import RecoveryDivergedError
 from ..fileio import write_text_atomic
 from .config import RecoveryConfig
-from .guard import held_back_loss, load_weights, trainable_weights
+from .guard import HeldBackGuard, load_weights
 
 __all__ = ["LearningRateProbe", "probe_learning_rate", "probe_config"]
 
@@ -82,37 +82,37 @@ def probe_config(config: RecoveryConfig, learning_rate: float) -> RecoveryConfig
                           lr_scheduler="constant_with_warmup", warmup=0.5, save_steps=0)
 
 
-def probe_learning_rate(model: torch.nn.Module, config: RecoveryConfig, held_back: Any, before: float,
-                        train: Callable[[RecoveryConfig], None], *, batch_size: int, state_dir: Path | None = None,
+def probe_learning_rate(model: torch.nn.Module, config: RecoveryConfig, guard: HeldBackGuard,
+                        train: Callable[[RecoveryConfig], None], *, state_dir: Path | None = None,
                         show_progress: bool = True) -> LearningRateProbe:
     """Run the probe of the module docstring and leave ``model``'s trainable weights as they came.
 
     Args:
         model: the model recovery trains (its trainable parameters are what the candidates change).
         config: the run's options (``learning_rate="auto"``, ``lr_probe_steps`` > 0).
-        held_back: the held-back windows; ``before``: their loss on ``model`` as given (the guard's).
+        guard: the run's held-back guard, after :meth:`~HeldBackGuard.begin`: it measures each candidate, and its
+            copy of the input's weights and loss before training are the probe's start.
         train: trains ``model`` in place with the options it is given (a Trainer built like the run's).
-        batch_size: windows per held-back forward pass.
         state_dir: where a resumable run keeps its files: the outcome is written there and read back on resume.
     """
     saved = state_dir / PROBE_STATE if state_dir is not None else None
     if saved is not None and saved.is_file():
         return LearningRateProbe.from_dict(json.loads(saved.read_text(encoding="utf-8")))
-    start, t0 = trainable_weights(model), time.perf_counter()
+    t0 = time.perf_counter()
     losses: dict[float, float] = {}
     for lr in tqdm(config.lr_candidates, desc="learning-rate probe", disable=not show_progress, leave=False):
         try:
             train(probe_config(config, lr))
-            losses[lr] = float(held_back_loss(model, held_back.input_ids, batch_size, config.bf16).mean())
+            losses[lr] = guard.measure(model)[0]
         except RecoveryDivergedError:
             losses[lr] = math.inf
         if not math.isfinite(losses[lr]):
             losses[lr] = math.inf
-        load_weights(model, start)
+        load_weights(model, guard.input_weights)
         logger.info("learning-rate probe: %g -> held-back loss %.4f", lr, losses[lr])
     chosen = min(losses, key=lambda lr: (losses[lr], lr))
     steps = config.lr_probe_steps
-    probe = LearningRateProbe(losses, before, chosen, steps, steps * config.tokens_per_step * len(losses),
+    probe = LearningRateProbe(losses, guard.report.before, chosen, steps, steps * config.tokens_per_step * len(losses),
                               round(time.perf_counter() - t0, 2))
     logger.info("recovery learning rate %g, %s", chosen, probe.describe())
     if saved is not None:
