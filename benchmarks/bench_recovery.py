@@ -275,7 +275,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=None)
     parser.add_argument("--level-cache", default=str(cache_dir() / "bench" / "recovery_levels"),
-                        help="folder keeping each pruned level for later calls with the same settings ('' : none)")
+                        help="folder keeping each pruned level for later calls with the same settings ('': none); "
+                             "empty it after changing the engine, whose version the key does not hold")
     parser.add_argument("--append", action="store_true", help="keep the runs already in --out, run the missing ones")
     parser.add_argument("--dense-control", action="store_true",
                         help="instead of pruning: train a copy of the dense model with the lm run (stop with "
@@ -300,7 +301,8 @@ def main() -> None:
     # a throughput or control run keeps the curves' settings
     key = "throughput_settings" if args.throughput_steps else "control_settings" if args.dense_control else "settings"
     # the level cache is where, not how, the levels were built (and a machine path): left out of the record
-    data[key] = {**{k: v for k, v in vars(args).items() if k != "level_cache"}, "domains": DOMAINS, "torch": torch.__version__,
+    settings = {k: v for k, v in vars(args).items() if k != "level_cache"}
+    data[key] = {**settings, "domains": DOMAINS, "torch": torch.__version__,
                  "machine": platform.processor() or platform.machine(),
                  "note": "CPU, 2 cores; the lr schedule spans the whole --tokens budget, intermediate points "
                          "are evaluated during that run"}
@@ -339,9 +341,9 @@ def main() -> None:
         for s in sparsities:
             print(f"  {s:.0%}: throughput of {', '.join(names)}", flush=True)
             built = levels.build(s)
+            data["prune_seconds"] = levels.seconds or data.get("prune_seconds")
             data.setdefault("throughput", {})[str(s)] = throughput(model, built, tokenizer, calibration, names, args)
             out.write_text(json.dumps(data, indent=1))
-        data["prune_seconds"] = levels.seconds or data.get("prune_seconds")
         return
     for s in sparsities:
         level = data["levels"].setdefault(str(s), {})

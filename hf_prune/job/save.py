@@ -143,9 +143,8 @@ def recovery_description(recovery: Any) -> dict[str, Any]:
                            "learning rate": f"{c.lr:g} ({c.lr_scheduler}, warmup {c.warmup:g})",
                            "parameters trained": f"LoRA r={c.lora_r}, alpha={c.lora_alpha:g}, merged back" if c.lora
                            else "all"}
-    probe = getattr(recovery, "lr_probe", None)
-    if probe is not None:
-        out["learning rate"] += f"; {probe.describe()}"
+    if recovery.lr_probe is not None:
+        out["learning rate"] += f"; {recovery.lr_probe.describe()}"
     if c.method == "kd":
         out["temperature"] = c.temperature
         out["LM loss weight"] = c.lm_weight

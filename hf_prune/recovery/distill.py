@@ -356,8 +356,8 @@ def recover(student: torch.nn.Module, teacher: torch.nn.Module | None, tokenizer
         with _offloaded(teacher if cache is not None else None):
             if guard is not None:
                 guard.begin(model, resume)
-            probe = _probe(model, teacher, cache, config, windows, guard, device, out if state_dir is not None else None,
-                           show_progress)
+            probe = _probe(model, teacher, cache, config, windows, guard, device,
+                           out if state_dir is not None else None, show_progress)
             if config.learning_rate == "auto":  # the result (and the card) name the rate used
                 config = config.replace(learning_rate=probe.chosen if probe is not None else config.lr)
                 args.learning_rate = config.lr

@@ -30,7 +30,8 @@ def _probing(**overrides) -> dict:
 def test_the_probe_step_count_is_five_percent_of_the_budget_split_over_the_candidates():
     config = RecoveryConfig(**_probing())
     assert config.lr_probe_steps == int(0.05 * STEPS) // len(LR_CANDIDATES[False]) == 2
-    assert config.lr_candidates == LR_CANDIDATES[False] and config.replace(lora=True).lr_candidates == LR_CANDIDATES[True]
+    assert config.lr_candidates == LR_CANDIDATES[False]
+    assert config.replace(lora=True).lr_candidates == LR_CANDIDATES[True]
     assert config.replace(tokens=(STEPS - 1) * BATCH * SEQ).lr_probe_steps == 0  # 7 steps: under 2 per candidate
     assert config.replace(held_back=0).lr_probe_steps == 0 and config.replace(learning_rate=1e-4).lr_probe_steps == 0
     assert RecoveryConfig().learning_rate == "auto"
@@ -74,7 +75,8 @@ def test_the_probe_keeps_the_rate_with_the_lowest_held_back_loss_and_trains_as_a
     assert card_line.startswith(f"{chosen:g} (cosine") and "chosen by a probe" in card_line
 
 
-@pytest.mark.parametrize("overrides", [{"tokens": 16 * BATCH * SEQ}, {"held_back": 0}], ids=["small budget", "no held back"])
+@pytest.mark.parametrize("overrides", [{"tokens": 16 * BATCH * SEQ}, {"held_back": 0}],
+                         ids=["small budget", "no held back"])
 def test_auto_without_room_to_probe_uses_the_fixed_default(overrides):
     _, student = _pair()
     data = _tokens(40, seed=5)
