@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import EvaluationError
+from .markdown import table
 from .options import is_int, is_number
 
 __all__ = ["TaskSpec", "TaskSuite", "AccuracyReport", "resolve_task_specs", "prepare_tasks", "evaluate_tasks",
@@ -321,13 +322,11 @@ class AccuracyReport:
         """A markdown table: task, examples, accuracy ± stderr, normalised accuracy ± stderr; then the mean."""
         title = f" ({self.label})" if self.label else ""
         shots = sorted({t.get("num_fewshot", 0) for t in self.per_task.values()})
-        lines = [f"Accuracy{title}, {'/'.join(map(str, shots))}-shot (higher is better)", "",
-                 "| task | n | acc | ± | acc_norm | ± |", "|---|---:|---:|---:|---:|---:|"]
-        for task, t in self.per_task.items():
-            lines.append(f"| {task} | {t['n']} | {_fmt(t['acc'])} | {_fmt(t.get('acc_stderr'))} | "
-                         f"{_fmt(t.get('acc_norm'))} | {_fmt(t.get('acc_norm_stderr'))} |")
-        lines.append(f"| **mean** | {sum(t['n'] for t in self.per_task.values())} | **{_fmt(self.mean)}** | | | |")
-        return "\n".join(lines)
+        rows = [[task, t["n"], _fmt(t["acc"]), _fmt(t.get("acc_stderr")), _fmt(t.get("acc_norm")),
+                 _fmt(t.get("acc_norm_stderr"))] for task, t in self.per_task.items()]
+        rows.append(["**mean**", sum(t["n"] for t in self.per_task.values()), f"**{_fmt(self.mean)}**", "", "", ""])
+        return (f"Accuracy{title}, {'/'.join(map(str, shots))}-shot (higher is better)\n\n"
+                + table(["task", "n", "acc", "±", "acc_norm", "±"], rows, "lrrrrr"))
 
 
 def _fmt(value: Any) -> str:

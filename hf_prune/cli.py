@@ -419,9 +419,9 @@ def _cmd_push(args: argparse.Namespace) -> int:
     output = OutputArguments(repo_id=args.repo_id, push=True, primary=args.primary, private=args.private,
                              overwrite=args.overwrite)
     results = push_folders(output, args.folders)
-    print("\n| branch | commit | url |\n|---|---|---|")
-    for r in results:
-        print(f"| {r.branch} | {r.commit_id[:12]} | {r.commit_url} |")
+    from .markdown import table
+
+    print("\n" + table(["branch", "commit", "url"], [[r.branch, r.commit_id[:12], r.commit_url] for r in results]))
     return 0
 
 

@@ -36,6 +36,7 @@ from .presets import (
     SCHEDULES,
 )
 from .errors import PruningError
+from .markdown import table
 from .options import Options, is_int, is_number, option, parse_bytes, parse_count
 from .recovery.config import RecoveryConfig
 
@@ -485,9 +486,9 @@ class PruneConfig(Options):
     @classmethod
     def reference(cls) -> str:
         """Markdown table of every field: name, default, meaning (docs/reference is generated from it)."""
-        rows = ["| option | default | meaning |", "|---|---|---|"]
+        rows = []
         for f in dataclasses.fields(cls):
             default = f.default if not isinstance(f.default, tuple) else ", ".join(map(str, f.default))
-            rows.append(f"| `{f.name}` | `{default}` | {f.metadata['help']} |")
-        return "\n".join(rows)
+            rows.append([f"`{f.name}`", f"`{default}`", f.metadata["help"]])
+        return table(["option", "default", "meaning"], rows)
 

@@ -28,6 +28,7 @@ from .data.sources import DomainSource
 from .data.calibration import as_calibration
 from .data.spec import check_overlap
 from .errors import CalibrationError, EvaluationError
+from .markdown import table
 from .options import is_int
 
 if TYPE_CHECKING:
@@ -94,16 +95,10 @@ class PerplexityReport:
     def to_markdown(self) -> str:
         """A markdown table: domain, perplexity, windows, tokens; then the mean."""
         title = f" ({self.label})" if self.label else ""
-        lines = [
-            f"Perplexity{title}, seq_len {self.seq_len}, stride {self.stride}",
-            "",
-            "| domain | perplexity | windows | tokens |",
-            "|---|---:|---:|---:|",
-        ]
-        for d, ppl in self.per_domain.items():
-            lines.append(f"| {d} | {ppl:.3f} | {self.windows[d]} | {self.tokens[d]} |")
-        lines.append(f"| **mean** | **{self.mean:.3f}** | {sum(self.windows.values())} | {sum(self.tokens.values())} |")
-        return "\n".join(lines)
+        rows = [[d, f"{ppl:.3f}", self.windows[d], self.tokens[d]] for d, ppl in self.per_domain.items()]
+        rows.append(["**mean**", f"**{self.mean:.3f}**", sum(self.windows.values()), sum(self.tokens.values())])
+        return (f"Perplexity{title}, seq_len {self.seq_len}, stride {self.stride}\n\n"
+                + table(["domain", "perplexity", "windows", "tokens"], rows, "lrrr"))
 
     def compare(self, other: PerplexityReport, labels: tuple[str, str] | None = None) -> str:
         """Markdown table of ``self`` (before) against ``other`` (after) with the ratio after/before."""
@@ -114,19 +109,16 @@ class PerplexityReport:
                 stacklevel=2,
             )
         a, b = labels or (self.label or "before", other.label or "after")
-        lines = [f"| domain | {a} | {b} | ratio |", "|---|---:|---:|---:|"]
+        rows = []
         for d, ppl in self.per_domain.items():
-            if d in other.per_domain:
-                o = other.per_domain[d]
-                lines.append(f"| {d} | {ppl:.3f} | {o:.3f} | {o / ppl:.3f} |")
-            else:
-                lines.append(f"| {d} | {ppl:.3f} | - | - |")
+            o = other.per_domain.get(d)
+            rows.append([d, f"{ppl:.3f}", "-", "-"] if o is None else [d, f"{ppl:.3f}", f"{o:.3f}", f"{o / ppl:.3f}"])
         common = [d for d in self.per_domain if d in other.per_domain]
         if common:
             m1 = sum(self.per_domain[d] for d in common) / len(common)
             m2 = sum(other.per_domain[d] for d in common) / len(common)
-            lines.append(f"| **mean** | **{m1:.3f}** | **{m2:.3f}** | **{m2 / m1:.3f}** |")
-        return "\n".join(lines)
+            rows.append(["**mean**", f"**{m1:.3f}**", f"**{m2:.3f}**", f"**{m2 / m1:.3f}**"])
+        return table(["domain", a, b, "ratio"], rows, "lrrr")
 
 
 def _window_plan(n_tokens: int, seq_len: int, stride: int, cap: int | None) -> list[tuple[int, int]]:

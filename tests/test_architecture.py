@@ -17,7 +17,7 @@ ROOT = REPO_ROOT
 
 #: The layers, lowest first: a part may import parts of its own layer or below, never above.
 LAYERS = [
-    ("foundation", {"errors", "options", "_lazy", "compat", "fileio"}),
+    ("foundation", {"errors", "options", "_lazy", "compat", "fileio", "markdown"}),
     ("modeling", {"modeling"}),
     ("format", {"format", "registration", "loading"}),
     ("data", {"data"}),
@@ -31,26 +31,26 @@ LAYER = {part: i for i, (_, parts) in enumerate(LAYERS) for part in parts}
 
 #: What each part may import (``_lazy``, the lazy-attribute plumbing of every package, is left out).
 RULES: dict[str, set[str]] = {
-    "errors": set(), "options": set(), "_lazy": set(), "compat": set(), "fileio": {"errors"},
+    "errors": set(), "options": set(), "_lazy": set(), "compat": set(), "markdown": set(), "fileio": {"errors"},
     "modeling": {"errors"},
     "registration": {"modeling"},
     "format": {"modeling", "errors", "fileio", "options"},
     "loading": {"format", "registration", "errors"},
     "data": {"errors", "fileio", "options"},
-    "evaluation": {"data", "errors", "options"},
+    "evaluation": {"data", "errors", "markdown", "options"},
     "harness": set(),
-    "accuracy": {"harness", "data", "errors", "fileio", "options"},
+    "accuracy": {"harness", "data", "errors", "fileio", "markdown", "options"},
     "hub": {"modeling", "errors", "options"},
     "serving": {"format", "loading", "registration", "errors", "fileio"},
-    "recovery": {"data", "compat", "errors", "fileio", "options"},
+    "recovery": {"data", "compat", "errors", "fileio", "markdown", "options"},
     "presets": set(),
-    "config": {"presets", "recovery", "errors", "fileio", "options"},
-    "engine": {"config", "presets", "data", "format", "compat", "errors", "fileio", "options"},
+    "config": {"presets", "recovery", "errors", "fileio", "markdown", "options"},
+    "engine": {"config", "presets", "data", "format", "compat", "errors", "fileio", "markdown", "options"},
     "job": {"config", "presets", "data", "format", "engine", "evaluation", "accuracy", "hub", "recovery", "serving",
-            "loading", "registration", "errors", "fileio", "options"},
+            "loading", "registration", "errors", "fileio", "markdown", "options"},
     "pipeline": {"job", "config"},
     "demo": {"job", "data", "format", "errors", "fileio"},
-    "cli": {"job", "config", "recovery", "engine", "serving", "demo", "errors", "fileio"},
+    "cli": {"job", "config", "recovery", "engine", "serving", "demo", "errors", "fileio", "markdown"},
     "__main__": {"cli"},
     "hf_prune": set(LAYER) - {"hf_prune"},
 }

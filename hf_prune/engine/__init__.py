@@ -3,7 +3,7 @@
 Swappable pieces in the torch-pruning style: a criterion scores structures, an allocation turns scores into a
 plan, a schedule sets each round's sparsity, and the :class:`Pruner` runs one round per ``step()``.
 May import: ``format`` (plans, geometry, slicing), ``data`` (to draw calibration windows), ``config`` and
-``presets`` (the recipe), ``compat``, ``errors``, ``fileio``, ``options``.
+``presets`` (the recipe), ``compat``, ``errors``, ``fileio``, ``markdown``, ``options``.
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ from typing import Any
 from ..config import COMPENSATION_MAX_FOLDS, PruneConfig
 from ..errors import InsufficientMemoryError, PruningError
 from ..format.geometry import ModelGeometry, config_mapping
+from ..markdown import table
 from ..options import parse_bytes
 from .schedule import get_schedule
 from .targets import resolve_targets
@@ -228,15 +229,13 @@ class MemoryPlan:
                  f"{self.seq_len} tokens, gradient checkpointing {gc}, {self.layout}{ranks}", ""]
         for dev in self.devices:
             stages = list(dev.stages)
-            lines.append(f"| {dev.name} | " + " | ".join(stages) + " |")
-            lines.append("|---|" + "---:|" * len(stages))
             parts = sorted({p for s in stages for p in dev.stages[s]}, key=_ORDER.index)
-            for part in parts:
-                lines.append(f"| {part} | " + " | ".join(format_bytes(dev.stages[s][part]) if part in dev.stages[s]
-                                                        else "" for s in stages) + " |")
+            rows = [[part] + [format_bytes(dev.stages[s][part]) if part in dev.stages[s] else "" for s in stages]
+                    for part in parts]
             if dev.overhead:
-                lines.append("| runtime (CUDA context) | " + " | ".join(format_bytes(dev.overhead) for _ in stages) + " |")
-            lines.append("| **total** | " + " | ".join(f"**{format_bytes(dev.total(s))}**" for s in stages) + " |")
+                rows.append(["runtime (CUDA context)"] + [format_bytes(dev.overhead)] * len(stages))
+            rows.append(["**total**"] + [f"**{format_bytes(dev.total(s))}**" for s in stages])
+            lines.append(table([dev.name, *stages], rows, "l" + "r" * len(stages)))
             cap = "unknown" if dev.capacity is None else format_bytes(dev.capacity)
             verdict = "fits" if dev.fits else "DOES NOT FIT"
             lines += [f"peak {format_bytes(dev.peak)} ({dev.peak_stage}) of {cap}: {verdict}", ""]

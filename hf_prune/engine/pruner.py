@@ -25,6 +25,7 @@ from ..config import PruneConfig
 from ..data.calibration import as_calibration
 from ..errors import PruningError
 from ..fileio import write_text_atomic
+from ..markdown import table
 from ..format.geometry import ModelGeometry, check_supported
 from ..format.plan import PruningPlan
 from ..format.slicing import apply_plan
@@ -105,10 +106,9 @@ class PruneResult:
 
     def summary(self) -> str:
         """A markdown table: level, measured sparsity, KV-cache reduction."""
-        rows = ["| level | decoder params removed | KV cache removed |", "|---|---|---|"]
-        for s in sorted(self.plans):
-            rows.append(f"| {self.config.name_of(s)} | {self.sparsity[s]:.2%} | {self.kv_cache_reduction[s]:.2%} |")
-        return "\n".join(rows)
+        rows = [[self.config.name_of(s), f"{self.sparsity[s]:.2%}", f"{self.kv_cache_reduction[s]:.2%}"]
+                for s in sorted(self.plans)]
+        return table(["level", "decoder params removed", "KV cache removed"], rows)
 
 
 # ---- model-dependent checks --------------------------------------------------------------------------------

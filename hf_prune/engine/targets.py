@@ -22,6 +22,7 @@ from typing import Any
 from ..config import DEFAULT_LEVELS, PruneConfig
 from ..errors import PruningError
 from ..format.geometry import ModelGeometry
+from ..markdown import table
 
 # ``dims`` below is an :class:`~hf_prune.engine.memory.ModelDims` (the memory plan resolves targets with this module,
 # so it is not imported here).
@@ -246,11 +247,9 @@ def forecast(config: PruneConfig, dims: Any) -> list[dict[str, Any]]:
 def forecast_table(config: PruneConfig, dims: Any) -> str:
     """:func:`forecast` as a markdown table (``--dry-run``)."""
     context = f"{config.context_length:,} tokens x {config.memory_batch_size}, {dims.dtype}"
-    rows = [f"| level | parameters | decoder sparsity | memory at {context} | KV cache removed |", "|---|---:|---:|---:|---:|"]
-    for r in forecast(config, dims):
-        rows.append(f"| {r['level']} | {_count(r['params'])} | {r['sparsity']:.1%} | <= {_size(r['memory_bytes'])} "
-                    f"| >= {r['kv_cache_reduction']:.1%} |")
-    return "\n".join(rows)
+    rows = [[r["level"], _count(r["params"]), f"{r['sparsity']:.1%}", f"<= {_size(r['memory_bytes'])}",
+             f">= {r['kv_cache_reduction']:.1%}"] for r in forecast(config, dims)]
+    return table(["level", "parameters", "decoder sparsity", f"memory at {context}", "KV cache removed"], rows, "lrrrr")
 
 
 def measured(config: PruneConfig, sparsity: float, dense: Any, pruned: Any, params: int) -> dict[str, Any]:

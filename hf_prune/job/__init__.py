@@ -6,7 +6,7 @@ with every command of the command line; a :class:`LevelRecord` holds what is kno
 job's metrics, ``eval_results.json`` and the model cards are views of it.
 
 May import: ``config``, ``presets``, ``data``, ``format``, ``engine``, ``evaluation``, ``accuracy``, ``hub``,
-``recovery``, ``serving``, ``loading``, ``registration``, ``errors``, ``fileio``, ``options``: every layer
+``recovery``, ``serving``, ``loading``, ``registration``, ``errors``, ``fileio``, ``markdown``, ``options``: every layer
 below it (docs/architecture.md); torch only inside the steps that load or run a model (the checks stay instant).
 """
 

@@ -6,18 +6,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..markdown import table
 from .record import accuracy_columns
 
 __all__ = ["PruneAndPushResult"]
-
-
-def _row(cells: list[str]) -> str:
-    return "|" + "".join(f" {cell} |" if cell else " |" for cell in cells)
-
-
-def _table(head: list[str], align: list[str], rows: list[list[str]]) -> str:
-    """A markdown table (``align``: ``---`` or ``---:`` per column; an empty cell is ``| |``)."""
-    return "\n".join([_row(head), "|" + "|".join(align) + "|", *map(_row, rows)])
 
 
 @dataclass
@@ -64,7 +56,7 @@ class PruneAndPushResult:
             mark = " (main)" if s == self.primary and self.pushes else ""
             rows.append([f"{m['branch']}{mark}", f"{m['params'] / 1e6:.2f} M", f"{m['sparsity']:.1%}",
                          f"{m['kv_cache_reduction']:.1%}", *evaluated(m), str(self.folders[s])])
-        return _table(head, ["---"] + ["---:"] * (len(head) - 2) + ["---"], rows)
+        return table(head, rows, "l" + "r" * (len(head) - 2) + "l")
 
     def accuracy_table(self) -> str:
         """Markdown table of accuracy per task (%): dense, then every level; the mean (empty if not evaluated)."""
@@ -75,7 +67,7 @@ class PruneAndPushResult:
         rows = [[task] + [f"{100 * c[task]['acc']:.1f}" for _, c in columns] for task in tasks]
         rows.append(["**mean**"] + [f"**{100 * sum(c[t]['acc'] for t in tasks) / len(tasks):.1f}**"
                                     for _, c in columns])
-        return _table(["task"] + [name for name, _ in columns], ["---"] + ["---:"] * len(columns), rows)
+        return table(["task"] + [name for name, _ in columns], rows, "l" + "r" * len(columns))
 
     def perplexity_table(self) -> str:
         """Markdown table of per-domain perplexity: dense, then every level (empty string if not evaluated)."""
@@ -91,5 +83,4 @@ class PruneAndPushResult:
         rows = [[d, f"{v:.2f}"] + [f"{p['per_domain'][d]:.2f}" for _, p in columns]
                 for d, v in dense["per_domain"].items()]
         rows.append(["**mean**", f"**{dense['mean']:.2f}**"] + [f"**{p['mean']:.2f}**" for _, p in columns])
-        return _table(["domain", "dense"] + [name for name, _ in columns], ["---"] + ["---:"] * (len(columns) + 1),
-                      rows)
+        return table(["domain", "dense"] + [name for name, _ in columns], rows, "l" + "r" * (len(columns) + 1))

@@ -7,7 +7,7 @@ result keeps the pruned model's class and shapes. Training and held-back windows
 on them; ``kd`` reads the teacher's top-k distributions from a cache filled once per window
 (:mod:`~hf_prune.recovery.teacher`); the objectives are in :mod:`~hf_prune.recovery.losses`.
 
-May import: ``data`` (the training windows), ``compat``, ``errors``, ``fileio``, ``options``; torch,
+May import: ``data`` (the training windows), ``compat``, ``errors``, ``fileio``, ``markdown``, ``options``; torch,
 transformers, PEFT. It knows nothing of the engine: it trains whatever pruned model it is given.
 """
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import RecoveryError
+from ..markdown import table
 from ..options import Options, is_number
 from ..options import option as _option
 
@@ -267,10 +268,9 @@ class RecoveryConfig(Options):
     @classmethod
     def reference(cls) -> str:
         """Markdown table of every field: name, command-line option, default, meaning (docs/reference is generated from it)."""
-        rows = ["| option | command line | default | meaning |", "|---|---|---|---|"]
-        for f in dataclasses.fields(cls):
-            rows.append(f"| `{f.name}` | `{cli_flag(f)}` | `{f.default}` | {f.metadata['help']} |")
-        return "\n".join(rows)
+        rows = [[f"`{f.name}`", f"`{cli_flag(f)}`", f"`{f.default}`", f.metadata["help"]]
+                for f in dataclasses.fields(cls)]
+        return table(["option", "command line", "default", "meaning"], rows)
 
 
 def cli_flag(f: dataclasses.Field) -> str:
