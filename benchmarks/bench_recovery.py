@@ -30,6 +30,7 @@ from transformers import TrainerCallback
 
 from hf_prune import CalibrationMix, evaluate_perplexity, prune, recover
 from hf_prune.fileio import cache_dir
+from hf_prune.markdown import table as markdown_table
 from hf_prune.recovery import RecoveryConfig, parse_tokens, recovery_windows, training_windows
 
 #: Run configurations: name -> RecoveryConfig fields (``--lr`` / ``--lora-lr`` fill in the learning rate).
@@ -99,8 +100,8 @@ def run_config(name: str, args, tokens) -> RecoveryConfig:
     kind, _, rate = name.partition("@")
     fields = {**RUNS[kind], "tokens": tokens, "seq_len": args.train_seq_len, "batch_size": args.batch_size,
               "seed": args.seed, "save_steps": 0}
-    fields["learning_rate"] = (rate if rate == "auto" else float(rate)) if rate else (
-        args.lora_lr if fields.get("lora") else args.lr)
+    rate = rate or (args.lora_lr if fields.get("lora") else args.lr)
+    fields["learning_rate"] = rate if rate == "auto" else float(rate)
     return RecoveryConfig(**fields)
 
 
@@ -138,8 +139,9 @@ class Levels:
 
 
 def run_one(model, pruned, tokenizer, calibration, name: str, args, evaluate, level0: dict, stop: int,
-            save, teacher_cache=None) -> dict:
-    """One recovery run of one level (stopped after ``stop`` tokens): the perplexity curve and student tokens/s."""
+            save, teacher_cache=None) -> tuple[dict, object]:
+    """One recovery run of one level (stopped after ``stop`` tokens): (its entry: the perplexity curve and student
+    tokens/s; the run's teacher cache, for the next run on the same windows)."""
     config = run_config(name, args, args.tokens)
     per_step = config.tokens_per_step
     marks = {max(1, round(parse_tokens(t) / per_step)): 0 for t in args.eval_at.split(",") if t}
@@ -162,14 +164,17 @@ def run_one(model, pruned, tokenizer, calibration, name: str, args, evaluate, le
                      show_progress=False, callbacks=[callback], teacher_cache=teacher_cache)
     wall = time.perf_counter() - t
     curve = {0: level0, **callback.points}
+    guard = result.held_back
+    if guard is not None:  # the guard may hand back an earlier state than the curve's last point: score that too
+        entry["held_back"] = guard.to_dict()
+        entry["returned_dev"] = evaluate(result.model) if guard.returned != "final" else None
     return {**entry, "steps": result.steps, "tokens_trained": result.steps * per_step, "wall_seconds": round(wall, 1),
             "eval_seconds": round(callback.eval_seconds, 1),
             "student_tokens_per_second": round(callback.tokens_per_second(result.steps), 1),
             "final_loss": result.losses[-1][1] if result.losses else None, "domain_counts": result.domain_counts,
             "curve": {str(k): v for k, v in sorted(curve.items())}, "complete": True,
             "learning_rate": result.config.learning_rate,
-            "lr_probe": result.lr_probe.to_dict() if result.lr_probe is not None else None,
-            "_teacher_cache": result.teacher_cache}
+            "lr_probe": result.lr_probe.to_dict() if result.lr_probe is not None else None}, result.teacher_cache
 
 
 def throughput(model, built, tokenizer, calibration, names: list[str], args, fresh=None) -> dict:
@@ -199,19 +204,26 @@ def gap_recovered(dense: float, pruned: float, recovered: float) -> float:
     return (pruned - recovered) / (pruned - dense)
 
 
+def returned(run: dict) -> float:
+    """Mean dev perplexity of the model the run handed back: the guard's best state when it returned an earlier
+    one (``returned_dev``), else the curve's last point."""
+    curve = run["curve"]
+    return (run.get("returned_dev") or curve[max(curve, key=int)])["mean"]
+
+
 def table(data: dict) -> str:
-    dense = data["dense"]["mean"]
-    lines = ["| level | run | " + " | ".join(f"{int(t) / 1000:g}k" for t in _points(data)) +
-             " | gap closed (last point) | tok/s during the run |", "|---|---|" + "---:|" * (len(_points(data)) + 2)]
+    dense, points = data["dense"]["mean"], _points(data)
+    rows = []
     for level, runs in data["levels"].items():
         for name, run in runs.items():
-            curve = run["curve"]
-            cells = [f"{curve[t]['mean']:.2f}" if t in curve else "" for t in _points(data)]
-            last = curve[max(curve, key=int)]["mean"]
-            gap = gap_recovered(dense, curve["0"]["mean"], last)
-            lines.append(f"| {float(level):.0%} | {name} | " + " | ".join(cells) +
-                         f" | {gap:.0%} | {run.get('student_tokens_per_second', 0):.0f} |")
-    return f"dense: {dense:.2f}\n" + "\n".join(lines)
+            curve, guard = run["curve"], run.get("held_back")
+            kept = f"step {guard['best_step']} ({guard['returned']})" if guard else ""
+            rows.append([f"{float(level):.0%}", name, *[f"{curve[t]['mean']:.2f}" if t in curve else "" for t in points],
+                         f"{returned(run):.2f}", kept, f"{gap_recovered(dense, curve['0']['mean'], returned(run)):.0%}",
+                         f"{run.get('student_tokens_per_second', 0):.0f}"])
+    head = ["level", "run", *[f"{int(t) / 1000:g}k" for t in points], "returned", "held-back guard kept",
+            "gap closed (returned)", "tok/s during the run"]
+    return f"dense: {dense:.2f}\n" + markdown_table(head, rows, "ll" + "r" * (len(points) + 1) + "lrr")
 
 
 def throughput_table(data: dict) -> str:
@@ -243,6 +255,10 @@ def plot(path: Path, data: dict, title: str) -> None:
             ax.plot([t / 1000 for t, _ in points], [v for _, v in points], marker="o", markersize=3,
                     linestyle=styles.get(name, "-"), color=colors[k % len(colors)],
                     label=f"{float(level):.0%} {name}")
+            if run.get("returned_dev"):  # the held-back guard handed back an earlier step than the curve's last
+                ax.plot(run["held_back"]["best_step"] * run["tokens_per_step"] / 1000, run["returned_dev"]["mean"],
+                        marker="*", markersize=10, linestyle="", color=colors[k % len(colors)],
+                        label=f"{float(level):.0%} {name}: returned (held-back best)")
     for name, run in data.get("control", {}).items():  # the dense model trained the same way: adaptation, not recovery
         points = sorted((int(t), v["mean"]) for t, v in run["curve"].items())
         ax.plot([t / 1000 for t, _ in points], [v for _, v in points], marker="x", color="grey", linestyle="--",
@@ -262,8 +278,9 @@ def main() -> None:
                         help="stop some runs early, e.g. 0.3:lm=62.5k,0.5:kd=125k (the schedule stays --tokens')")
     parser.add_argument("--report", action="store_true", help="only print the table and draw the plot of --out")
     parser.add_argument("--eval-at", default="62.5k,125k,250k,500k", help="token counts to evaluate at")
-    parser.add_argument("--lr", type=float, default=1e-4, help="learning rate of full-parameter runs")
-    parser.add_argument("--lora-lr", type=float, default=1e-3, help="learning rate of LoRA runs")
+    parser.add_argument("--lr", default="auto", help="learning rate of full-parameter runs (default: the library's, "
+                        "'auto': the probe, with the held-back guard)")
+    parser.add_argument("--lora-lr", default="auto", help="learning rate of LoRA runs (default 'auto', as --lr)")
     parser.add_argument("--train-seq-len", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--num-samples", type=int, default=32)
@@ -333,7 +350,7 @@ def main() -> None:
 
         stop = stops.get("dense:lm", parse_tokens(args.tokens))
         save_control(run_one(model, copy.deepcopy(model), tokenizer, calibration, "lm", args, evaluate, data["dense"],
-                             stop, save_control))
+                             stop, save_control)[0])
         return
     levels = Levels(model, tokenizer, calibration, sparsities, args)
     if args.throughput_steps:
@@ -361,8 +378,8 @@ def main() -> None:
                 out.write_text(json.dumps(data, indent=1))
 
             stop = stops.get(f"{s}:{name}", parse_tokens(args.tokens))
-            entry = run_one(model, pruned, tokenizer, calibration, name, args, evaluate, level0, stop, save, cache)
-            cache = entry.pop("_teacher_cache") or cache  # the same windows' teacher distributions: run it once
+            entry, ran = run_one(model, pruned, tokenizer, calibration, name, args, evaluate, level0, stop, save, cache)
+            cache = ran or cache  # the same windows' teacher distributions: run the teacher once
             level[name] = entry
             print(f"  {s:.0%} {name}: {entry['student_tokens_per_second']:.0f} student tok/s, "
                   f"{entry['wall_seconds']:.0f}s", flush=True)

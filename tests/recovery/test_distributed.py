@@ -19,14 +19,17 @@ _RUN = r"""
 import sys, torch, torch.distributed as dist
 sys.path[:0] = [{tests!r}, {tests!r} + "/recovery"]
 from test_recovery import _pair, _tokens
-from test_distributed import OPTIONS, windows
+import test_distributed
+from test_distributed import windows
 from hf_prune.recovery import recover
 
 torch.set_num_threads(1)
 teacher, student = _pair()
-result = recover(student, teacher, None, None, OPTIONS, windows=windows(), show_progress=False)
+result = recover(student, teacher, None, None, getattr(test_distributed, {options!r}), windows=windows(),
+                 show_progress=False)
+probe = result.lr_probe.to_dict() if result.lr_probe is not None else None
 torch.save({{"weights": student.state_dict(), "held_back": result.held_back.to_dict(), "steps": result.steps,
-             "world": dist.get_world_size(), "passes": result.teacher_cache.teacher_passes}},
+             "world": dist.get_world_size(), "passes": result.teacher_cache.teacher_passes, "probe": probe}},
            {out!r} + f"/rank{{dist.get_rank()}}.pt")
 # Left to interpreter exit, gloo's threads can abort the process ("terminate called without an active exception").
 dist.destroy_process_group()
@@ -38,6 +41,23 @@ OPTIONS = {"method": "kd", "tokens": 24 * 32, "seq_len": 32, "batch_size": 4, "l
            "held_back": 6, "eval_steps": 2}
 
 
+# The learning-rate probe: 160 steps (the fewest that probe: 2 steps per rate); each process trains every rate on its
+# half of the probe's windows and measures its share of the held-back windows.
+PROBE_OPTIONS = {**OPTIONS, "learning_rate": "auto", "tokens": 160 * 4 * 32, "eval_steps": 40}
+
+
+def _torchrun(tmp_path, options: str) -> list[dict]:
+    """The script above under ``torchrun --nproc-per-node 2`` with ``options`` (a name in this module): each
+    rank's record."""
+    script = tmp_path / "run.py"
+    script.write_text(_RUN.format(tests=str(REPO_ROOT / "tests"), out=str(tmp_path), options=options))
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           str(script)], capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+
+
 def windows() -> RecoveryWindows:
     ids = torch.randint(3, 128, (30, 32), generator=torch.Generator().manual_seed(5))
     return RecoveryWindows(CalibrationWindows(ids[:24], ["a"] * 24), CalibrationWindows(ids[24:], ["a", "b"] * 3))
@@ -47,16 +67,9 @@ def windows() -> RecoveryWindows:
 def test_two_processes_train_the_weights_one_process_trains(tmp_path):
     from test_recovery import _pair
 
-    script = tmp_path / "run.py"
-    script.write_text(_RUN.format(tests=str(REPO_ROOT / "tests"), out=str(tmp_path)))
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                           str(script)], capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-
+    ranks = _torchrun(tmp_path, "OPTIONS")
     teacher, student = _pair()
     one = recover(student, teacher, None, None, OPTIONS, windows=windows(), show_progress=False)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
     assert [r["world"] for r in ranks] == [2, 2] and [r["steps"] for r in ranks] == [one.steps] * 2
     assert [r["passes"] for r in ranks] == [12, 12]  # each process ran the teacher on its own half of the windows
     for got in ranks:
@@ -66,6 +79,25 @@ def test_two_processes_train_the_weights_one_process_trains(tmp_path):
         assert [s for s, _ in h["history"]] == [s for s, _ in one.held_back.history]
         assert h["before"] == pytest.approx(one.held_back.before, rel=1e-5)
         assert h["best"] == pytest.approx(one.held_back.best, rel=1e-4) and h["best_step"] == one.held_back.best_step
+
+
+@pytest.mark.slow
+def test_two_processes_probe_the_learning_rate_as_one_process(tmp_path):
+    """``learning_rate="auto"`` under torchrun: every process measures the same probe losses (each its share of the
+    held-back windows, reduced) and so trains with the same rate, the one a single process chooses."""
+    from test_recovery import _pair
+
+    ranks = _torchrun(tmp_path, "PROBE_OPTIONS")
+    teacher, student = _pair()
+    one = recover(student, teacher, None, None, PROBE_OPTIONS, windows=windows(), show_progress=False).lr_probe
+    assert one is not None and one.steps == 2
+    for got in ranks:
+        probe = got["probe"]
+        assert probe["chosen"] == one.chosen and probe["steps"] == one.steps
+        assert probe["before"] == pytest.approx(one.before, rel=1e-5)
+        assert [lr for lr, _ in probe["losses"]] == list(one.losses)
+        assert [v for _, v in probe["losses"]] == pytest.approx(list(one.losses.values()), rel=1e-4)
+    assert ranks[0]["probe"]["losses"] == ranks[1]["probe"]["losses"]
 
 
 @pytest.mark.slow
