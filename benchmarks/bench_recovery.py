@@ -228,12 +228,12 @@ def table(data: dict) -> str:
 
 def throughput_table(data: dict) -> str:
     """Student tokens/s per run type and level, and the ratio to the plain LM step (from ``--throughput-steps``)."""
-    lines = ["| level | run | student tok/s | vs plain LM step |", "|---|---|---:|---:|"]
+    rows = []
     for level, entry in data.get("throughput", {}).items():
         for name, speed in entry["tokens_per_second"].items():
             ratio = (entry.get("ratio_to_lm") or {}).get(name)
-            lines.append(f"| {float(level):.0%} | {name} | {speed:.0f} | {f'{ratio:.2f}x' if ratio else ''} |")
-    return "\n".join(lines)
+            rows.append([f"{float(level):.0%}", name, f"{speed:.0f}", f"{ratio:.2f}x" if ratio else ""])
+    return markdown_table(["level", "run", "student tok/s", "vs plain LM step"], rows, "llrr")
 
 
 def _points(data: dict) -> list[str]:
