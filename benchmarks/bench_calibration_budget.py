@@ -21,10 +21,21 @@ import torch
 from bench_quality import add_run_options, domain_mix, evaluate, run_method
 from common import DOMAINS, MODELS, ROOT, corpus_dir, dev_files, load_model
 
+from hf_prune.markdown import table
+
 
 def parse_budget(text: str) -> tuple[int, int]:
     windows, _, tokens = text.partition("x")
     return int(windows), int(tokens)
+
+
+def budget_table(rows: dict, sparsities: list[float]) -> str:
+    """Mean dev perplexity per budget and level, and the seconds the pruning took."""
+    body = [[key, f"{r['windows'] * r['tokens_per_window']:,}",
+             *(f"{r['levels'][str(s)]['mean']:.2f}" if str(s) in r["levels"] else "" for s in sparsities),
+             f"{r['prune_seconds']:.0f}"] for key, r in rows.items()]
+    head = ["calibration (windows x tokens)", "scoring tokens", *(f"{s:.0%}" for s in sparsities), "prune seconds"]
+    return table(head, body, "l" + "r" * (len(head) - 1))
 
 
 def main() -> None:
@@ -57,12 +68,7 @@ def main() -> None:
                      **run_method(model, tokenizer, calibration, evals, args.method, sparsities, run, key)}
         # Saved after every budget: a long run that stops part-way keeps what it measured.
         out.write_text(json.dumps({"settings": settings, "dense": dense, "budgets": rows}, indent=1) + "\n")
-    print(f"\n| calibration (windows x tokens) | scoring tokens | " + " | ".join(f"{s:.0%}" for s in sparsities)
-          + " | prune seconds |\n|---|---:|" + "---:|" * len(sparsities) + "---:|")
-    for key, r in rows.items():
-        print(f"| {key} | {r['windows'] * r['tokens_per_window']:,} | " + " | ".join(
-            f"{r['levels'][str(s)]['mean']:.2f}" for s in sparsities if str(s) in r["levels"])
-              + f" | {r['prune_seconds']:.0f} |")
+    print("\n" + budget_table(rows, sparsities))
     print(f"\nwrote {out}")
 
 

@@ -26,6 +26,7 @@ from common import (DOMAINS, MODELS, ROOT, calib_file, corpus_dir, dev_files, fi
 
 from hf_prune import CalibrationMix, evaluate_perplexity, prune
 from hf_prune.format.geometry import layer_shapes
+from hf_prune.markdown import table as markdown_table
 
 
 def domain_mix(corpus: Path, domains: list[str]) -> CalibrationMix:
@@ -114,14 +115,11 @@ def summary(results: dict, dense: dict) -> dict:
 
 def table(results: dict, sparsities: list[float], dense: dict) -> str:
     """Mean perplexity and, in brackets, the geometric mean of the per-domain ratios to dense."""
-    lines = ["| method | " + " | ".join(f"{s:.0%}" for s in sparsities) + " |",
-             "|---|" + "---|" * len(sparsities)]
-    lines.append(f"| dense | {dense['mean']:.2f} (1.000x) |" + " |" * (len(sparsities) - 1))
+    rows = [["dense", f"{dense['mean']:.2f} (1.000x)", *[""] * (len(sparsities) - 1)]]
     for method, res in results.items():
-        cells = [f"{res['levels'][str(s)]['mean']:.2f} ({to_dense(res['levels'][str(s)], dense):.3f}x)"
-                 if str(s) in res["levels"] else "" for s in sparsities]
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        rows.append([method, *(f"{res['levels'][str(s)]['mean']:.2f} ({to_dense(res['levels'][str(s)], dense):.3f}x)"
+                               if str(s) in res["levels"] else "" for s in sparsities)])
+    return markdown_table(["method", *(f"{s:.0%}" for s in sparsities)], rows)
 
 
 def peer_series(model: str) -> dict[str, dict]:
@@ -251,12 +249,10 @@ def main() -> None:
     print("\nMean dev perplexity over the domains (geometric mean of the per-domain ratios to dense):\n"
           + table(results, sparsities, dense))
     if single:
-        print(f"\nCalibration data, {args.single_method}: mean / worst-domain perplexity\n| calibration | " +
-              " | ".join(f"{s:.0%} mean | {s:.0%} worst" for s in single_levels) + " |\n|---|" +
-              "---|---|" * len(single_levels))
-        for name, res in single.items():
-            print(f"| {name} | " + " | ".join(f"{res['levels'][str(s)]['mean']:.2f} | {res['levels'][str(s)]['worst']:.2f}"
-                                              for s in single_levels) + " |")
+        head = ["calibration", *(f"{s:.0%} {k}" for s in single_levels for k in ("mean", "worst"))]
+        rows = [[name, *(f"{res['levels'][str(s)][k]:.2f}" for s in single_levels for k in ("mean", "worst"))]
+                for name, res in single.items()]
+        print(f"\nCalibration data, {args.single_method}: mean / worst-domain perplexity\n" + markdown_table(head, rows))
     plot(out.with_suffix(".png"), {**results, **peer_series(args.model)}, sparsities, dense,
          f"{args.model}: mean dev perplexity")
     print(f"\nwrote {out}")

@@ -17,6 +17,8 @@ from pathlib import Path
 
 from common import ROOT
 
+from hf_prune.markdown import table
+
 MODELS = ("smollm2", "qwen")
 LEVELS = ("0.2", "0.3", "0.4", "0.5")
 
@@ -113,17 +115,16 @@ def _ratio(value: float | None) -> str:
 
 def markdown(name: str, grid: dict, report: dict) -> str:
     autos = [label for label in grid if label == DEFAULT or "auto" in label]
+    within = [[r["model"], f"{float(r['level']):.0%}", f"{r['best']} ({r['best_value']:.2f})",
+               *(_ratio(r[f"{a} / best"]) for a in autos)] for r in report["within"]]
     lines = [f"**{name}: each model's best fixed setting, the default and the per-model choices against it**", "",
-             "| model | level | best fixed | " + " | ".join(f"{a} / best" for a in autos) + " |",
-             "|---|---|---|" + "---:|" * len(autos)]
-    for r in report["within"]:
-        lines.append(f"| {r['model']} | {float(r['level']):.0%} | {r['best']} ({r['best_value']:.2f}) | "
-                     + " | ".join(_ratio(r[f"{a} / best"]) for a in autos) + " |")
+             table(["model", "level", "best fixed", *(f"{a} / best" for a in autos)], within, "lll" + "r" * len(autos))]
     if report["across"]:
-        lines += ["", f"**{name}: chosen on one model, judged on the other**", "",
-                  "| level | chosen on | its choice | on the other model: choice / best there |", "|---|---|---|---:|"]
-        lines += [f"| {float(r['level']):.0%} | {r['chosen_on']} | {r['choice']} | {r['choice_vs_best']:.3f} |"
+        across = [[f"{float(r['level']):.0%}", r["chosen_on"], r["choice"], f"{r['choice_vs_best']:.3f}"]
                   for r in report["across"]]
+        lines += ["", f"**{name}: chosen on one model, judged on the other**", "",
+                  table(["level", "chosen on", "its choice", "on the other model: choice / best there"], across,
+                        "lllr")]
     return "\n".join(lines)
 
 
