@@ -301,6 +301,15 @@ class AccuracyReport:
         """Unweighted mean accuracy over the tasks (each task counts once, as the papers average)."""
         return sum(t["acc"] for t in self.per_task.values()) / len(self.per_task)
 
+    @property
+    def mean_stderr(self) -> float | None:
+        """The standard error of :attr:`mean`, the tasks taken as independent samples: sqrt(sum of the squared
+        task errors) / number of tasks. None when a task has no standard error."""
+        errors = [_number(t.get("acc_stderr")) for t in self.per_task.values()]
+        if any(e is None for e in errors):
+            return None
+        return math.sqrt(sum(e * e for e in errors)) / len(errors)
+
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """``{task: {...}}``: what ``--json`` writes."""
         return {task: dict(values) for task, values in self.per_task.items()}
@@ -324,7 +333,8 @@ class AccuracyReport:
         shots = sorted({t.get("num_fewshot", 0) for t in self.per_task.values()})
         rows = [[task, t["n"], _fmt(t["acc"]), _fmt(t.get("acc_stderr")), _fmt(t.get("acc_norm")),
                  _fmt(t.get("acc_norm_stderr"))] for task, t in self.per_task.items()]
-        rows.append(["**mean**", sum(t["n"] for t in self.per_task.values()), f"**{_fmt(self.mean)}**", "", "", ""])
+        rows.append(["**mean**", sum(t["n"] for t in self.per_task.values()), f"**{_fmt(self.mean)}**",
+                     _fmt(self.mean_stderr), "", ""])
         return (f"Accuracy{title}, {'/'.join(map(str, shots))}-shot (higher is better)\n\n"
                 + table(["task", "n", "acc", "±", "acc_norm", "±"], rows, "lrrrrr"))
 

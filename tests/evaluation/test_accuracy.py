@@ -112,6 +112,19 @@ def test_local_task_matches_direct_computation(model, tokenizer, tmp_path) -> No
     assert "| tiny_mc | 24 |" in report.to_markdown()
 
 
+def test_mean_stderr_treats_tasks_as_independent_samples() -> None:
+    from hf_prune.accuracy import AccuracyReport
+
+    one = AccuracyReport.from_dict({"a": {"acc": 0.5, "acc_stderr": 0.04, "n": 100}})
+    assert one.mean_stderr == pytest.approx(0.04)
+    # the mean of four independent estimates with the same error s has error s / sqrt(4)
+    four = AccuracyReport.from_dict({t: {"acc": 0.5, "acc_stderr": 0.04, "n": 100} for t in "abcd"})
+    assert four.mean_stderr == pytest.approx(0.02)
+    assert "| **0.5000** | 0.0200 |" in four.to_markdown()
+    missing = AccuracyReport.from_dict({"a": {"acc": 0.5, "acc_stderr": 0.04, "n": 100}, "b": {"acc": 0.5, "n": 3}})
+    assert missing.mean_stderr is None
+
+
 def test_shared_prompt_path_equals_lm_eval_hflm_on_a_task(model, tokenizer, tmp_path) -> None:
     """The default path and lm-eval's own HFLM (full_logits=True) give the same metrics on the same task."""
     path = _write(tmp_path / "tiny_mc.jsonl", _records(24))
