@@ -225,7 +225,8 @@ def report(data: dict, out: Path) -> None:
 
 
 def best_single(data: dict, sparsity: str, n: int) -> list[str]:
-    singles = {d: levels[sparsity]["0"]["mean"] for d, levels in data["study"].items() if d != "mix"}
+    singles = {d: levels[sparsity]["0"]["mean"] for d, levels in data["study"].items()
+               if d != "mix" and "0" in levels.get(sparsity, {})}
     return sorted(singles, key=singles.get, reverse=True)[:n]
 
 
@@ -238,6 +239,8 @@ def main() -> None:
     parser.add_argument("--seeds", default="0", help="calibration seeds of the study; after the first, only the mix "
                         "and the --repeat-best best single domains")
     parser.add_argument("--repeat-best", type=int, default=2)
+    parser.add_argument("--domains", default=",".join(DOMAINS),
+                        help="the single domains of the study, in the order they are run (default: all seven)")
     parser.add_argument("--num-samples", type=int, default=32)
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--limit", type=int, default=None, help="questions per task at most")
@@ -250,6 +253,9 @@ def main() -> None:
     parser.add_argument("--out", default=None)
     parser.add_argument("--report", action="store_true", help="only print the tables (and plot) of --out")
     args = parser.parse_args()
+    singles = [d for d in args.domains.split(",") if d]
+    if set(singles) - set(DOMAINS):
+        parser.error(f"--domains: unknown {sorted(set(singles) - set(DOMAINS))}; the domains are {', '.join(DOMAINS)}")
     torch.set_num_threads(args.threads)
 
     out = Path(args.out or ROOT / "benchmarks" / "results" / f"zero_shot_{args.model}.json")
@@ -267,7 +273,7 @@ def main() -> None:
     single = [float(s) for s in args.single_domain.split(",") if s]
     seeds = [int(s) for s in args.seeds.split(",") if s]
     for k, seed in enumerate(seeds if single else []):
-        names = ["mix", *DOMAINS] if k == 0 else ["mix", *best_single(study.data, str(single[0]), args.repeat_best)]
+        names = ["mix", *singles] if k == 0 else ["mix", *best_single(study.data, str(single[0]), args.repeat_best)]
         for name in names:
             run_calibration(study, ["study", name], model, tokenizer, suite, corpus,
                             DOMAINS if name == "mix" else [name], single, seed, args, f"{name} seed {seed}")
