@@ -108,7 +108,8 @@ class Study:
 
 def run_calibration(study: Study, where: list[str], model, tokenizer, suite, corpus, domains, sparsities, seed,
                     args, label: str) -> None:
-    """Prune once with this calibration (nested levels) and measure every level not measured yet."""
+    """Prune once with this calibration (nested levels) and measure every level not measured yet (the pruning always
+    runs to every level of ``sparsities``, so a resumed level is the level a whole run gives)."""
     def keys(s: float) -> list[str]:
         return [*where, str(s)] if len(where) == 1 else [*where, str(s), str(seed)]
 
@@ -116,7 +117,7 @@ def run_calibration(study: Study, where: list[str], model, tokenizer, suite, cor
     if not missing:
         return
     t0 = time.perf_counter()
-    result = prune(model, tokenizer, mix_of(corpus, domains), missing, method=args.method,
+    result = prune(model, tokenizer, mix_of(corpus, domains), sparsities, method=args.method,
                    num_samples=args.num_samples, seq_len=args.seq_len, seed=seed, show_progress=False)
     prune_seconds = time.perf_counter() - t0
     for s in missing:
