@@ -130,20 +130,33 @@ def run_calibration(study: Study, where: list[str], model, tokenizer, suite, cor
         study.run(keys(s), one)
 
 
+def first_seed(data: dict, sparsity: str) -> str | None:
+    """The study's first seed at this level (the one every calibration ran with), None before the mix ran."""
+    return next(iter(data.get("study", {}).get("mix", {}).get(sparsity, {})), None)
+
+
+def dev_mean(entry: dict) -> float:
+    return sum(entry["dev"].values()) / len(entry["dev"])
+
+
 def study_table(data: dict, sparsity: str) -> str:
     """One row per calibration (and seed): mean accuracy ± se, the gap to the mix in standard errors, the task that
     lost the most against dense, and dev perplexity (mean and worst domain)."""
     dense = data["dense"]
-    mix = data["study"]["mix"][sparsity]["0"]
-    rows = [["dense", f"{100 * dense['mean']:.1f} ± {100 * dense['mean_stderr']:.1f}", "", "",
-             f"{sum(dense['dev'].values()) / len(dense['dev']):.2f}", worst_domain(dense)]]
+    reference = first_seed(data, sparsity)
+    mix = data["study"]["mix"][sparsity][reference]
+
+    def accuracy(e: dict) -> str:
+        return f"{100 * e['mean']:.1f} ± {100 * e['mean_stderr']:.1f}"
+
+    rows = [["dense", accuracy(dense), "", "", f"{dev_mean(dense):.2f}", worst_domain(dense)]]
     for calibration, levels in data["study"].items():
         for seed, e in levels.get(sparsity, {}).items():
             gap = (mix["mean"] - e["mean"]) / math.hypot(mix["mean_stderr"], e["mean_stderr"])
             task, drop = worst_drop(e, dense)
-            rows.append([f"{calibration} (seed {seed})", f"{100 * e['mean']:.1f} ± {100 * e['mean_stderr']:.1f}",
-                         "" if (calibration, seed) == ("mix", "0") else f"{gap:+.1f}", f"{task} {100 * drop:+.1f}",
-                         f"{sum(e['dev'].values()) / len(e['dev']):.2f}", worst_domain(e)])
+            rows.append([f"{calibration} (seed {seed})", accuracy(e),
+                         "" if (calibration, seed) == ("mix", reference) else f"{gap:+.1f}",
+                         f"{task} {100 * drop:+.1f}", f"{dev_mean(e):.2f}", worst_domain(e)])
     return table(["calibration", "mean acc %", "mix ahead by (se)", "largest task drop vs dense (points)",
                   "dev ppl mean", "dev ppl worst"], rows, "lrrlrl")
 
@@ -160,9 +173,10 @@ def worst_domain(entry: dict) -> str:
 
 
 def per_task_table(data: dict, sparsity: str) -> str:
-    """Accuracy per task (seed 0): dense, then every calibration."""
-    columns = [("dense", data["dense"])] + [(c, levels[sparsity]["0"]) for c, levels in data["study"].items()
-                                           if "0" in levels.get(sparsity, {})]
+    """Accuracy per task (the first seed): dense, then every calibration."""
+    seed = first_seed(data, sparsity)
+    columns = [("dense", data["dense"])] + [(c, levels[sparsity][seed]) for c, levels in data["study"].items()
+                                           if seed in levels.get(sparsity, {})]
     rows = [[t, *(f"{100 * e['per_task'][t]['acc']:.1f} ± {100 * e['per_task'][t]['acc_stderr']:.1f}"
                   for _, e in columns)] for t in data["dense"]["per_task"]]
     return table(["task", *(c for c, _ in columns)], rows, "l" + "r" * len(columns))
@@ -186,8 +200,9 @@ def plot(data: dict, path: Path) -> None:
 
     names = list(data["study"])
     fig, (acc, ppl) = plt.subplots(1, 2, figsize=(11, 4))
+    seeds = sorted({seed for levels in data["study"].values() for runs in levels.values() for seed in runs}, key=int)
     for i, sparsity in enumerate(sorted({s for levels in data["study"].values() for s in levels})):
-        for j, seed in enumerate(("0", "1")):
+        for j, seed in enumerate(seeds):
             xs, ys, es, ps = [], [], [], []
             for x, name in enumerate(names):
                 e = data["study"][name].get(sparsity, {}).get(seed)
@@ -195,7 +210,7 @@ def plot(data: dict, path: Path) -> None:
                     xs.append(x + 0.15 * j)
                     ys.append(100 * e["mean"])
                     es.append(100 * e["mean_stderr"])
-                    ps.append(sum(e["dev"].values()) / len(e["dev"]))
+                    ps.append(dev_mean(e))
             if xs:
                 style = dict(color=f"C{i}", marker="o" if j == 0 else "s", linestyle="none",
                              label=f"{float(sparsity):.0%}, seed {seed}")
@@ -203,7 +218,7 @@ def plot(data: dict, path: Path) -> None:
                 ppl.plot(xs, ps, **style)
     dense = data["dense"]
     acc.axhline(100 * dense["mean"], color="grey", linestyle="--", label="dense")
-    ppl.axhline(sum(dense["dev"].values()) / len(dense["dev"]), color="grey", linestyle="--", label="dense")
+    ppl.axhline(dev_mean(dense), color="grey", linestyle="--", label="dense")
     for ax, label in ((acc, "mean accuracy, % (± 1 se)"), (ppl, "mean dev perplexity (log)")):
         ax.set_xticks(range(len(names)), names)
         ax.set_ylabel(label)
@@ -219,15 +234,16 @@ def report(data: dict, out: Path) -> None:
     if data.get("levels"):
         print("\n" + levels_table(data))
     for sparsity in sorted({s for levels in data.get("study", {}).values() for s in levels}):
-        if "0" in data["study"].get("mix", {}).get(sparsity, {}):
+        if first_seed(data, sparsity) is not None:
             print(f"\n{float(sparsity):.0%}\n\n{study_table(data, sparsity)}\n\n{per_task_table(data, sparsity)}")
     if data.get("study"):
         plot(data, out.with_suffix(".png"))
 
 
-def best_single(data: dict, sparsity: str, n: int) -> list[str]:
-    singles = {d: levels[sparsity]["0"]["mean"] for d, levels in data["study"].items()
-               if d != "mix" and "0" in levels.get(sparsity, {})}
+def best_single(data: dict, sparsity: str, seed: str, n: int) -> list[str]:
+    """The ``n`` single domains with the best mean accuracy at this level and seed."""
+    singles = {d: levels[sparsity][seed]["mean"] for d, levels in data["study"].items()
+               if d != "mix" and seed in levels.get(sparsity, {})}
     return sorted(singles, key=singles.get, reverse=True)[:n]
 
 
@@ -274,7 +290,8 @@ def main() -> None:
     single = [float(s) for s in args.single_domain.split(",") if s]
     seeds = [int(s) for s in args.seeds.split(",") if s]
     for k, seed in enumerate(seeds if single else []):
-        names = ["mix", *singles] if k == 0 else ["mix", *best_single(study.data, str(single[0]), args.repeat_best)]
+        repeated = singles if k == 0 else best_single(study.data, str(single[0]), str(seeds[0]), args.repeat_best)
+        names = ["mix", *repeated]
         for name in names:
             run_calibration(study, ["study", name], model, tokenizer, suite, corpus,
                             DOMAINS if name == "mix" else [name], single, seed, args, f"{name} seed {seed}")
