@@ -270,6 +270,12 @@ def main() -> None:
     parser.add_argument("--out", default=None)
     parser.add_argument("--report", action="store_true", help="only print the tables (and plot) of --out")
     args = parser.parse_args()
+    try:  # every list checked before any work
+        sparsities = [float(s) for s in args.sparsities.split(",") if s]
+        single = [float(s) for s in args.single_domain.split(",") if s]
+        seeds = [int(s) for s in args.seeds.split(",") if s]
+    except ValueError as err:
+        parser.error(f"--sparsities / --single-domain take numbers, --seeds integers: {err}")
     singles = [d for d in args.domains.split(",") if d]
     if set(singles) - set(DOMAINS):
         parser.error(f"--domains: unknown {sorted(set(singles) - set(DOMAINS))}; the domains are {', '.join(DOMAINS)}")
@@ -278,17 +284,14 @@ def main() -> None:
     out = Path(args.out or ROOT / "benchmarks" / "results" / f"zero_shot_{args.model}.json")
     if args.report:
         return report(json.loads(out.read_text()), out)
+    study = Study(out, args)  # refuses another run's settings before the model is loaded
     corpus = corpus_dir("bench_zero_shot")
     suite, written = zero_shot_suite(corpus, args)
     print(f"suite: {', '.join(written)}", flush=True)
     model, tokenizer = tiny_model() if args.model == "tiny" else load_model(args.model)
-    study = Study(out, args)
     study.run(["dense"], lambda: measure(model, tokenizer, suite, corpus, args, "dense"))
-    sparsities = [float(s) for s in args.sparsities.split(",") if s]
     run_calibration(study, ["levels"], model, tokenizer, suite, corpus, DOMAINS, sparsities, args.seed, args,
                     args.method)
-    single = [float(s) for s in args.single_domain.split(",") if s]
-    seeds = [int(s) for s in args.seeds.split(",") if s]
     for k, seed in enumerate(seeds if single else []):
         repeated = singles if k == 0 else best_single(study.data, str(single[0]), str(seeds[0]), args.repeat_best)
         names = ["mix", *repeated]
